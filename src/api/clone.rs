@@ -1,0 +1,230 @@
+//! `DatabaseClone`: a copy-on-write SlateDB clone of a checkpoint or of a database's latest state.
+
+use super::common::{conditions_schema, Checksum, DatabaseRef, DbPath, DeletionPolicy, GoDuration};
+use k8s_openapi::apimachinery::pkg::apis::meta::v1::{Condition, Time};
+use kube::{CustomResource, KubeSchema};
+use schemars::{json_schema, JsonSchema, Schema, SchemaGenerator};
+use serde::{Deserialize, Serialize};
+use std::borrow::Cow;
+
+/// A copy-on-write clone of a SlateDB database.
+#[derive(CustomResource, KubeSchema, Serialize, Deserialize, Clone, Debug, PartialEq)]
+#[kube(
+    group = "slatedb.io",
+    version = "v1alpha1",
+    kind = "DatabaseClone",
+    namespaced,
+    status = "DatabaseCloneStatus",
+    shortname = "dbclone",
+    category = "slatedb",
+    printcolumn(name = "Phase", type_ = "string", json_path = ".status.phase"),
+    printcolumn(
+        name = "Progress",
+        type_ = "string",
+        json_path = ".status.progress.percent"
+    ),
+    printcolumn(
+        name = "Source",
+        type_ = "string",
+        json_path = ".spec.source.checkpointRef.name"
+    ),
+    printcolumn(name = "Target", type_ = "string", json_path = ".spec.target.path"),
+    printcolumn(name = "Expires", type_ = "date", json_path = ".status.expirationTime"),
+    printcolumn(
+        name = "Age",
+        type_ = "date",
+        json_path = ".metadata.creationTimestamp"
+    )
+)]
+#[serde(rename_all = "camelCase")]
+#[x_kube(validation = Rule::new("!has(self.source.database) || self.source.database.path != self.target.path")
+    .message("spec.target.path must differ from the source database path"))]
+pub struct DatabaseCloneSpec {
+    /// What to clone.
+    #[x_kube(validation = Rule::new("self == oldSelf").message("spec.source is immutable"))]
+    pub source: CloneSource,
+    /// Where the clone lives, in the same object store as the source.
+    #[x_kube(validation = Rule::new("self == oldSelf").message("spec.target is immutable"))]
+    pub target: CloneTarget,
+    /// How the clone is checked before it is reported Ready.
+    #[serde(default)]
+    pub verify: VerifyMode,
+    /// How long after it becomes Ready the clone expires; absent means never.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub expire_after: Option<GoDuration>,
+    /// What expiry does: `Delete` deletes the object (and its data, per `deletionPolicy`);
+    /// `ExpireData` deletes the data and keeps the object with an `Expired` condition, so GitOps
+    /// tools do not re-create it.
+    #[serde(default)]
+    pub expiration_policy: ExpirationPolicy,
+    /// Whether deleting this object deletes the clone's data (`Delete`) or keeps it (`Retain`).
+    #[serde(default)]
+    pub deletion_policy: DeletionPolicy,
+}
+
+/// The source of a clone: exactly one of a checkpoint or a database.
+#[derive(KubeSchema, Serialize, Deserialize, Clone, Debug, PartialEq)]
+#[serde(rename_all = "camelCase")]
+#[x_kube(validation = Rule::new("has(self.checkpointRef) != has(self.database)")
+    .message("spec.source needs exactly one of checkpointRef or database"))]
+pub struct CloneSource {
+    /// A DatabaseCheckpoint in the same namespace.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub checkpoint_ref: Option<CheckpointRef>,
+    /// A database whose latest state is cloned through a checkpoint the operator makes and owns.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub database: Option<DatabaseRef>,
+    /// Only keys in this range are visible in the clone (a SlateDB projection).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub key_range: Option<KeyRange>,
+}
+
+/// A reference to a DatabaseCheckpoint in the same namespace.
+#[derive(Serialize, Deserialize, Clone, Debug, PartialEq, Eq, JsonSchema)]
+pub struct CheckpointRef {
+    /// Name of the DatabaseCheckpoint.
+    #[schemars(length(min = 1, max = 253))]
+    pub name: String,
+}
+
+/// A key range: `start` inclusive, `end` exclusive; either may be absent (unbounded).
+#[derive(KubeSchema, Serialize, Deserialize, Clone, Debug, PartialEq)]
+#[x_kube(validation = Rule::new("!has(self.start) || !has(self.end) || self.start.startsWith('base64:') || self.end.startsWith('base64:') || self.start < self.end")
+    .message("keyRange.start must sort before keyRange.end"))]
+pub struct KeyRange {
+    /// First key in the range.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub start: Option<KeyBound>,
+    /// First key past the range.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub end: Option<KeyBound>,
+}
+
+/// A key: UTF-8 text, or arbitrary bytes written as `base64:<standard base64>`.
+#[derive(Serialize, Deserialize, Clone, Debug, PartialEq, Eq)]
+#[serde(transparent)]
+pub struct KeyBound(pub String);
+
+impl JsonSchema for KeyBound {
+    fn schema_name() -> Cow<'static, str> {
+        "KeyBound".into()
+    }
+
+    fn json_schema(_: &mut SchemaGenerator) -> Schema {
+        json_schema!({
+            "type": "string",
+            "minLength": 1,
+            "maxLength": 4096,
+            "x-kubernetes-validations": [{
+                "rule": "!self.startsWith('base64:') || self.matches('^base64:([A-Za-z0-9+/]{4})*([A-Za-z0-9+/]{2}==|[A-Za-z0-9+/]{3}=)?$')",
+                "message": "a key starting with 'base64:' must continue with standard padded base64"
+            }]
+        })
+    }
+}
+
+/// Where a clone lives.
+#[derive(Serialize, Deserialize, Clone, Debug, PartialEq, Eq, JsonSchema)]
+pub struct CloneTarget {
+    /// Path of the clone in the source's object store.
+    pub path: DbPath,
+}
+
+/// How a clone is checked before it is reported Ready.
+#[derive(Serialize, Deserialize, Clone, Copy, Debug, Default, PartialEq, Eq, JsonSchema)]
+pub enum VerifyMode {
+    /// No check beyond SlateDB's `initialized` flag.
+    None,
+    /// Every object the clone's manifest pins exists with the expected size.
+    #[default]
+    Metadata,
+    /// The clone's content root equals its source checkpoint's, and every block's CRC checks out.
+    Content,
+}
+
+/// What expiry of a clone does.
+#[derive(Serialize, Deserialize, Clone, Copy, Debug, Default, PartialEq, Eq, JsonSchema)]
+pub enum ExpirationPolicy {
+    /// Delete the DatabaseClone object.
+    #[default]
+    Delete,
+    /// Delete the clone's data, keep the object with `Expired=True`.
+    ExpireData,
+}
+
+/// Observed state of a `DatabaseClone`.
+#[derive(Serialize, Deserialize, Clone, Debug, Default, PartialEq, JsonSchema)]
+#[serde(rename_all = "camelCase")]
+pub struct DatabaseCloneStatus {
+    /// The `metadata.generation` the controller last acted on.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub observed_generation: Option<i64>,
+    /// `Ready`, `Reconciling`, `Stalled`, `Initialized`, `Verified`, `Expired`.
+    #[serde(default)]
+    #[schemars(schema_with = "conditions_schema")]
+    pub conditions: Vec<Condition>,
+    /// A one-word summary for `kubectl get`; decisions use the conditions.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub phase: Option<ClonePhase>,
+    /// How far the clone work has come.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub progress: Option<CloneProgress>,
+    /// The SlateDB checkpoint the clone was made from.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub source_checkpoint_id: Option<String>,
+    /// When clone work started.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub start_time: Option<Time>,
+    /// When the clone became Ready.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub completion_time: Option<Time>,
+    /// When the clone expires; absent when it never does.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub expiration_time: Option<Time>,
+    /// Fingerprint of the clone.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub checksum: Option<Checksum>,
+    /// How many times clone work has been started.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub attempts: Option<i32>,
+    /// The most recent failure, kept after recovery for diagnosis.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub last_failure: Option<Failure>,
+}
+
+/// Printer-column summary of a clone's state.
+#[derive(Serialize, Deserialize, Clone, Copy, Debug, PartialEq, Eq, JsonSchema)]
+pub enum ClonePhase {
+    Pending,
+    Cloning,
+    Verifying,
+    Ready,
+    Failed,
+    Expired,
+    Deleting,
+}
+
+/// Progress of clone work; counts are real, not estimates.
+#[derive(Serialize, Deserialize, Clone, Debug, Default, PartialEq, Eq, JsonSchema)]
+#[serde(rename_all = "camelCase")]
+pub struct CloneProgress {
+    /// The step under way, e.g. `CopyWal`.
+    pub step: String,
+    pub steps_done: i32,
+    pub steps_total: i32,
+    pub objects_done: i64,
+    pub objects_total: i64,
+    pub bytes_done: i64,
+    pub bytes_total: i64,
+    /// Overall completion, `0%` to `100%`.
+    pub percent: String,
+}
+
+/// A failure of clone work.
+#[derive(Serialize, Deserialize, Clone, Debug, PartialEq, Eq, JsonSchema)]
+pub struct Failure {
+    pub time: Time,
+    /// One-word CamelCase category.
+    pub reason: String,
+    pub message: String,
+}

@@ -1,0 +1,155 @@
+//! Types shared by both kinds: object-store locations, validated strings, checksums, conditions.
+
+use k8s_openapi::apimachinery::pkg::apis::meta::v1::{Condition, Time};
+use schemars::{json_schema, JsonSchema, Schema, SchemaGenerator};
+use serde::{Deserialize, Serialize};
+use std::borrow::Cow;
+
+/// Where a database's objects live.
+#[derive(Serialize, Deserialize, Clone, Debug, PartialEq, Eq, JsonSchema)]
+#[serde(rename_all = "camelCase")]
+pub struct StoreSpec {
+    /// Object-store URL: `file:///dir`, `s3://bucket[/prefix]`, `gs://bucket[/prefix]` or
+    /// `az://container[/prefix]`.
+    pub url: StoreUrl,
+    /// A Secret in the same namespace whose keys are object-store options, for example
+    /// `AWS_ACCESS_KEY_ID`, `AWS_SECRET_ACCESS_KEY`, `AWS_ENDPOINT`, `AWS_REGION`.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub secret_ref: Option<SecretRef>,
+    /// Object-store URL of a separate WAL store, when the database keeps its WAL apart.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub wal_url: Option<StoreUrl>,
+}
+
+/// A reference to a Secret in the namespace of the referring object.
+#[derive(Serialize, Deserialize, Clone, Debug, PartialEq, Eq, JsonSchema)]
+pub struct SecretRef {
+    /// Name of the Secret.
+    #[schemars(length(min = 1, max = 253))]
+    pub name: String,
+}
+
+/// A SlateDB database: a store and the path of the database inside it.
+#[derive(Serialize, Deserialize, Clone, Debug, PartialEq, Eq, JsonSchema)]
+#[serde(rename_all = "camelCase")]
+pub struct DatabaseRef {
+    /// The object store holding the database.
+    pub store: StoreSpec,
+    /// Path of the database relative to the store URL, e.g. `prod/orders`.
+    pub path: DbPath,
+}
+
+/// An object-store URL; the scheme picks the backend.
+#[derive(Serialize, Deserialize, Clone, Debug, PartialEq, Eq)]
+#[serde(transparent)]
+pub struct StoreUrl(pub String);
+
+impl JsonSchema for StoreUrl {
+    fn schema_name() -> Cow<'static, str> {
+        "StoreUrl".into()
+    }
+
+    fn json_schema(_: &mut SchemaGenerator) -> Schema {
+        json_schema!({
+            "type": "string",
+            "minLength": 1,
+            "maxLength": 2048,
+            "x-kubernetes-validations": [{
+                "rule": "self.matches('^(file|s3|s3a|gs|az|azure|abfs|abfss|memory)://')",
+                "message": "must be an object-store URL starting with file://, s3://, gs://, az:// or memory://"
+            }]
+        })
+    }
+}
+
+/// A database path inside an object store: relative, `/`-separated, without empty or `..` segments.
+#[derive(Serialize, Deserialize, Clone, Debug, PartialEq, Eq, Hash)]
+#[serde(transparent)]
+pub struct DbPath(pub String);
+
+impl JsonSchema for DbPath {
+    fn schema_name() -> Cow<'static, str> {
+        "DbPath".into()
+    }
+
+    fn json_schema(_: &mut SchemaGenerator) -> Schema {
+        json_schema!({
+            "type": "string",
+            "maxLength": 1024,
+            "x-kubernetes-validations": [
+                {"rule": "self.size() > 0", "message": "path must not be empty"},
+                {"rule": "!self.startsWith('/')",
+                 "message": "path must be relative to the store URL (no leading '/')"},
+                {"rule": "!self.matches('(^|/)[.][.](/|$)')", "message": "path must not contain '..' segments"},
+                {"rule": "!self.endsWith('/') && !self.contains('//')",
+                 "message": "path must not contain empty segments (no trailing '/' or '//')"}
+            ]
+        })
+    }
+}
+
+impl std::fmt::Display for DbPath {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str(&self.0)
+    }
+}
+
+/// A duration in Go syntax (`90s`, `30m`, `24h`, `1h30m`) between one minute and ten years.
+#[derive(Serialize, Deserialize, Clone, Debug, PartialEq, Eq)]
+#[serde(transparent)]
+pub struct GoDuration(pub String);
+
+impl JsonSchema for GoDuration {
+    fn schema_name() -> Cow<'static, str> {
+        "GoDuration".into()
+    }
+
+    fn json_schema(_: &mut SchemaGenerator) -> Schema {
+        json_schema!({
+            "type": "string",
+            "maxLength": 64,
+            "x-kubernetes-validations": [{
+                "rule": "self.matches('^([0-9]+([.][0-9]+)?(h|m|s|ms))+$') && duration(self) >= duration('1m') && duration(self) <= duration('87600h')",
+                "message": "must be a duration such as 30m, 24h or 1h30m, between 1m and 87600h (10 years)"
+            }]
+        })
+    }
+}
+
+/// What happens to the data in the object store when the Kubernetes object is deleted.
+#[derive(Serialize, Deserialize, Clone, Copy, Debug, Default, PartialEq, Eq, JsonSchema)]
+pub enum DeletionPolicy {
+    /// Delete the data with the object.
+    #[default]
+    Delete,
+    /// Keep the data; only the Kubernetes object goes.
+    Retain,
+}
+
+/// A fingerprint of the objects a checkpoint or clone pins.
+#[derive(Serialize, Deserialize, Clone, Debug, PartialEq, Eq, JsonSchema)]
+#[serde(rename_all = "camelCase")]
+pub struct Checksum {
+    /// Hash algorithm of both digests (`sha256`).
+    pub algorithm: String,
+    /// Digest over the pinned manifest and the (path, size, etag) of every pinned object.
+    pub metadata_digest: String,
+    /// Merkle root over the content of every pinned object, keyed by logical object id, so that a
+    /// clone and its source checkpoint share it.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub content_root: Option<String>,
+    /// When the content was last verified.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub verified_time: Option<Time>,
+}
+
+/// Schema of a `conditions` list: a list-map keyed by `type`, so server-side apply merges per type.
+pub(crate) fn conditions_schema(generator: &mut SchemaGenerator) -> Schema {
+    let mut schema = generator.subschema_for::<Vec<Condition>>();
+    schema.insert("x-kubernetes-list-type".into(), "map".into());
+    schema.insert(
+        "x-kubernetes-list-map-keys".into(),
+        serde_json::json!(["type"]),
+    );
+    schema
+}

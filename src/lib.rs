@@ -1,0 +1,4 @@
+//! slatedb-operator: declarative copy-on-write checkpoints and clones of SlateDB databases.
+
+pub mod api;
+pub mod crds;
