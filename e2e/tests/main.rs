@@ -1,1 +1,7 @@
-//! placeholder replaced below
+//! End-to-end tests against the real control plane that `e2e/cluster.sh up` starts
+//! (kube-apiserver, etcd and kube-controller-manager). Run them with `e2e/run-tests.sh`, which
+//! starts the cluster, exports its environment and stops it afterwards. Without a cluster these
+//! tests fail; they never skip.
+
+mod crds;
+mod support;
