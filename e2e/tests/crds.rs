@@ -103,7 +103,7 @@ async fn invalid_manifests_are_rejected_with_a_message_naming_the_problem() {
             "must differ from the source database path",
         ),
         ("bad-duration", with("expireAfter", json!("3 days")), "must be a duration such as 30m"),
-        ("short-duration", with("expireAfter", json!("5s")), "between 1m and 87600h"),
+        ("short-duration", with("expireAfter", json!("900ms")), "between 1s and 87600h"),
         ("bad-enum", with("verify", json!("Everything")), "Unsupported value: \"Everything\""),
         ("bad-type", with("expireAfter", json!(3600)), "must be of type string"),
         ("no-target", json!({"source": {"checkpointRef": {"name": "a"}}}), "spec.target: Required value"),

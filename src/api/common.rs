@@ -109,8 +109,8 @@ impl JsonSchema for GoDuration {
             "type": "string",
             "maxLength": 64,
             "x-kubernetes-validations": [{
-                "rule": "self.matches('^([0-9]+([.][0-9]+)?(h|m|s|ms))+$') && duration(self) >= duration('1m') && duration(self) <= duration('87600h')",
-                "message": "must be a duration such as 30m, 24h or 1h30m, between 1m and 87600h (10 years)"
+                "rule": "self.matches('^([0-9]+([.][0-9]+)?(h|m|s|ms))+$') && duration(self) >= duration('1s') && duration(self) <= duration('87600h')",
+                "message": "must be a duration such as 30m, 24h or 1h30m, between 1s and 87600h (10 years)"
             }]
         })
     }

@@ -152,12 +152,12 @@ fn bad_clones_are_rejected_with_a_message_naming_the_problem() {
             "must be a duration",
         ),
         (
-            with(valid_clone_spec(), "/expireAfter", json!("10s")),
-            "between 1m and 87600h",
+            with(valid_clone_spec(), "/expireAfter", json!("500ms")),
+            "between 1s and 87600h",
         ),
         (
             with(valid_clone_spec(), "/expireAfter", json!("100000h")),
-            "between 1m and 87600h",
+            "between 1s and 87600h",
         ),
         (
             with(
