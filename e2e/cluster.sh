@@ -15,6 +15,8 @@ set -euo pipefail
 SCRIPT_DIR=$(cd "$(dirname "${BASH_SOURCE[0]}")" && pwd)
 REPO=$(dirname "$SCRIPT_DIR")
 STATE=${E2E_STATE_DIR:-$REPO/target/e2e-cluster}
+case "$STATE" in /*) ;; *) STATE=$PWD/$STATE ;; esac   # absolute: the PID guard and kubeconfig use it
+STATE=${STATE%/}
 ETCD_PORT=${E2E_ETCD_PORT:-12379}
 ETCD_PEER_PORT=${E2E_ETCD_PEER_PORT:-12380}
 APISERVER_PORT=${E2E_APISERVER_PORT:-16443}
@@ -258,9 +260,14 @@ on_exit() {
         tail -n 25 "$STATE/$name.log" >&2
       fi
     done
-    saved=$(mktemp -d "${TMPDIR:-/tmp}/e2e-cluster-logs.XXXXXX")
-    cp "$STATE"/*.log "$saved"/ 2>/dev/null || true
-    log "up failed (exit $rc); logs saved in $saved; stopping what was started"
+    if compgen -G "$STATE/*.log" > /dev/null; then
+      saved=$(mktemp -d "${TMPDIR:-/tmp}/e2e-cluster-logs.XXXXXX")
+      cp "$STATE"/*.log "$saved"/ 2>/dev/null || true
+      log "up failed (exit $rc); logs saved in $saved"
+    else
+      log "up failed (exit $rc)"
+    fi
+    log "stopping what was started"
     stop_all
     remove_state || true
   fi
@@ -288,7 +295,6 @@ cmd_up() {
 
   UP_STARTED=1
   mkdir -p "$STATE"
-  STATE=$(cd "$STATE" && pwd)   # absolute, so the pid guard and the kubeconfig paths are stable
 
   install_kubectl_helm
   install_etcd
@@ -368,7 +374,6 @@ cmd_down() {
     log "nothing to stop ($STATE does not exist)"
     return 0
   fi
-  STATE=$(cd "$STATE" && pwd)
   stop_all
   remove_state
   log "down"
@@ -380,7 +385,6 @@ cmd_env() {
 }
 
 cmd_status() {
-  if [ -d "$STATE" ]; then STATE=$(cd "$STATE" && pwd); fi
   if apiserver_ready; then
     log "ready"
     return 0

@@ -7,8 +7,8 @@ use kube::api::{ApiResource, DeleteParams, DynamicObject, Patch, PatchParams, Po
 use kube::{Api, ResourceExt};
 use serde_json::{json, Value};
 use slatedb_operator::api::{
-    CheckpointSourceMode, ChecksumMode, DatabaseCheckpoint, DatabaseClone, DeletionPolicy, ExpirationPolicy,
-    VerifyMode,
+    CheckpointSourceMode, ChecksumMode, DatabaseCheckpoint, DatabaseClone, DeletionPolicy,
+    ExpirationPolicy, VerifyMode,
 };
 use std::time::Duration;
 
@@ -32,10 +32,17 @@ fn dynamic_api<K>(env: &TestEnv) -> Api<DynamicObject>
 where
     K: kube::Resource<DynamicType = ()>,
 {
-    Api::namespaced_with(env.client.clone(), &env.namespace, &ApiResource::erase::<K>(&()))
+    Api::namespaced_with(
+        env.client.clone(),
+        &env.namespace,
+        &ApiResource::erase::<K>(&()),
+    )
 }
 
-async fn create_raw(api: &Api<DynamicObject>, manifest: Value) -> Result<DynamicObject, kube::Error> {
+async fn create_raw(
+    api: &Api<DynamicObject>,
+    manifest: Value,
+) -> Result<DynamicObject, kube::Error> {
     let object: DynamicObject = serde_json::from_value(manifest).unwrap();
     api.create(&PostParams::default(), &object).await
 }
@@ -46,10 +53,18 @@ async fn valid_objects_of_both_kinds_are_accepted_and_defaulted() {
     let checkpoints = dynamic_api::<DatabaseCheckpoint>(&env);
     let clones = dynamic_api::<DatabaseClone>(&env);
 
-    create_raw(&checkpoints, checkpoint_manifest("nightly", json!({"database": database(), "lifetime": "24h"})))
+    create_raw(
+        &checkpoints,
+        checkpoint_manifest(
+            "nightly",
+            json!({"database": database(), "lifetime": "24h"}),
+        ),
+    )
+    .await
+    .expect("a valid checkpoint is accepted");
+    create_raw(&clones, clone_manifest("pr-1", valid_clone_spec()))
         .await
-        .expect("a valid checkpoint is accepted");
-    create_raw(&clones, clone_manifest("pr-1", valid_clone_spec())).await.expect("a clone of a checkpoint is accepted");
+        .expect("a clone of a checkpoint is accepted");
     create_raw(
         &clones,
         clone_manifest(
@@ -63,7 +78,11 @@ async fn valid_objects_of_both_kinds_are_accepted_and_defaulted() {
     .expect("a clone of a database's latest state is accepted");
 
     // Defaults are filled in by the API server, so what is stored is typed and complete.
-    let checkpoint = env.api::<DatabaseCheckpoint>().get("nightly").await.unwrap();
+    let checkpoint = env
+        .api::<DatabaseCheckpoint>()
+        .get("nightly")
+        .await
+        .unwrap();
     assert_eq!(checkpoint.spec.source.mode, CheckpointSourceMode::Create);
     assert_eq!(checkpoint.spec.deletion_policy, DeletionPolicy::Delete);
     assert_eq!(checkpoint.spec.checksum, ChecksumMode::Metadata);
@@ -90,26 +109,68 @@ async fn invalid_manifests_are_rejected_with_a_message_naming_the_problem() {
     let clone_cases: Vec<(&str, Value, &str)> = vec![
         (
             "both-sources",
-            with("source", json!({"checkpointRef": {"name": "a"}, "database": database()})),
+            with(
+                "source",
+                json!({"checkpointRef": {"name": "a"}, "database": database()}),
+            ),
             "exactly one of checkpointRef or database",
         ),
-        ("no-source", with("source", json!({})), "exactly one of checkpointRef or database"),
-        ("dotdot", with("target", json!({"path": "clones/../prod"})), "must not contain '..' segments"),
-        ("absolute", with("target", json!({"path": "/clones/x"})), "no leading '/'"),
-        ("empty-path", with("target", json!({"path": ""})), "path must not be empty"),
+        (
+            "no-source",
+            with("source", json!({})),
+            "exactly one of checkpointRef or database",
+        ),
+        (
+            "dotdot",
+            with("target", json!({"path": "clones/../prod"})),
+            "must not contain '..' segments",
+        ),
+        (
+            "absolute",
+            with("target", json!({"path": "/clones/x"})),
+            "no leading '/'",
+        ),
+        (
+            "empty-path",
+            with("target", json!({"path": ""})),
+            "path must not be empty",
+        ),
         (
             "same-path",
             json!({"source": {"database": database()}, "target": {"path": "prod/orders"}}),
             "must differ from the source database path",
         ),
-        ("bad-duration", with("expireAfter", json!("3 days")), "must be a duration such as 30m"),
-        ("short-duration", with("expireAfter", json!("900ms")), "between 1s and 87600h"),
-        ("bad-enum", with("verify", json!("Everything")), "Unsupported value: \"Everything\""),
-        ("bad-type", with("expireAfter", json!(3600)), "must be of type string"),
-        ("no-target", json!({"source": {"checkpointRef": {"name": "a"}}}), "spec.target: Required value"),
+        (
+            "bad-duration",
+            with("expireAfter", json!("3 days")),
+            "must be a duration such as 30m",
+        ),
+        (
+            "short-duration",
+            with("expireAfter", json!("900ms")),
+            "between 1s and 87600h",
+        ),
+        (
+            "bad-enum",
+            with("verify", json!("Everything")),
+            "Unsupported value: \"Everything\"",
+        ),
+        (
+            "bad-type",
+            with("expireAfter", json!(3600)),
+            "must be of type string",
+        ),
+        (
+            "no-target",
+            json!({"source": {"checkpointRef": {"name": "a"}}}),
+            "spec.target: Required value",
+        ),
         (
             "bad-base64",
-            with("source", json!({"checkpointRef": {"name": "a"}, "keyRange": {"start": "base64:not base64"}})),
+            with(
+                "source",
+                json!({"checkpointRef": {"name": "a"}, "keyRange": {"start": "base64:not base64"}}),
+            ),
             "standard padded base64",
         ),
         (
@@ -134,12 +195,24 @@ async fn invalid_manifests_are_rejected_with_a_message_naming_the_problem() {
             json!({"database": database(), "source": {"mode": "Adopt", "adopt": {"id": "0195d7a2-3c4f-7e21-9a0b-1c2d3e4f5a6b", "name": "n"}}}),
             "exactly one of id or name",
         ),
-        ("bad-lifetime", json!({"database": database(), "lifetime": "1y"}), "must be a duration"),
-        ("bad-policy", json!({"database": database(), "deletionPolicy": "Keep"}), "Unsupported value: \"Keep\""),
+        (
+            "bad-lifetime",
+            json!({"database": database(), "lifetime": "1y"}),
+            "must be a duration",
+        ),
+        (
+            "bad-policy",
+            json!({"database": database(), "deletionPolicy": "Keep"}),
+            "Unsupported value: \"Keep\"",
+        ),
     ];
     let mut checked = 0;
     for (api, make, cases) in [
-        (&clones, clone_manifest as fn(&str, Value) -> Value, clone_cases),
+        (
+            &clones,
+            clone_manifest as fn(&str, Value) -> Value,
+            clone_cases,
+        ),
         (&checkpoints, checkpoint_manifest, checkpoint_cases),
     ] {
         for (name, spec, expected) in cases {
@@ -147,7 +220,11 @@ async fn invalid_manifests_are_rejected_with_a_message_naming_the_problem() {
                 Ok(_) => panic!("{name}: the API server accepted an invalid manifest"),
                 Err(kube::Error::Api(status)) => {
                     assert_eq!(status.code, 422, "{name}: {status:?}");
-                    assert!(status.message.contains(expected), "{name}: expected {expected:?} in {:?}", status.message);
+                    assert!(
+                        status.message.contains(expected),
+                        "{name}: expected {expected:?} in {:?}",
+                        status.message
+                    );
                 }
                 Err(other) => panic!("{name}: unexpected error {other}"),
             }
@@ -157,10 +234,20 @@ async fn invalid_manifests_are_rejected_with_a_message_naming_the_problem() {
     assert!(checked >= 10);
 
     // Immutable fields: the object is accepted once, then changes to source or target are refused.
-    create_raw(&clones, clone_manifest("immutable", valid_clone_spec())).await.unwrap();
+    create_raw(&clones, clone_manifest("immutable", valid_clone_spec()))
+        .await
+        .unwrap();
     for (field, value, expected) in [
-        ("target", json!({"path": "clones/elsewhere"}), "spec.target is immutable"),
-        ("source", json!({"checkpointRef": {"name": "other"}}), "spec.source is immutable"),
+        (
+            "target",
+            json!({"path": "clones/elsewhere"}),
+            "spec.target is immutable",
+        ),
+        (
+            "source",
+            json!({"checkpointRef": {"name": "other"}}),
+            "spec.source is immutable",
+        ),
     ] {
         let patch = json!({"spec": {field: value}});
         let err = clones
@@ -171,16 +258,32 @@ async fn invalid_manifests_are_rejected_with_a_message_naming_the_problem() {
     }
     // A mutable field may change.
     clones
-        .patch("immutable", &PatchParams::default(), &Patch::Merge(&json!({"spec": {"verify": "Content"}})))
+        .patch(
+            "immutable",
+            &PatchParams::default(),
+            &Patch::Merge(&json!({"spec": {"verify": "Content"}})),
+        )
         .await
         .expect("verify is mutable");
 
-    create_raw(&checkpoints, checkpoint_manifest("moves", json!({"database": database()}))).await.unwrap();
+    create_raw(
+        &checkpoints,
+        checkpoint_manifest("moves", json!({"database": database()})),
+    )
+    .await
+    .unwrap();
     let err = checkpoints
-        .patch("moves", &PatchParams::default(), &Patch::Merge(&json!({"spec": {"database": {"path": "other"}}})))
+        .patch(
+            "moves",
+            &PatchParams::default(),
+            &Patch::Merge(&json!({"spec": {"database": {"path": "other"}}})),
+        )
         .await
         .expect_err("changing the database must fail");
-    assert!(err.to_string().contains("spec.database is immutable"), "{err}");
+    assert!(
+        err.to_string().contains("spec.database is immutable"),
+        "{err}"
+    );
     env.cleanup().await;
 }
 
@@ -188,11 +291,20 @@ async fn invalid_manifests_are_rejected_with_a_message_naming_the_problem() {
 async fn status_goes_through_the_subresource_and_kubectl_shows_the_columns() {
     let env = TestEnv::new("status").await;
     let clones = env.api::<DatabaseClone>();
-    create_raw(&dynamic_api::<DatabaseClone>(&env), clone_manifest("pr-7", valid_clone_spec())).await.unwrap();
+    create_raw(
+        &dynamic_api::<DatabaseClone>(&env),
+        clone_manifest("pr-7", valid_clone_spec()),
+    )
+    .await
+    .unwrap();
 
     // Status written through the main resource is ignored...
     clones
-        .patch("pr-7", &PatchParams::default(), &Patch::Merge(&json!({"status": {"phase": "Ready"}})))
+        .patch(
+            "pr-7",
+            &PatchParams::default(),
+            &Patch::Merge(&json!({"status": {"phase": "Ready"}})),
+        )
         .await
         .unwrap();
     assert_eq!(clones.get("pr-7").await.unwrap().status, None);
@@ -209,7 +321,11 @@ async fn status_goes_through_the_subresource_and_kubectl_shows_the_columns() {
         }
     });
     clones
-        .patch_status("pr-7", &PatchParams::apply("slatedb-operator").force(), &Patch::Apply(&status))
+        .patch_status(
+            "pr-7",
+            &PatchParams::apply("slatedb-operator").force(),
+            &Patch::Apply(&status),
+        )
         .await
         .unwrap();
     let stored = clones.get("pr-7").await.unwrap().status.unwrap();
@@ -219,14 +335,27 @@ async fn status_goes_through_the_subresource_and_kubectl_shows_the_columns() {
     let table = env.kubectl(&["get", "dbclone", "pr-7"]);
     let mut lines = table.lines();
     let header: Vec<&str> = lines.next().unwrap().split_whitespace().collect();
-    assert_eq!(header, ["NAME", "PHASE", "PROGRESS", "SOURCE", "TARGET", "EXPIRES", "AGE"], "{table}");
+    assert_eq!(
+        header,
+        ["NAME", "PHASE", "PROGRESS", "SOURCE", "TARGET", "EXPIRES", "AGE"],
+        "{table}"
+    );
     let row: Vec<&str> = lines.next().unwrap().split_whitespace().collect();
-    assert_eq!(&row[..5], ["pr-7", "Cloning", "42%", "nightly", "clones/pr-1"], "{table}");
+    assert_eq!(
+        &row[..5],
+        ["pr-7", "Cloning", "42%", "nightly", "clones/pr-1"],
+        "{table}"
+    );
 
     // The category and the short names reach kubectl too.
-    assert!(env.kubectl(&["get", "slatedb", "-o", "name"]).contains("databaseclone.slatedb.io/pr-7"));
+    assert!(env
+        .kubectl(&["get", "slatedb", "-o", "name"])
+        .contains("databaseclone.slatedb.io/pr-7"));
     let checkpoint_header = env.kubectl(&["get", "dbcp"]);
-    assert!(checkpoint_header.is_empty() || checkpoint_header.starts_with("NAME"), "{checkpoint_header}");
+    assert!(
+        checkpoint_header.is_empty() || checkpoint_header.starts_with("NAME"),
+        "{checkpoint_header}"
+    );
     env.cleanup().await;
 }
 
@@ -236,11 +365,19 @@ async fn a_finalizer_holds_deletion_until_it_is_removed() {
     let clones = env.api::<DatabaseClone>();
     let mut manifest = clone_manifest("held", valid_clone_spec());
     manifest["metadata"]["finalizers"] = json!(["slatedb.io/clone-cleanup"]);
-    create_raw(&dynamic_api::<DatabaseClone>(&env), manifest).await.unwrap();
+    create_raw(&dynamic_api::<DatabaseClone>(&env), manifest)
+        .await
+        .unwrap();
 
-    clones.delete("held", &DeleteParams::default()).await.unwrap();
+    clones
+        .delete("held", &DeleteParams::default())
+        .await
+        .unwrap();
     tokio::time::sleep(Duration::from_secs(2)).await;
-    let held = clones.get("held").await.expect("the finalizer keeps the object");
+    let held = clones
+        .get("held")
+        .await
+        .expect("the finalizer keeps the object");
     assert!(held.metadata.deletion_timestamp.is_some());
     assert_eq!(held.finalizers(), ["slatedb.io/clone-cleanup"]);
 
@@ -249,12 +386,25 @@ async fn a_finalizer_holds_deletion_until_it_is_removed() {
         {"op": "remove", "path": "/metadata/finalizers/0"}
     ]);
     clones
-        .patch("held", &PatchParams::default(), &Patch::Json::<()>(serde_json::from_value(remove).unwrap()))
+        .patch(
+            "held",
+            &PatchParams::default(),
+            &Patch::Json::<()>(serde_json::from_value(remove).unwrap()),
+        )
         .await
         .unwrap();
-    eventually(Duration::from_secs(10), "the clone to disappear", || async {
-        clones.get_opt("held").await.unwrap().is_none().then_some(())
-    })
+    eventually(
+        Duration::from_secs(10),
+        "the clone to disappear",
+        || async {
+            clones
+                .get_opt("held")
+                .await
+                .unwrap()
+                .is_none()
+                .then_some(())
+        },
+    )
     .await;
     env.cleanup().await;
 }
@@ -263,9 +413,12 @@ async fn a_finalizer_holds_deletion_until_it_is_removed() {
 async fn objects_owned_by_a_clone_are_garbage_collected_with_it() {
     let env = TestEnv::new("gc").await;
     let clones = env.api::<DatabaseClone>();
-    let created = create_raw(&dynamic_api::<DatabaseClone>(&env), clone_manifest("owner", valid_clone_spec()))
-        .await
-        .unwrap();
+    let created = create_raw(
+        &dynamic_api::<DatabaseClone>(&env),
+        clone_manifest("owner", valid_clone_spec()),
+    )
+    .await
+    .unwrap();
     let config_maps = env.api::<ConfigMap>();
     let owned: ConfigMap = serde_json::from_value(json!({
         "metadata": {"name": "owned", "ownerReferences": [{
@@ -274,16 +427,31 @@ async fn objects_owned_by_a_clone_are_garbage_collected_with_it() {
         "data": {"k": "v"}
     }))
     .unwrap();
-    config_maps.create(&PostParams::default(), &owned).await.unwrap();
+    config_maps
+        .create(&PostParams::default(), &owned)
+        .await
+        .unwrap();
     // An owned object with a live owner stays.
     tokio::time::sleep(Duration::from_secs(2)).await;
     assert!(config_maps.get_opt("owned").await.unwrap().is_some());
 
-    clones.delete("owner", &DeleteParams::background()).await.unwrap();
+    clones
+        .delete("owner", &DeleteParams::background())
+        .await
+        .unwrap();
     // kube-controller-manager's garbage collector removes the dependant.
-    eventually(Duration::from_secs(90), "the owned ConfigMap to be garbage-collected", || async {
-        config_maps.get_opt("owned").await.unwrap().is_none().then_some(())
-    })
+    eventually(
+        Duration::from_secs(90),
+        "the owned ConfigMap to be garbage-collected",
+        || async {
+            config_maps
+                .get_opt("owned")
+                .await
+                .unwrap()
+                .is_none()
+                .then_some(())
+        },
+    )
     .await;
     env.cleanup().await;
 }

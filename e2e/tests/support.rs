@@ -34,7 +34,9 @@ impl TestEnv {
     pub async fn new(prefix: &str) -> TestEnv {
         required_env("KUBECONFIG");
         let _ = rustls::crypto::ring::default_provider().install_default();
-        let client = Client::try_default().await.expect("connecting to the e2e kube-apiserver");
+        let client = Client::try_default()
+            .await
+            .expect("connecting to the e2e kube-apiserver");
         install_crds(&client).await;
         static COUNTER: AtomicU32 = AtomicU32::new(0);
         let namespace = format!(
@@ -91,9 +93,13 @@ pub async fn install_crds(client: &Client) {
     let crds: Api<CustomResourceDefinition> = Api::all(client.clone());
     for crd in [DatabaseCheckpoint::crd(), DatabaseClone::crd()] {
         let name = crd.metadata.name.clone().unwrap();
-        crds.patch(&name, &PatchParams::apply(FIELD_MANAGER).force(), &Patch::Apply(&crd))
-            .await
-            .unwrap_or_else(|e| panic!("applying CRD {name}: {e}"));
+        crds.patch(
+            &name,
+            &PatchParams::apply(FIELD_MANAGER).force(),
+            &Patch::Apply(&crd),
+        )
+        .await
+        .unwrap_or_else(|e| panic!("applying CRD {name}: {e}"));
         tokio::time::timeout(
             Duration::from_secs(30),
             await_condition(crds.clone(), &name, conditions::is_crd_established()),
@@ -115,7 +121,10 @@ where
         if let Some(value) = probe().await {
             return value;
         }
-        assert!(Instant::now() < deadline, "timed out after {timeout:?} waiting for {what}");
+        assert!(
+            Instant::now() < deadline,
+            "timed out after {timeout:?} waiting for {what}"
+        );
         tokio::time::sleep(Duration::from_millis(250)).await;
     }
 }

@@ -7,6 +7,8 @@ use schemars::JsonSchema;
 use serde::{Deserialize, Serialize};
 
 /// A checkpoint of a SlateDB database.
+// kube's repeated `printcolumn(type_ = ..)` arguments trip clippy's duplicate-attribute lint.
+#[allow(clippy::duplicated_attributes)]
 #[derive(CustomResource, KubeSchema, Serialize, Deserialize, Clone, Debug, PartialEq)]
 #[kube(
     group = "slatedb.io",

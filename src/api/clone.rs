@@ -8,6 +8,8 @@ use serde::{Deserialize, Serialize};
 use std::borrow::Cow;
 
 /// A copy-on-write clone of a SlateDB database.
+// kube's repeated `printcolumn(type_ = ..)` arguments trip clippy's duplicate-attribute lint.
+#[allow(clippy::duplicated_attributes)]
 #[derive(CustomResource, KubeSchema, Serialize, Deserialize, Clone, Debug, PartialEq)]
 #[kube(
     group = "slatedb.io",

@@ -1,0 +1,194 @@
+//! Object stores from a URL and a map of options (the keys of a Kubernetes Secret).
+
+use super::error::EngineError;
+use object_store::aws::{AmazonS3Builder, AmazonS3ConfigKey};
+use object_store::azure::{AzureConfigKey, MicrosoftAzureBuilder};
+use object_store::gcp::{GoogleCloudStorageBuilder, GoogleConfigKey};
+use object_store::local::LocalFileSystem;
+use object_store::memory::InMemory;
+use object_store::path::Path;
+use object_store::prefix::PrefixStore;
+use object_store::{ObjectStore, ObjectStoreScheme};
+use std::collections::BTreeMap;
+use std::sync::Arc;
+use url::Url;
+
+/// Where a database's store is and how to reach it.
+#[derive(Clone, Debug, Default, PartialEq, Eq)]
+pub struct StoreConfig {
+    /// `file:///dir`, `s3://bucket[/prefix]`, `gs://bucket[/prefix]`, `az://container[/prefix]`, `memory:///`.
+    pub url: String,
+    /// Backend options such as `AWS_ACCESS_KEY_ID` or `AWS_ENDPOINT`; keys are case-insensitive.
+    pub options: BTreeMap<String, String>,
+    /// A separate store for the WAL, when the database keeps it apart.
+    pub wal_url: Option<String>,
+}
+
+/// An opened store, rooted at the URL's path, so database paths are relative to it.
+#[derive(Clone, Debug)]
+pub struct Store {
+    pub main: Arc<dyn ObjectStore>,
+    pub wal: Option<Arc<dyn ObjectStore>>,
+}
+
+impl Store {
+    pub fn open(config: &StoreConfig) -> Result<Store, EngineError> {
+        let main = open_url(&config.url, &config.options)?;
+        let wal = match &config.wal_url {
+            Some(url) => Some(open_url(url, &config.options)?),
+            None => None,
+        };
+        Ok(Store { main, wal })
+    }
+
+    /// The store holding WAL objects: the WAL store if there is one, else the main store.
+    pub fn wal_or_main(&self) -> &Arc<dyn ObjectStore> {
+        self.wal.as_ref().unwrap_or(&self.main)
+    }
+}
+
+fn open_url(
+    url: &str,
+    options: &BTreeMap<String, String>,
+) -> Result<Arc<dyn ObjectStore>, EngineError> {
+    let invalid = |reason: String| EngineError::InvalidUrl {
+        url: url.to_string(),
+        reason,
+    };
+    let parsed = Url::parse(url).map_err(|e| invalid(e.to_string()))?;
+    let (scheme, root) = ObjectStoreScheme::parse(&parsed).map_err(|e| invalid(e.to_string()))?;
+    let config_error = |e: object_store::Error| EngineError::StoreConfig(e.to_string());
+    let store: Arc<dyn ObjectStore> = match scheme {
+        ObjectStoreScheme::Local => {
+            no_options(options, "file")?;
+            // The URL's path becomes the store's root below; the local store itself spans `/`.
+            Arc::new(LocalFileSystem::new())
+        }
+        ObjectStoreScheme::Memory => {
+            no_options(options, "memory")?;
+            Arc::new(InMemory::new())
+        }
+        ObjectStoreScheme::AmazonS3 => {
+            let mut builder = AmazonS3Builder::new().with_url(url);
+            for (key, value) in options {
+                let key_lower = key.to_ascii_lowercase();
+                let parsed: AmazonS3ConfigKey =
+                    key_lower.parse().map_err(|_| unknown(key, "s3"))?;
+                builder = builder.with_config(parsed, value);
+            }
+            Arc::new(builder.build().map_err(config_error)?)
+        }
+        ObjectStoreScheme::GoogleCloudStorage => {
+            let mut builder = GoogleCloudStorageBuilder::new().with_url(url);
+            for (key, value) in options {
+                let parsed: GoogleConfigKey = key
+                    .to_ascii_lowercase()
+                    .parse()
+                    .map_err(|_| unknown(key, "gcs"))?;
+                builder = builder.with_config(parsed, value);
+            }
+            Arc::new(builder.build().map_err(config_error)?)
+        }
+        ObjectStoreScheme::MicrosoftAzure => {
+            let mut builder = MicrosoftAzureBuilder::new().with_url(url);
+            for (key, value) in options {
+                let parsed: AzureConfigKey = key
+                    .to_ascii_lowercase()
+                    .parse()
+                    .map_err(|_| unknown(key, "azure"))?;
+                builder = builder.with_config(parsed, value);
+            }
+            Arc::new(builder.build().map_err(config_error)?)
+        }
+        other => return Err(invalid(format!("unsupported scheme {other:?}"))),
+    };
+    Ok(rooted(store, root))
+}
+
+fn rooted(store: Arc<dyn ObjectStore>, root: Path) -> Arc<dyn ObjectStore> {
+    if root.as_ref().is_empty() {
+        store
+    } else {
+        Arc::new(PrefixStore::new(store, root))
+    }
+}
+
+fn unknown(key: &str, scheme: &'static str) -> EngineError {
+    EngineError::UnknownOption {
+        key: key.to_string(),
+        scheme,
+    }
+}
+
+fn no_options(options: &BTreeMap<String, String>, scheme: &'static str) -> Result<(), EngineError> {
+    match options.keys().next() {
+        Some(key) => Err(unknown(key, scheme)),
+        None => Ok(()),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use object_store::ObjectStoreExt;
+
+    fn config(url: &str, options: &[(&str, &str)]) -> StoreConfig {
+        StoreConfig {
+            url: url.into(),
+            options: options
+                .iter()
+                .map(|(k, v)| (k.to_string(), v.to_string()))
+                .collect(),
+            wal_url: None,
+        }
+    }
+
+    #[test]
+    fn bad_urls_and_options_are_typed_errors() {
+        assert!(matches!(
+            Store::open(&config("not a url", &[])),
+            Err(EngineError::InvalidUrl { .. })
+        ));
+        assert!(matches!(
+            Store::open(&config("ftp://host/x", &[])),
+            Err(EngineError::InvalidUrl { .. })
+        ));
+        let err = Store::open(&config("s3://bucket", &[("AWS_NO_SUCH_THING", "x")])).unwrap_err();
+        assert!(
+            matches!(&err, EngineError::UnknownOption { key, .. } if key == "AWS_NO_SUCH_THING"),
+            "{err}"
+        );
+        assert!(matches!(
+            Store::open(&config("file:///tmp", &[("AWS_REGION", "x")])),
+            Err(EngineError::UnknownOption { .. })
+        ));
+    }
+
+    #[test]
+    fn s3_options_from_a_secret_are_accepted() {
+        let store = Store::open(&config(
+            "s3://bucket/prefix",
+            &[
+                ("AWS_ACCESS_KEY_ID", "a"),
+                ("AWS_SECRET_ACCESS_KEY", "b"),
+                ("AWS_ENDPOINT", "http://127.0.0.1:1"),
+                ("AWS_ALLOW_HTTP", "true"),
+                ("AWS_REGION", "us-east-1"),
+            ],
+        ));
+        assert!(store.is_ok(), "{:?}", store.err());
+    }
+
+    #[tokio::test]
+    async fn file_urls_are_rooted_at_their_path() {
+        let dir = tempfile::tempdir().unwrap();
+        let url = format!("file://{}", dir.path().display());
+        let store = Store::open(&config(&url, &[])).unwrap();
+        store
+            .main
+            .put(&Path::from("db/x"), "hello".into())
+            .await
+            .unwrap();
+        assert!(dir.path().join("db/x").exists());
+    }
+}
