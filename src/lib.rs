@@ -1,5 +1,6 @@
 //! slatedb-operator: declarative copy-on-write checkpoints and clones of SlateDB databases.
 
 pub mod api;
+pub mod controller;
 pub mod crds;
 pub mod engine;

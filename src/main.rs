@@ -1,6 +1,9 @@
 use clap::{Parser, Subcommand};
+use slatedb_operator::controller::{self, Context, Settings};
 use std::path::PathBuf;
 use std::process::ExitCode;
+use std::sync::Arc;
+use std::time::Duration;
 use tracing_subscriber::{fmt, EnvFilter};
 
 /// Declarative copy-on-write checkpoints and clones of SlateDB databases.
@@ -28,6 +31,18 @@ enum Command {
         #[arg(long, default_value = "crds")]
         out_dir: PathBuf,
     },
+    /// Run the controllers against the cluster of the current kubeconfig or service account.
+    Run {
+        /// Bound on each SlateDB admin call, in seconds (SlateDB itself retries for ever).
+        #[arg(long, default_value_t = 30, env = "ADMIN_TIMEOUT_SECONDS")]
+        admin_timeout_seconds: u64,
+        /// Longest delay between retries of a transient failure, in seconds.
+        #[arg(long, default_value_t = 300, env = "MAX_BACKOFF_SECONDS")]
+        max_backoff_seconds: u64,
+        /// Watch only this namespace (default: all namespaces).
+        #[arg(long, env = "WATCH_NAMESPACE")]
+        namespace: Option<String>,
+    },
 }
 
 fn init_logging(format: LogFormat) {
@@ -47,6 +62,19 @@ fn main() -> ExitCode {
     init_logging(cli.log_format);
     let result = match cli.command {
         Command::Crdgen { out_dir } => crdgen(&out_dir),
+        Command::Run {
+            admin_timeout_seconds,
+            max_backoff_seconds,
+            namespace,
+        } => {
+            let settings = Settings {
+                admin_timeout: Duration::from_secs(admin_timeout_seconds),
+                backoff_max: Duration::from_secs(max_backoff_seconds),
+                namespace: namespace.filter(|n| !n.is_empty()),
+                ..Settings::default()
+            };
+            run(settings)
+        }
     };
     match result {
         Ok(()) => ExitCode::SUCCESS,
@@ -55,6 +83,20 @@ fn main() -> ExitCode {
             ExitCode::FAILURE
         }
     }
+}
+
+fn run(settings: Settings) -> Result<(), String> {
+    let runtime =
+        tokio::runtime::Runtime::new().map_err(|e| format!("starting the async runtime: {e}"))?;
+    runtime.block_on(async {
+        let client = kube::Client::try_default()
+            .await
+            .map_err(|e| format!("connecting to Kubernetes: {e}"))?;
+        let ctx = Arc::new(Context::new(client, settings));
+        tracing::info!("slatedb-operator running");
+        controller::checkpoint::run(ctx).await;
+        Ok(())
+    })
 }
 
 fn crdgen(out_dir: &std::path::Path) -> Result<(), String> {

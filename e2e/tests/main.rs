@@ -3,5 +3,6 @@
 //! starts the cluster, exports its environment and stops it afterwards. Without a cluster these
 //! tests fail; they never skip.
 
+mod checkpoints;
 mod crds;
 mod support;

@@ -128,3 +128,181 @@ where
         tokio::time::sleep(Duration::from_millis(250)).await;
     }
 }
+
+/// The operator binary running as a child process, watching one test namespace; killed on drop.
+pub struct Operator {
+    child: std::process::Child,
+}
+
+impl Operator {
+    pub fn start(namespace: &str, extra_env: &[(&str, &str)]) -> Operator {
+        let log =
+            std::fs::File::create(std::env::temp_dir().join(format!("operator-{namespace}.log")))
+                .expect("creating the operator log");
+        let child = Command::new(env!("CARGO_BIN_EXE_slatedb-operator"))
+            .args([
+                "--log-format",
+                "json",
+                "run",
+                "--namespace",
+                namespace,
+                "--admin-timeout-seconds",
+                "10",
+            ])
+            .args(["--max-backoff-seconds", "5"])
+            .envs(extra_env.iter().copied())
+            .env("RUST_LOG", "info,slatedb=warn")
+            .stdout(log.try_clone().unwrap())
+            .stderr(log)
+            .spawn()
+            .expect("starting the operator");
+        Operator { child }
+    }
+
+    /// Waits for the process to exit by itself and returns its exit code.
+    pub async fn wait_exit(&mut self, timeout: Duration) -> Option<i32> {
+        let deadline = Instant::now() + timeout;
+        loop {
+            if let Some(status) = self.child.try_wait().unwrap() {
+                return status.code();
+            }
+            assert!(
+                Instant::now() < deadline,
+                "operator did not exit within {timeout:?}"
+            );
+            tokio::time::sleep(Duration::from_millis(100)).await;
+        }
+    }
+}
+
+impl Drop for Operator {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
+
+/// Which object store a test runs against.
+#[derive(Clone, Copy, Debug)]
+pub enum StoreKind {
+    File,
+    S3,
+}
+
+/// A store for one test: its URL and options, as a user would put them in a spec and a Secret.
+pub struct TestStore {
+    pub url: String,
+    pub options: std::collections::BTreeMap<String, String>,
+    /// Local directory holding the objects (for the S3 server, its bucket directory plus prefix).
+    pub local_root: std::path::PathBuf,
+    _dir: Option<tempfile::TempDir>,
+}
+
+impl TestStore {
+    pub fn new(kind: StoreKind, namespace: &str) -> TestStore {
+        match kind {
+            StoreKind::File => {
+                let dir = tempfile::tempdir().unwrap();
+                TestStore {
+                    url: format!("file://{}", dir.path().display()),
+                    options: Default::default(),
+                    local_root: dir.path().to_path_buf(),
+                    _dir: Some(dir),
+                }
+            }
+            StoreKind::S3 => {
+                let bucket = required_env("E2E_S3_BUCKET");
+                let options = [
+                    ("AWS_ACCESS_KEY_ID", required_env("E2E_S3_ACCESS_KEY")),
+                    ("AWS_SECRET_ACCESS_KEY", required_env("E2E_S3_SECRET_KEY")),
+                    ("AWS_ENDPOINT", required_env("E2E_S3_ENDPOINT")),
+                    ("AWS_ALLOW_HTTP", "true".to_string()),
+                    ("AWS_REGION", "us-east-1".to_string()),
+                ]
+                .into_iter()
+                .map(|(k, v)| (k.to_string(), v))
+                .collect();
+                TestStore {
+                    url: format!("s3://{bucket}/{namespace}"),
+                    options,
+                    local_root: std::path::PathBuf::from(required_env("E2E_S3_ROOT"))
+                        .join(bucket)
+                        .join(namespace),
+                    _dir: None,
+                }
+            }
+        }
+    }
+
+    pub fn config(&self) -> slatedb_operator::engine::StoreConfig {
+        slatedb_operator::engine::StoreConfig {
+            url: self.url.clone(),
+            options: self.options.clone(),
+            wal_url: None,
+        }
+    }
+
+    pub fn open(&self) -> slatedb_operator::engine::Store {
+        slatedb_operator::engine::Store::open(&self.config()).expect("opening the test store")
+    }
+
+    pub fn database(&self, path: &str) -> slatedb_operator::engine::Database {
+        slatedb_operator::engine::Database::new(self.open(), path, Duration::from_secs(20))
+    }
+
+    /// The `spec.database.store` of a manifest, with a Secret reference when the store needs one.
+    pub fn store_spec(&self) -> serde_json::Value {
+        if self.options.is_empty() {
+            serde_json::json!({"url": self.url})
+        } else {
+            serde_json::json!({"url": self.url, "secretRef": {"name": "store-credentials"}})
+        }
+    }
+
+    /// Creates the Secret named by [`TestStore::store_spec`], if this store needs one.
+    pub async fn create_secret(&self, env: &TestEnv) {
+        if self.options.is_empty() {
+            return;
+        }
+        let secret: k8s_openapi::api::core::v1::Secret =
+            serde_json::from_value(serde_json::json!({
+                "metadata": {"name": "store-credentials"}, "stringData": self.options
+            }))
+            .unwrap();
+        env.api::<k8s_openapi::api::core::v1::Secret>()
+            .create(&PostParams::default(), &secret)
+            .await
+            .expect("creating the store Secret");
+    }
+}
+
+/// Writes a real SlateDB database at `path`: `keys` keys in `ssts` flushed L0 SSTs (compaction off,
+/// so they stay separate), then closes it cleanly.
+pub async fn write_sample_db(store: &TestStore, path: &str, keys: usize, ssts: usize) {
+    let settings = slatedb::config::Settings {
+        compactor_options: None,
+        ..Default::default()
+    };
+    let db = slatedb::Db::builder(path, store.open().main)
+        .with_settings(settings)
+        .build()
+        .await
+        .unwrap();
+    let per_sst = keys.div_ceil(ssts);
+    for i in 0..keys {
+        db.put(
+            format!("key-{i:06}").as_bytes(),
+            format!("value-{i}").as_bytes(),
+        )
+        .await
+        .unwrap();
+        if (i + 1) % per_sst == 0 || i + 1 == keys {
+            db.flush_with_options(slatedb::config::FlushOptions {
+                flush_type: slatedb::config::FlushType::MemTable,
+            })
+            .await
+            .unwrap();
+        }
+    }
+    db.close().await.unwrap();
+}

@@ -82,6 +82,7 @@ impl EngineError {
             EngineError::StoreConfig(_) => "InvalidStoreConfig",
             EngineError::Timeout { .. } => "StoreTimeout",
             EngineError::AccessDenied { .. } => "CredentialsRejected",
+            EngineError::Store { source, .. } if is_access_denied(source) => "CredentialsRejected",
             EngineError::Store { .. } => "StoreUnavailable",
             EngineError::NotADatabase { .. } => "NotADatabase",
             EngineError::Uninitialized { .. } => "DatabaseUninitialized",
@@ -96,8 +97,33 @@ impl EngineError {
     }
 }
 
+/// Whether the store rejected the credentials. object_store reports a 403 from some requests (a
+/// LIST, for one) only as a generic error with the HTTP status in its text.
+pub(crate) fn is_access_denied(error: &object_store::Error) -> bool {
+    use object_store::Error as E;
+    match error {
+        E::PermissionDenied { .. } | E::Unauthenticated { .. } => true,
+        E::Generic { .. } => {
+            let text = error.to_string();
+            [
+                "403 Forbidden",
+                "401 Unauthorized",
+                "SignatureDoesNotMatch",
+                "InvalidAccessKeyId",
+                "AccessDenied",
+            ]
+            .iter()
+            .any(|marker| text.contains(marker))
+        }
+        _ => false,
+    }
+}
+
 fn store_fault(error: &object_store::Error) -> Fault {
     use object_store::Error as E;
+    if is_access_denied(error) {
+        return Fault::Permanent;
+    }
     match error {
         E::NotFound { .. }
         | E::PermissionDenied { .. }

@@ -10,6 +10,7 @@ use object_store::{ObjectStore, ObjectStoreExt};
 use sha2::{Digest, Sha256};
 use slatedb::{PathResolver, SstReader, VersionedManifest};
 use std::sync::Arc;
+use std::time::Duration;
 
 /// How many objects are hashed or CRC-walked at once.
 const CONCURRENCY: usize = 8;
@@ -82,33 +83,15 @@ impl Database {
                 .join(format!("{wal_id:020}.sst"));
             wanted.push((format!("wal/{wal_id:020}"), path, true));
         }
+        let (main, wal, timeout) = (
+            self.store.main.clone(),
+            self.store.wal_or_main().clone(),
+            self.timeout,
+        );
         let mut objects: Vec<PinnedObject> = futures::stream::iter(wanted)
-            .map(|(key, path, is_wal)| async move {
-                let store = if is_wal {
-                    self.store.wal_or_main()
-                } else {
-                    &self.store.main
-                };
-                let meta = self
-                    .bounded_store("head pinned object", store.head(&path))
-                    .await
-                    .map_err(|e| match e {
-                        EngineError::Store {
-                            source: object_store::Error::NotFound { .. },
-                            ..
-                        } => EngineError::Corrupt {
-                            object: path.to_string(),
-                            detail: "pinned by the checkpoint but missing from the store".into(),
-                        },
-                        other => other,
-                    })?;
-                Ok::<_, EngineError>(PinnedObject {
-                    key,
-                    path,
-                    size: meta.size,
-                    etag: meta.e_tag,
-                    is_wal,
-                })
+            .map(move |(key, path, is_wal)| {
+                let store = if is_wal { wal.clone() } else { main.clone() };
+                head_pinned(store, key, path, is_wal, timeout)
             })
             .buffer_unordered(CONCURRENCY)
             .try_collect()
@@ -156,20 +139,23 @@ impl Database {
     }
 
     async fn content_root(&self, objects: &[PinnedObject]) -> Result<String, EngineError> {
-        let mut leaves: Vec<(String, [u8; 32])> = futures::stream::iter(objects)
-            .map(|object| async move {
+        let (main, wal) = (self.store.main.clone(), self.store.wal_or_main().clone());
+        let mut leaves: Vec<(String, [u8; 32])> = futures::stream::iter(objects.to_vec())
+            .map(move |object| {
                 let store = if object.is_wal {
-                    self.store.wal_or_main()
+                    wal.clone()
                 } else {
-                    &self.store.main
+                    main.clone()
                 };
-                let hash = stream_sha256(store, &object.path).await.map_err(|source| {
-                    EngineError::Store {
-                        operation: "read pinned object",
-                        source,
-                    }
-                })?;
-                Ok::<_, EngineError>((object.key.clone(), hash))
+                async move {
+                    let hash = stream_sha256(store, object.path).await.map_err(|source| {
+                        EngineError::Store {
+                            operation: "read pinned object",
+                            source,
+                        }
+                    })?;
+                    Ok::<_, EngineError>((object.key, hash))
+                }
             })
             .buffer_unordered(CONCURRENCY)
             .try_collect()
@@ -182,15 +168,23 @@ impl Database {
     /// CRC; the first corrupt object is named in the error.
     pub async fn verify_blocks(&self, checkpoint: &CheckpointInfo) -> Result<u64, EngineError> {
         let objects = self.pinned_objects(checkpoint).await?;
-        let blocks: Vec<u64> = futures::stream::iter(objects.iter().filter(|o| !o.is_wal))
-            .map(|object| self.verify_sst_blocks(object))
+        let (main, timeout) = (self.store.main.clone(), self.timeout);
+        let ssts: Vec<PinnedObject> = objects.into_iter().filter(|o| !o.is_wal).collect();
+        let blocks: Vec<u64> = futures::stream::iter(ssts)
+            .map(move |object| verify_sst_blocks(main.clone(), object, timeout))
             .buffer_unordered(CONCURRENCY)
             .try_collect()
             .await?;
         Ok(blocks.iter().sum())
     }
+}
 
-    async fn verify_sst_blocks(&self, object: &PinnedObject) -> Result<u64, EngineError> {
+async fn verify_sst_blocks(
+    store: Arc<dyn ObjectStore>,
+    object: PinnedObject,
+    timeout: Duration,
+) -> Result<u64, EngineError> {
+    {
         let corrupt = |detail: String| EngineError::Corrupt {
             object: object.path.to_string(),
             detail,
@@ -204,12 +198,12 @@ impl Database {
             .trim_end_matches(".sst")
             .parse()
             .map_err(|_| corrupt("file name is not a ULID".into()))?;
-        let reader = SstReader::new(Path::from(owner), self.store.main.clone(), None, None);
-        let sst = tokio::time::timeout(self.timeout, reader.open(ulid))
+        let reader = SstReader::new(Path::from(owner), store, None, None);
+        let sst = tokio::time::timeout(timeout, reader.open(ulid))
             .await
             .map_err(|_| EngineError::Timeout {
                 operation: "open SST",
-                after: self.timeout,
+                after: timeout,
             })?
             .map_err(|e| corrupt(e.to_string()))?;
         let index = sst.index().await.map_err(|e| corrupt(e.to_string()))?;
@@ -222,11 +216,48 @@ impl Database {
     }
 }
 
+async fn head_pinned(
+    store: Arc<dyn ObjectStore>,
+    key: String,
+    path: Path,
+    is_wal: bool,
+    timeout: Duration,
+) -> Result<PinnedObject, EngineError> {
+    let meta = match tokio::time::timeout(timeout, store.head(&path)).await {
+        Err(_) => {
+            return Err(EngineError::Timeout {
+                operation: "head pinned object",
+                after: timeout,
+            })
+        }
+        Ok(Err(object_store::Error::NotFound { .. })) => {
+            return Err(EngineError::Corrupt {
+                object: path.to_string(),
+                detail: "pinned by the checkpoint but missing from the store".into(),
+            })
+        }
+        Ok(Err(source)) => {
+            return Err(EngineError::Store {
+                operation: "head pinned object",
+                source,
+            })
+        }
+        Ok(Ok(meta)) => meta,
+    };
+    Ok(PinnedObject {
+        key,
+        path,
+        size: meta.size,
+        etag: meta.e_tag,
+        is_wal,
+    })
+}
+
 async fn stream_sha256(
-    store: &Arc<dyn ObjectStore>,
-    path: &Path,
+    store: Arc<dyn ObjectStore>,
+    path: Path,
 ) -> Result<[u8; 32], object_store::Error> {
-    let mut stream = store.get(path).await?.into_stream();
+    let mut stream = store.get(&path).await?.into_stream();
     let mut hasher = Sha256::new();
     while let Some(chunk) = stream.next().await {
         hasher.update(chunk?);

@@ -1,0 +1,214 @@
+//! Reconcilers, one file per kind: read observed state, decide with a pure function, apply.
+
+pub mod checkpoint;
+mod conditions;
+
+use k8s_openapi::api::core::v1::Secret;
+use kube::runtime::events::{Recorder, Reporter};
+use kube::{Api, Client};
+use std::collections::{BTreeMap, HashMap};
+use std::sync::Mutex;
+use std::time::Duration;
+
+pub use conditions::set_condition;
+
+/// Field manager of every status the operator writes (server-side apply).
+pub const FIELD_MANAGER: &str = "slatedb-operator";
+
+/// Operator settings that come from the command line.
+#[derive(Clone, Debug)]
+pub struct Settings {
+    /// Bound on each SlateDB admin call.
+    pub admin_timeout: Duration,
+    /// First retry delay after a transient failure; doubles per attempt.
+    pub backoff_base: Duration,
+    /// Longest retry delay.
+    pub backoff_max: Duration,
+    /// Watch only this namespace; `None` watches all.
+    pub namespace: Option<String>,
+}
+
+impl Default for Settings {
+    fn default() -> Self {
+        Settings {
+            admin_timeout: crate::engine::DEFAULT_ADMIN_TIMEOUT,
+            backoff_base: Duration::from_secs(1),
+            backoff_max: Duration::from_secs(300),
+            namespace: None,
+        }
+    }
+}
+
+/// State shared by every reconcile.
+pub struct Context {
+    pub client: Client,
+    pub recorder: Recorder,
+    pub settings: Settings,
+    /// Consecutive transient failures per object uid, for exponential backoff.
+    failures: Mutex<HashMap<String, u32>>,
+}
+
+impl Context {
+    pub fn new(client: Client, settings: Settings) -> Context {
+        let reporter = Reporter {
+            controller: "slatedb-operator".into(),
+            instance: std::env::var("POD_NAME").ok(),
+        };
+        Context {
+            recorder: Recorder::new(client.clone(), reporter),
+            client,
+            settings,
+            failures: Mutex::default(),
+        }
+    }
+
+    /// Records one more transient failure of `uid` and returns how long to wait before retrying:
+    /// base × 2^(n-1), capped, with up to 20% jitter so many failing objects do not retry in step.
+    pub fn next_backoff(&self, uid: &str) -> Duration {
+        let attempt = {
+            let mut failures = self
+                .failures
+                .lock()
+                .unwrap_or_else(|poisoned| poisoned.into_inner());
+            let n = failures.entry(uid.to_string()).or_insert(0);
+            *n = n.saturating_add(1);
+            *n
+        };
+        backoff_delay(&self.settings, attempt, jitter_fraction(uid, attempt))
+    }
+
+    /// An Api over every watched namespace.
+    pub fn watched_api<K>(&self) -> Api<K>
+    where
+        K: kube::Resource<Scope = k8s_openapi::NamespaceResourceScope>,
+        <K as kube::Resource>::DynamicType: Default,
+    {
+        match &self.settings.namespace {
+            Some(namespace) => Api::namespaced(self.client.clone(), namespace),
+            None => Api::all(self.client.clone()),
+        }
+    }
+
+    pub fn reset_backoff(&self, uid: &str) {
+        self.failures
+            .lock()
+            .unwrap_or_else(|poisoned| poisoned.into_inner())
+            .remove(uid);
+    }
+}
+
+fn jitter_fraction(uid: &str, attempt: u32) -> f64 {
+    use std::hash::{Hash, Hasher};
+    let mut hasher = std::collections::hash_map::DefaultHasher::new();
+    (uid, attempt, std::time::SystemTime::now()).hash(&mut hasher);
+    (hasher.finish() % 1000) as f64 / 1000.0
+}
+
+/// The delay before retry number `attempt` (1-based); `jitter` in [0, 1) adds up to 20%.
+pub fn backoff_delay(settings: &Settings, attempt: u32, jitter: f64) -> Duration {
+    let exponent = attempt.saturating_sub(1).min(20);
+    let delay = settings
+        .backoff_base
+        .saturating_mul(1u32 << exponent)
+        .min(settings.backoff_max);
+    delay
+        .mul_f64(1.0 + 0.2 * jitter.clamp(0.0, 1.0))
+        .min(settings.backoff_max)
+}
+
+#[derive(Debug, thiserror::Error)]
+pub enum Error {
+    #[error("Kubernetes API error: {0}")]
+    Kube(#[from] kube::Error),
+    #[error("finalizer error: {0}")]
+    Finalizer(#[source] Box<kube::runtime::finalizer::Error<Error>>),
+    #[error("{0}")]
+    Engine(#[from] crate::engine::EngineError),
+    #[error("{0}")]
+    Blocked(String),
+}
+
+/// Why the object-store options of a store could not be read.
+#[derive(Debug, thiserror::Error)]
+pub enum SecretProblem {
+    #[error(
+        "Secret {namespace}/{name} not found; create it with the object-store options as keys"
+    )]
+    NotFound { namespace: String, name: String },
+    #[error("key {key:?} of Secret {namespace}/{name} is not UTF-8 text")]
+    NotText {
+        namespace: String,
+        name: String,
+        key: String,
+    },
+}
+
+/// Reads a Secret's keys as object-store options.
+pub async fn store_options(
+    client: &Client,
+    namespace: &str,
+    secret: Option<&str>,
+) -> Result<Result<BTreeMap<String, String>, SecretProblem>, kube::Error> {
+    let Some(name) = secret else {
+        return Ok(Ok(BTreeMap::new()));
+    };
+    let Some(secret) = Api::<Secret>::namespaced(client.clone(), namespace)
+        .get_opt(name)
+        .await?
+    else {
+        return Ok(Err(SecretProblem::NotFound {
+            namespace: namespace.into(),
+            name: name.into(),
+        }));
+    };
+    let mut options = BTreeMap::new();
+    for (key, value) in secret.data.unwrap_or_default() {
+        match String::from_utf8(value.0) {
+            Ok(text) => options.insert(key, text),
+            Err(_) => {
+                return Ok(Err(SecretProblem::NotText {
+                    namespace: namespace.into(),
+                    name: name.into(),
+                    key,
+                }))
+            }
+        };
+    }
+    for (key, value) in secret.string_data.unwrap_or_default() {
+        options.insert(key, value);
+    }
+    Ok(Ok(options))
+}
+
+/// Converts SlateDB's chrono times to the Kubernetes API's time type.
+pub fn to_k8s_time(
+    time: chrono::DateTime<chrono::Utc>,
+) -> k8s_openapi::apimachinery::pkg::apis::meta::v1::Time {
+    let timestamp = k8s_openapi::jiff::Timestamp::from_millisecond(time.timestamp_millis())
+        .unwrap_or(k8s_openapi::jiff::Timestamp::UNIX_EPOCH);
+    k8s_openapi::apimachinery::pkg::apis::meta::v1::Time(timestamp)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn backoff_doubles_and_is_capped() {
+        let settings = Settings {
+            backoff_base: Duration::from_secs(2),
+            backoff_max: Duration::from_secs(60),
+            ..Settings::default()
+        };
+        assert_eq!(backoff_delay(&settings, 1, 0.0), Duration::from_secs(2));
+        assert_eq!(backoff_delay(&settings, 2, 0.0), Duration::from_secs(4));
+        assert_eq!(backoff_delay(&settings, 4, 0.0), Duration::from_secs(16));
+        assert_eq!(backoff_delay(&settings, 30, 0.0), Duration::from_secs(60));
+        assert_eq!(backoff_delay(&settings, 30, 0.99), Duration::from_secs(60));
+        let jittered = backoff_delay(&settings, 2, 0.5);
+        assert!(
+            jittered > Duration::from_secs(4) && jittered <= Duration::from_secs(5),
+            "{jittered:?}"
+        );
+    }
+}
