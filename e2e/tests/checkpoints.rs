@@ -394,3 +394,71 @@ async fn content_root_is_stable_and_a_flipped_byte_is_named() {
     let file_name = victim.file_name().unwrap().to_string_lossy().to_string();
     assert!(error.to_string().contains(&file_name), "{error}");
 }
+
+/// Source protection: while a clone made from the checkpoint is not yet initialized, deleting the
+/// checkpoint waits (and the SlateDB checkpoint stays); once the clone is initialized, it proceeds.
+#[tokio::test]
+async fn deletion_waits_for_clones_being_initialized_from_the_checkpoint() {
+    let (env, store) = setup("cp-protect", StoreKind::File).await;
+    write_sample_db(&store, DB_PATH, 500, 1).await;
+    let db = store.database(DB_PATH);
+    let _operator = Operator::start(&env.namespace, &[]);
+    create_checkpoint(
+        &env,
+        "source",
+        json!({"database": {"store": store.store_spec(), "path": DB_PATH}}),
+    )
+    .await;
+    wait_condition(&env, "source", "Ready", Duration::from_secs(60)).await;
+
+    let clone: slatedb_operator::api::DatabaseClone = serde_json::from_value(json!({
+        "apiVersion": "slatedb.io/v1alpha1", "kind": "DatabaseClone", "metadata": {"name": "pr-1"},
+        "spec": {"source": {"checkpointRef": {"name": "source"}}, "target": {"path": "clones/pr-1"}}
+    }))
+    .unwrap();
+    let clones = env.api::<slatedb_operator::api::DatabaseClone>();
+    clones.create(&PostParams::default(), &clone).await.unwrap();
+    let in_use = wait_condition(&env, "source", "InUse", Duration::from_secs(30)).await;
+    assert_eq!(in_use.status.as_ref().unwrap().dependents, Some(1));
+    assert!(in_use
+        .metadata
+        .finalizers
+        .unwrap()
+        .contains(&"slatedb.io/clone-source-protection".to_string()));
+
+    env.api::<DatabaseCheckpoint>()
+        .delete("source", &DeleteParams::default())
+        .await
+        .unwrap();
+    tokio::time::sleep(Duration::from_secs(3)).await;
+    let held = env
+        .api::<DatabaseCheckpoint>()
+        .get("source")
+        .await
+        .expect("deletion is held");
+    assert!(held.metadata.deletion_timestamp.is_some());
+    assert_eq!(
+        db.list_checkpoints(None).await.unwrap().len(),
+        1,
+        "the SlateDB checkpoint stays"
+    );
+    let events = env.kubectl(&["get", "events", "-o", "jsonpath={.items[*].reason}"]);
+    assert!(events.contains("DeletionBlocked"), "{events}");
+    assert!(events.contains("Created"), "{events}");
+
+    // The clone reports Initialized: the checkpoint is no longer needed and goes, data and all.
+    let status = json!({"apiVersion": "slatedb.io/v1alpha1", "kind": "DatabaseClone", "status": {
+        "conditions": [{"type": "Initialized", "status": "True", "reason": "Initialized", "message": "",
+                        "lastTransitionTime": "2026-11-26T00:00:00Z"}]}});
+    clones
+        .patch_status(
+            "pr-1",
+            &kube::api::PatchParams::apply("e2e").force(),
+            &kube::api::Patch::Apply(&status),
+        )
+        .await
+        .unwrap();
+    wait_gone(&env, "source").await;
+    assert!(db.list_checkpoints(None).await.unwrap().is_empty());
+    env.cleanup().await;
+}
