@@ -118,7 +118,10 @@ async fn checkpoint_is_ready_and_matches_slatedb_and_deletion_policy_holds(kind:
     let checksum = status.checksum.unwrap();
     assert_eq!(checksum.metadata_digest.len(), 64);
     // The digest is SlateDB's state, recomputed independently here.
-    let fingerprint = db.fingerprint(&in_slatedb[0], false).await.unwrap();
+    let fingerprint = db
+        .fingerprint(in_slatedb[0].manifest_id, false)
+        .await
+        .unwrap();
     assert_eq!(fingerprint.metadata_digest, checksum.metadata_digest);
 
     // deletionPolicy: Delete (the default) removes the SlateDB checkpoint with the object.
@@ -369,11 +372,11 @@ async fn content_root_is_stable_and_a_flipped_byte_is_named() {
     write_sample_db(&store, DB_PATH, 3_000, 3).await;
     let db = store.database(DB_PATH);
     let (checkpoint, _) = db.obtain_checkpoint("content-test", None).await.unwrap();
-    let first = db.fingerprint(&checkpoint, true).await.unwrap();
-    let second = db.fingerprint(&checkpoint, true).await.unwrap();
+    let first = db.fingerprint(checkpoint.manifest_id, true).await.unwrap();
+    let second = db.fingerprint(checkpoint.manifest_id, true).await.unwrap();
     assert!(first.content_root.is_some());
     assert_eq!(first.content_root, second.content_root);
-    assert!(db.verify_blocks(&checkpoint).await.unwrap() > 0);
+    assert!(db.verify_blocks(checkpoint.manifest_id).await.unwrap() > 0);
 
     let sst_dir = store.local_root.join(DB_PATH).join("compacted");
     let victim = std::fs::read_dir(&sst_dir)
@@ -385,10 +388,10 @@ async fn content_root_is_stable_and_a_flipped_byte_is_named() {
     let mut bytes = std::fs::read(&victim).unwrap();
     bytes[10] ^= 0xff;
     std::fs::write(&victim, bytes).unwrap();
-    let third = db.fingerprint(&checkpoint, true).await.unwrap();
+    let third = db.fingerprint(checkpoint.manifest_id, true).await.unwrap();
     assert_ne!(third.content_root, first.content_root);
     let error = db
-        .verify_blocks(&checkpoint)
+        .verify_blocks(checkpoint.manifest_id)
         .await
         .expect_err("the flipped byte must be found");
     let file_name = victim.file_name().unwrap().to_string_lossy().to_string();

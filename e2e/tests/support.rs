@@ -276,33 +276,9 @@ impl TestStore {
     }
 }
 
-/// Writes a real SlateDB database at `path`: `keys` keys in `ssts` flushed L0 SSTs (compaction off,
-/// so they stay separate), then closes it cleanly.
+/// Writes a real SlateDB database at `path` (see [`slatedb_operator::engine::sample`]).
 pub async fn write_sample_db(store: &TestStore, path: &str, keys: usize, ssts: usize) {
-    let settings = slatedb::config::Settings {
-        compactor_options: None,
-        ..Default::default()
-    };
-    let db = slatedb::Db::builder(path, store.open().main)
-        .with_settings(settings)
-        .build()
+    slatedb_operator::engine::sample::write_sample_db(&store.open(), path, keys, ssts)
         .await
         .unwrap();
-    let per_sst = keys.div_ceil(ssts);
-    for i in 0..keys {
-        db.put(
-            format!("key-{i:06}").as_bytes(),
-            format!("value-{i}").as_bytes(),
-        )
-        .await
-        .unwrap();
-        if (i + 1) % per_sst == 0 || i + 1 == keys {
-            db.flush_with_options(slatedb::config::FlushOptions {
-                flush_type: slatedb::config::FlushType::MemTable,
-            })
-            .await
-            .unwrap();
-        }
-    }
-    db.close().await.unwrap();
 }

@@ -438,9 +438,9 @@ async fn observe_checkpoint(
         None
     } else {
         if want_content {
-            db.verify_blocks(&checkpoint).await?;
+            db.verify_blocks(checkpoint.manifest_id).await?;
         }
-        Some(db.fingerprint(&checkpoint, want_content).await?)
+        Some(db.fingerprint(checkpoint.manifest_id, want_content).await?)
     };
     Ok(Observation::Present {
         checkpoint,

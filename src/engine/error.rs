@@ -46,6 +46,14 @@ pub enum EngineError {
         name: String,
         count: usize,
     },
+    #[error("the clone target {path:?} already holds {holds}; refusing to overwrite it")]
+    TargetNotEmpty { path: String, holds: String },
+    #[error("{count} objects remain under {path:?} after deleting it, e.g. {example}")]
+    Leftover {
+        path: String,
+        count: usize,
+        example: String,
+    },
     #[error("{object} is corrupt: {detail}")]
     Corrupt { object: String, detail: String },
     #[error("SlateDB {operation} failed: {source}")]
@@ -70,7 +78,9 @@ impl EngineError {
             | EngineError::Uninitialized { .. }
             | EngineError::CheckpointMissing { .. }
             | EngineError::CheckpointAmbiguous { .. }
+            | EngineError::TargetNotEmpty { .. }
             | EngineError::Corrupt { .. } => Fault::Permanent,
+            EngineError::Leftover { .. } => Fault::Transient,
         }
     }
 
@@ -89,6 +99,8 @@ impl EngineError {
             EngineError::CheckpointMissing { .. } => "CheckpointMissing",
             EngineError::CheckpointAmbiguous { .. } => "CheckpointAmbiguous",
             EngineError::Corrupt { .. } => "ChecksumMismatch",
+            EngineError::TargetNotEmpty { .. } => "TargetNotEmpty",
+            EngineError::Leftover { .. } => "CleanupIncomplete",
             EngineError::SlateDb { source, .. } => match slatedb_fault(source) {
                 Fault::Transient => "StoreUnavailable",
                 Fault::Permanent => "SlateDbError",

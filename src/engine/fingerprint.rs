@@ -1,7 +1,6 @@
 //! Fingerprints of what a checkpoint pins: a cheap metadata digest (HEADs only), a Merkle root over
 //! object content, and a CRC walk of every SST block.
 
-use super::checkpoint::CheckpointInfo;
 use super::error::EngineError;
 use super::Database;
 use futures::{StreamExt, TryStreamExt};
@@ -45,27 +44,21 @@ fn manifest_path(db: &Path, manifest_id: u64) -> Path {
 }
 
 impl Database {
-    async fn pinned_manifest(
-        &self,
-        checkpoint: &CheckpointInfo,
-    ) -> Result<VersionedManifest, EngineError> {
+    async fn pinned_manifest(&self, manifest_id: u64) -> Result<VersionedManifest, EngineError> {
         self.bounded(
             "read_manifest",
-            self.admin().read_manifest(Some(checkpoint.manifest_id)),
+            self.admin().read_manifest(Some(manifest_id)),
         )
         .await?
         .ok_or_else(|| EngineError::Corrupt {
-            object: manifest_path(&self.path, checkpoint.manifest_id).to_string(),
+            object: manifest_path(&self.path, manifest_id).to_string(),
             detail: "the manifest the checkpoint pins is missing".into(),
         })
     }
 
     /// Every SST and WAL object the checkpoint's manifest pins, with size and etag (one HEAD each).
-    pub async fn pinned_objects(
-        &self,
-        checkpoint: &CheckpointInfo,
-    ) -> Result<Vec<PinnedObject>, EngineError> {
-        let manifest = self.pinned_manifest(checkpoint).await?;
+    pub async fn pinned_objects(&self, manifest_id: u64) -> Result<Vec<PinnedObject>, EngineError> {
+        let manifest = self.pinned_manifest(manifest_id).await?;
         let resolver = PathResolver::new(self.path.clone(), &manifest);
         let mut wanted: Vec<(String, Path, bool)> = Vec::new();
         let mut seen = std::collections::BTreeSet::new();
@@ -104,11 +97,11 @@ impl Database {
     /// parallel with bounded concurrency).
     pub async fn fingerprint(
         &self,
-        checkpoint: &CheckpointInfo,
+        manifest_id: u64,
         content: bool,
     ) -> Result<Fingerprint, EngineError> {
-        let objects = self.pinned_objects(checkpoint).await?;
-        let manifest = manifest_path(&self.path, checkpoint.manifest_id);
+        let objects = self.pinned_objects(manifest_id).await?;
+        let manifest = manifest_path(&self.path, manifest_id);
         let manifest_bytes = self
             .bounded_store("get manifest", async {
                 self.store.main.get(&manifest).await?.bytes().await
@@ -139,8 +132,23 @@ impl Database {
     }
 
     async fn content_root(&self, objects: &[PinnedObject]) -> Result<String, EngineError> {
+        let leaves = self.content_hashes(objects, &|_| {}).await?;
+        let leaves: Vec<(String, [u8; 32])> = leaves
+            .into_iter()
+            .map(|(object, hash)| (object.key, hash))
+            .collect();
+        Ok(hex::encode(merkle_root(&leaves)))
+    }
+
+    /// The sha256 of every object's content, streamed in parallel with bounded concurrency, sorted
+    /// by logical key; `on_hashed` is called with each object as it finishes.
+    pub async fn content_hashes(
+        &self,
+        objects: &[PinnedObject],
+        on_hashed: &(dyn Fn(&PinnedObject) + Sync),
+    ) -> Result<Vec<(PinnedObject, [u8; 32])>, EngineError> {
         let (main, wal) = (self.store.main.clone(), self.store.wal_or_main().clone());
-        let mut leaves: Vec<(String, [u8; 32])> = futures::stream::iter(objects.to_vec())
+        let mut hashed = futures::stream::iter(objects.to_vec())
             .map(move |object| {
                 let store = if object.is_wal {
                     wal.clone()
@@ -148,26 +156,37 @@ impl Database {
                     main.clone()
                 };
                 async move {
-                    let hash = stream_sha256(store, object.path).await.map_err(|source| {
-                        EngineError::Store {
-                            operation: "read pinned object",
-                            source,
-                        }
-                    })?;
-                    Ok::<_, EngineError>((object.key, hash))
+                    let hash =
+                        stream_sha256(store, object.path.clone())
+                            .await
+                            .map_err(|source| EngineError::Store {
+                                operation: "read pinned object",
+                                source,
+                            })?;
+                    Ok::<_, EngineError>((object, hash))
                 }
             })
-            .buffer_unordered(CONCURRENCY)
-            .try_collect()
-            .await?;
-        leaves.sort_by(|a, b| a.0.cmp(&b.0));
-        Ok(hex::encode(merkle_root(&leaves)))
+            .buffer_unordered(CONCURRENCY);
+        let mut leaves = Vec::with_capacity(objects.len());
+        while let Some(result) = hashed.next().await {
+            let (object, hash) = result?;
+            on_hashed(&object);
+            leaves.push((object, hash));
+        }
+        leaves.sort_by(|a, b| a.0.key.cmp(&b.0.key));
+        Ok(leaves)
     }
 
     /// Reads every block of every pinned SST through SlateDB's reader, which checks each block's
     /// CRC; the first corrupt object is named in the error.
-    pub async fn verify_blocks(&self, checkpoint: &CheckpointInfo) -> Result<u64, EngineError> {
-        let objects = self.pinned_objects(checkpoint).await?;
+    pub async fn verify_blocks(&self, manifest_id: u64) -> Result<u64, EngineError> {
+        let objects = self.pinned_objects(manifest_id).await?;
+        self.verify_blocks_of(&objects).await
+    }
+
+    /// [`Database::verify_blocks`] for objects already listed.
+    pub async fn verify_blocks_of(&self, objects: &[PinnedObject]) -> Result<u64, EngineError> {
+        let objects = objects.to_vec();
         let (main, timeout) = (self.store.main.clone(), self.timeout);
         let ssts: Vec<PinnedObject> = objects.into_iter().filter(|o| !o.is_wal).collect();
         let blocks: Vec<u64> = futures::stream::iter(ssts)
@@ -267,7 +286,7 @@ async fn stream_sha256(
 
 /// Binary Merkle tree over `(key, content hash)` leaves sorted by key; domain-separated leaf and
 /// node hashes, an odd node is carried up unchanged. The root of no leaves is sha256("").
-fn merkle_root(leaves: &[(String, [u8; 32])]) -> [u8; 32] {
+pub(crate) fn merkle_root(leaves: &[(String, [u8; 32])]) -> [u8; 32] {
     let mut level: Vec<[u8; 32]> = leaves
         .iter()
         .map(|(key, hash)| {

@@ -2,11 +2,17 @@
 //! Kubernetes, so the CLI and tests use it directly.
 
 mod checkpoint;
+mod clone;
 mod error;
 mod fingerprint;
+pub mod sample;
 mod store;
 
 pub use checkpoint::{CheckpointInfo, CheckpointSelector, DbDescription, Obtained};
+pub use clone::{
+    initialize_clone, CloneConfig, CloneProgress, CloneReport, CloneSourceCheckpoint, CloneStep,
+    RetryPolicy, TargetState, Verification, CRASH_POINT_ENV,
+};
 pub use error::{EngineError, Fault};
 pub use fingerprint::{Fingerprint, PinnedObject};
 pub use store::{Store, StoreConfig};

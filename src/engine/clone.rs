@@ -1,0 +1,863 @@
+//! Copy-on-write clones as a library call: [`initialize_clone`] resolves the source checkpoint,
+//! runs SlateDB's clone builder (parent SSTs referenced, only the WAL tail copied), resumes
+//! unfinished work, verifies the result, and removes its partial work when it gives up.
+
+use super::checkpoint::{CheckpointInfo, CheckpointSelector};
+use super::error::{EngineError, Fault};
+use super::{Database, Store};
+use bytes::Bytes;
+use object_store::path::Path;
+use object_store::ObjectStoreExt;
+use slatedb::admin::Admin;
+use slatedb::{CloneSourceSpec, VersionedManifest};
+use std::collections::BTreeMap;
+use std::ops::Bound;
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, Instant};
+use uuid::Uuid;
+
+/// Which state of the source to clone.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub enum CloneSourceCheckpoint {
+    /// An existing checkpoint.
+    Id(Uuid),
+    /// The latest state, through a checkpoint of this (deterministic) name that the clone makes,
+    /// reuses on resume, and deletes once the clone is initialized (the clone's own final
+    /// checkpoint on the parent keeps the data pinned from then on).
+    Latest { name: String },
+}
+
+/// How the clone is checked before it is reported done.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Verification {
+    None,
+    /// Every object the clone's manifest pins exists.
+    Metadata,
+    /// Every pinned object's content hash equals the source's, and every SST block's CRC checks out.
+    Content,
+}
+
+/// Bounded retries of transient failures.
+#[derive(Clone, Debug)]
+pub struct RetryPolicy {
+    pub attempts: u32,
+    pub base: Duration,
+    pub max: Duration,
+}
+
+impl Default for RetryPolicy {
+    fn default() -> Self {
+        RetryPolicy {
+            attempts: 5,
+            base: Duration::from_millis(200),
+            max: Duration::from_secs(5),
+        }
+    }
+}
+
+/// Everything one clone needs.
+#[derive(Clone, Debug)]
+pub struct CloneConfig {
+    /// The store holding both the source and the clone (SlateDB requires one store).
+    pub store: Store,
+    pub source_path: String,
+    pub source_checkpoint: CloneSourceCheckpoint,
+    /// Only keys in `[start, end)` are visible in the clone.
+    pub key_range: Option<(Bound<Bytes>, Bound<Bytes>)>,
+    pub target_path: String,
+    pub verify: Verification,
+    /// Bound on each SlateDB call.
+    pub admin_timeout: Duration,
+    pub retry: RetryPolicy,
+}
+
+/// The steps of a clone, in order.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, PartialOrd, Ord)]
+pub enum CloneStep {
+    ResolveSource,
+    WriteManifest,
+    PinParent,
+    CopyWal,
+    MarkInitialized,
+    Verify,
+    Done,
+}
+
+impl CloneStep {
+    pub const TOTAL: u32 = 6;
+
+    pub fn name(self) -> &'static str {
+        match self {
+            CloneStep::ResolveSource => "ResolveSource",
+            CloneStep::WriteManifest => "WriteManifest",
+            CloneStep::PinParent => "PinParent",
+            CloneStep::CopyWal => "CopyWal",
+            CloneStep::MarkInitialized => "MarkInitialized",
+            CloneStep::Verify => "Verify",
+            CloneStep::Done => "Done",
+        }
+    }
+
+    /// Steps finished once this one is under way.
+    pub fn done_before(self) -> u32 {
+        self as u32
+    }
+}
+
+/// Progress of a clone; counts are measured in the store, not estimated.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct CloneProgress {
+    pub step: CloneStep,
+    pub objects_done: u64,
+    pub objects_total: u64,
+    pub bytes_done: u64,
+    pub bytes_total: u64,
+}
+
+impl CloneProgress {
+    /// Overall completion in percent: whole steps, plus the fraction of the current one.
+    pub fn percent(&self) -> u32 {
+        let within = if self.objects_total == 0 {
+            0.0
+        } else {
+            self.objects_done as f64 / self.objects_total as f64
+        };
+        let done = self.step.done_before() as f64 + within.min(1.0);
+        ((done / CloneStep::TOTAL as f64) * 100.0)
+            .floor()
+            .min(100.0) as u32
+    }
+}
+
+/// What a finished clone did.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct CloneReport {
+    pub source_checkpoint_id: Uuid,
+    /// Parent SSTs the clone references without copying.
+    pub objects_referenced: u64,
+    pub bytes_referenced: u64,
+    /// WAL objects copied into the clone.
+    pub objects_copied: u64,
+    pub bytes_copied: u64,
+    /// The clone's own fingerprint (its latest manifest), with the content root when verified so.
+    pub metadata_digest: String,
+    pub content_root: Option<String>,
+    /// Whether unfinished work of an earlier run was found and finished.
+    pub resumed: bool,
+    pub attempts: u32,
+    pub duration: Duration,
+}
+
+/// What the target path holds before the clone runs.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub enum TargetState {
+    Empty,
+    /// This clone's unfinished work (attached to the same source checkpoint).
+    Partial,
+    /// This clone, finished.
+    Initialized,
+    /// Something else: another database, another clone, or foreign objects.
+    Foreign(String),
+}
+
+/// Test hook: exits the process when the named clone step has been reached (`clone-<Step>`), to
+/// prove that a restart resumes from there.
+pub const CRASH_POINT_ENV: &str = "SLATEDB_OPERATOR_CRASH_POINT";
+
+fn crash_point(step: CloneStep) {
+    if std::env::var(CRASH_POINT_ENV).ok().as_deref() == Some(&format!("clone-{}", step.name())) {
+        tracing::warn!(step = step.name(), "crash point reached");
+        std::process::exit(86);
+    }
+}
+
+/// Clones `config.source_path` at the chosen checkpoint into `config.target_path`, calling
+/// `progress` as it goes. Re-running after a crash finishes the same clone. On a permanent error
+/// the target is deleted (unless it held something else to begin with) and checked empty.
+pub async fn initialize_clone(
+    config: CloneConfig,
+    progress: impl Fn(CloneProgress) + Send + Sync + 'static,
+) -> Result<CloneReport, EngineError> {
+    let started = Instant::now();
+    let progress: Arc<dyn Fn(CloneProgress) + Send + Sync> = Arc::new(progress);
+    let source = Database::new(
+        config.store.clone(),
+        &config.source_path,
+        config.admin_timeout,
+    );
+    let target = Database::new(
+        config.store.clone(),
+        &config.target_path,
+        config.admin_timeout,
+    );
+    let report = |step, done: u64, total: u64, bytes_done: u64, bytes_total: u64| {
+        progress(CloneProgress {
+            step,
+            objects_done: done,
+            objects_total: total,
+            bytes_done,
+            bytes_total,
+        })
+    };
+    report(CloneStep::ResolveSource, 0, 0, 0, 0);
+    let mut attempts = 0;
+    let mut owns_target = false;
+    let result = async {
+        loop {
+            attempts += 1;
+            match clone_once(&config, &source, &target, &progress, &mut owns_target).await {
+                Ok(mut done) => {
+                    done.attempts = attempts;
+                    done.duration = started.elapsed();
+                    return Ok(done);
+                }
+                Err(error) if error.fault() == Fault::Transient && attempts < config.retry.attempts => {
+                    let delay = retry_delay(&config.retry, attempts);
+                    tracing::warn!(%error, attempt = attempts, retry_in = ?delay, "transient clone failure");
+                    tokio::time::sleep(delay).await;
+                }
+                Err(error) => return Err(error),
+            }
+        }
+    }
+    .await;
+    match result {
+        Ok(report) => Ok(report),
+        Err(error) if owns_target && error.fault() == Fault::Permanent => {
+            tracing::warn!(%error, target = %config.target_path, "clone failed for good; removing its partial work");
+            target.delete_database().await?;
+            Err(error)
+        }
+        Err(error) => Err(error),
+    }
+}
+
+fn retry_delay(policy: &RetryPolicy, attempt: u32) -> Duration {
+    use std::hash::{Hash, Hasher};
+    let mut hasher = std::collections::hash_map::DefaultHasher::new();
+    (attempt, Instant::now()).hash(&mut hasher);
+    let jitter = (hasher.finish() % 1000) as f64 / 1000.0;
+    let exponential = policy
+        .base
+        .saturating_mul(1 << attempt.saturating_sub(1).min(16))
+        .min(policy.max);
+    exponential.mul_f64(0.5 + 0.5 * jitter)
+}
+
+async fn clone_once(
+    config: &CloneConfig,
+    source: &Database,
+    target: &Database,
+    progress: &Arc<dyn Fn(CloneProgress) + Send + Sync>,
+    owns_target: &mut bool,
+) -> Result<CloneReport, EngineError> {
+    // Resolve the source checkpoint, and what the clone will reference and copy.
+    source.probe().await?;
+    let checkpoint = match &config.source_checkpoint {
+        CloneSourceCheckpoint::Id(id) => {
+            source.find_checkpoint(&CheckpointSelector::Id(*id)).await?
+        }
+        CloneSourceCheckpoint::Latest { name } => {
+            source
+                .obtain_checkpoint(name, Some(Duration::from_secs(3600)))
+                .await?
+                .0
+        }
+    };
+    let source_objects = source.pinned_objects(checkpoint.manifest_id).await?;
+    let (wal, ssts): (Vec<_>, Vec<_>) = source_objects
+        .iter()
+        .partition(|o| o.key.starts_with("wal/"));
+    let wal_total = wal.len() as u64;
+    let wal_bytes: u64 = wal.iter().map(|o| o.size).sum();
+    crash_point(CloneStep::ResolveSource);
+
+    let state = target
+        .target_state(&config.source_path, checkpoint.id)
+        .await?;
+    let resumed = state == TargetState::Partial;
+    match &state {
+        TargetState::Foreign(what) => {
+            return Err(EngineError::TargetNotEmpty {
+                path: config.target_path.clone(),
+                holds: what.clone(),
+            })
+        }
+        TargetState::Empty | TargetState::Partial => *owns_target = true,
+        TargetState::Initialized => {}
+    }
+
+    if state != TargetState::Initialized {
+        run_clone_builder(config, target, &checkpoint, progress, wal_total, wal_bytes).await?;
+    }
+    crash_point(CloneStep::MarkInitialized);
+    let manifest = target.latest_manifest().await?;
+    if !manifest.initialized() {
+        return Err(EngineError::Uninitialized {
+            path: config.target_path.clone(),
+        });
+    }
+    if let CloneSourceCheckpoint::Latest { .. } = &config.source_checkpoint {
+        // The clone's final checkpoint pins the parent now; the temporary one is not needed.
+        source.delete_checkpoint(checkpoint.id).await?;
+    }
+
+    // Verify.
+    let clone_objects = target.pinned_objects(manifest.id()).await?;
+    let verify_total = match config.verify {
+        Verification::Content => clone_objects.len() as u64,
+        _ => 0,
+    };
+    let verify_bytes: u64 = if verify_total > 0 {
+        clone_objects.iter().map(|o| o.size).sum()
+    } else {
+        0
+    };
+    progress(CloneProgress {
+        step: CloneStep::Verify,
+        objects_done: 0,
+        objects_total: verify_total,
+        bytes_done: 0,
+        bytes_total: verify_bytes,
+    });
+    let content_root = if config.verify == Verification::Content {
+        Some(
+            verify_content(
+                source,
+                target,
+                checkpoint.manifest_id,
+                &clone_objects,
+                progress,
+                verify_bytes,
+            )
+            .await?,
+        )
+    } else {
+        None
+    };
+    // Metadata verification: every object the clone's manifest pins resolves (pinned_objects HEADs each).
+    let fingerprint = target.fingerprint(manifest.id(), false).await?;
+    crash_point(CloneStep::Verify);
+    progress(CloneProgress {
+        step: CloneStep::Done,
+        objects_done: 0,
+        objects_total: 0,
+        bytes_done: 0,
+        bytes_total: 0,
+    });
+    Ok(CloneReport {
+        source_checkpoint_id: checkpoint.id,
+        objects_referenced: ssts.len() as u64,
+        bytes_referenced: ssts.iter().map(|o| o.size).sum(),
+        objects_copied: wal_total,
+        bytes_copied: wal_bytes,
+        metadata_digest: fingerprint.metadata_digest,
+        content_root,
+        resumed,
+        attempts: 0,
+        duration: Duration::ZERO,
+    })
+}
+
+/// Runs SlateDB's clone builder under the timeout while a watcher reports the steps it observes in
+/// the store: the clone manifest, the parent's pin, each copied WAL object, the initialized flag.
+async fn run_clone_builder(
+    config: &CloneConfig,
+    target: &Database,
+    checkpoint: &CheckpointInfo,
+    progress: &Arc<dyn Fn(CloneProgress) + Send + Sync>,
+    wal_total: u64,
+    wal_bytes: u64,
+) -> Result<(), EngineError> {
+    let mut spec = CloneSourceSpec::with_checkpoint(config.source_path.as_str(), checkpoint.id);
+    if let Some(range) = &config.key_range {
+        spec = spec.with_projection_range(range.clone());
+    }
+    let admin = Admin::builder(config.target_path.as_str(), config.store.main.clone());
+    let admin = match &config.store.wal {
+        Some(wal) => admin.with_wal_object_store(wal.clone()).build(),
+        None => admin.build(),
+    };
+    let finished = Arc::new(AtomicBool::new(false));
+    let watcher = tokio::spawn(watch_clone_steps(
+        target.clone(),
+        Path::from(config.source_path.as_str()),
+        finished.clone(),
+        progress.clone(),
+        wal_total,
+        wal_bytes,
+    ));
+    let outcome = tokio::time::timeout(
+        config.admin_timeout,
+        admin.create_clone_builder_from_source(spec).build(),
+    )
+    .await;
+    finished.store(true, Ordering::SeqCst);
+    let _ = watcher.await;
+    match outcome {
+        Ok(Ok(())) => Ok(()),
+        Ok(Err(error)) => Err(super::error::from_slatedb(
+            "clone",
+            &config.target_path,
+            error,
+        )),
+        Err(_) => Err(EngineError::Timeout {
+            operation: "clone",
+            after: config.admin_timeout,
+        }),
+    }
+}
+
+async fn watch_clone_steps(
+    target: Database,
+    source_path: Path,
+    finished: Arc<AtomicBool>,
+    progress: Arc<dyn Fn(CloneProgress) + Send + Sync>,
+    wal_total: u64,
+    wal_bytes: u64,
+) {
+    let last = Mutex::new(None::<CloneProgress>);
+    let emit = |p: CloneProgress| {
+        let mut last = last.lock().unwrap_or_else(|e| e.into_inner());
+        if last.as_ref() != Some(&p) {
+            progress(p.clone());
+            *last = Some(p);
+        }
+    };
+    emit(CloneProgress {
+        step: CloneStep::WriteManifest,
+        objects_done: 0,
+        objects_total: 0,
+        bytes_done: 0,
+        bytes_total: 0,
+    });
+    loop {
+        let done = finished.load(Ordering::SeqCst);
+        if let Ok(Some(manifest)) = target.try_latest_manifest().await {
+            crash_point(CloneStep::WriteManifest);
+            let pinned = manifest
+                .external_dbs()
+                .iter()
+                .any(|e| e.path == source_path.as_ref() && e.final_checkpoint_id.is_some());
+            let step = if manifest.initialized() {
+                CloneStep::MarkInitialized
+            } else if pinned {
+                CloneStep::CopyWal
+            } else {
+                CloneStep::PinParent
+            };
+            if step >= CloneStep::CopyWal {
+                crash_point(CloneStep::PinParent);
+            }
+            let (copied, copied_bytes) = target.wal_objects_present().await.unwrap_or((0, 0));
+            let copied = copied.min(wal_total);
+            emit(CloneProgress {
+                step,
+                objects_done: copied,
+                objects_total: wal_total,
+                bytes_done: copied_bytes.min(wal_bytes),
+                bytes_total: wal_bytes,
+            });
+            if step == CloneStep::CopyWal && copied >= wal_total && wal_total > 0 {
+                crash_point(CloneStep::CopyWal);
+            }
+        }
+        if done {
+            return;
+        }
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+}
+
+async fn verify_content(
+    source: &Database,
+    target: &Database,
+    source_manifest_id: u64,
+    clone_objects: &[super::PinnedObject],
+    progress: &Arc<dyn Fn(CloneProgress) + Send + Sync>,
+    bytes_total: u64,
+) -> Result<String, EngineError> {
+    let source_objects = source.pinned_objects(source_manifest_id).await?;
+    let source_hashes: BTreeMap<String, [u8; 32]> = source
+        .content_hashes(&source_objects, &|_| {})
+        .await?
+        .into_iter()
+        .map(|(o, h)| (o.key, h))
+        .collect();
+    let counter = Mutex::new((0u64, 0u64));
+    let total = clone_objects.len() as u64;
+    let on_hashed = |object: &super::PinnedObject| {
+        let mut counter = counter.lock().unwrap_or_else(|e| e.into_inner());
+        counter.0 += 1;
+        counter.1 += object.size;
+        progress(CloneProgress {
+            step: CloneStep::Verify,
+            objects_done: counter.0,
+            objects_total: total,
+            bytes_done: counter.1,
+            bytes_total,
+        });
+    };
+    let clone_hashes = target.content_hashes(clone_objects, &on_hashed).await?;
+    for (object, hash) in &clone_hashes {
+        match source_hashes.get(&object.key) {
+            Some(expected) if expected == hash => {}
+            Some(_) => {
+                return Err(EngineError::Corrupt {
+                    object: object.path.to_string(),
+                    detail: "its content differs from the source checkpoint's".into(),
+                })
+            }
+            None => {
+                return Err(EngineError::Corrupt {
+                    object: object.path.to_string(),
+                    detail: "the clone pins an object its source checkpoint does not".into(),
+                })
+            }
+        }
+    }
+    target.verify_blocks_of(clone_objects).await?;
+    let leaves: Vec<(String, [u8; 32])> =
+        clone_hashes.into_iter().map(|(o, h)| (o.key, h)).collect();
+    Ok(hex::encode(super::fingerprint::merkle_root(&leaves)))
+}
+
+impl Database {
+    /// The latest manifest, or `None` when there is no database at the path.
+    pub async fn try_latest_manifest(&self) -> Result<Option<VersionedManifest>, EngineError> {
+        self.bounded("read_manifest", self.admin().read_manifest(None))
+            .await
+    }
+
+    pub async fn latest_manifest(&self) -> Result<VersionedManifest, EngineError> {
+        self.try_latest_manifest()
+            .await?
+            .ok_or_else(|| EngineError::NotADatabase {
+                path: self.path.to_string(),
+            })
+    }
+
+    /// What the path holds relative to a clone of `source_path` at `checkpoint`.
+    pub async fn target_state(
+        &self,
+        source_path: &str,
+        checkpoint: Uuid,
+    ) -> Result<TargetState, EngineError> {
+        let Some(manifest) = self.try_latest_manifest().await? else {
+            let listing = self.store.main.list_with_delimiter(Some(&self.path));
+            let listing = self.bounded_store("list target", listing).await?;
+            return Ok(
+                if listing.objects.is_empty() && listing.common_prefixes.is_empty() {
+                    TargetState::Empty
+                } else {
+                    TargetState::Foreign("objects that are not a SlateDB database".into())
+                },
+            );
+        };
+        let ours = manifest
+            .external_dbs()
+            .iter()
+            .any(|e| e.path == source_path && e.source_checkpoint_id == checkpoint);
+        Ok(match (ours, manifest.initialized()) {
+            (true, true) => TargetState::Initialized,
+            (true, false) => TargetState::Partial,
+            (false, _) if manifest.external_dbs().is_empty() => {
+                TargetState::Foreign("a SlateDB database".into())
+            }
+            (false, _) => TargetState::Foreign("a clone of another source or checkpoint".into()),
+        })
+    }
+
+    /// Number and total size of the WAL objects present under the database.
+    async fn wal_objects_present(&self) -> Result<(u64, u64), EngineError> {
+        use futures::TryStreamExt;
+        let prefix = self.path.clone().join("wal");
+        let listing = self
+            .store
+            .wal_or_main()
+            .list(Some(&prefix))
+            .try_collect::<Vec<_>>();
+        let objects = self.bounded_store("list WAL", listing).await?;
+        Ok((objects.len() as u64, objects.iter().map(|o| o.size).sum()))
+    }
+
+    /// Deletes the database with SlateDB's `delete_db` (which also drops its final checkpoints on
+    /// parents) and checks that nothing is left under its path. A path with nothing is fine.
+    pub async fn delete_database(&self) -> Result<(), EngineError> {
+        use futures::TryStreamExt;
+        let has_manifest = self.try_latest_manifest().await?.is_some();
+        let has_marker = self
+            .bounded_store("head .deleting", async {
+                match self
+                    .store
+                    .main
+                    .head(&self.path.clone().join(".deleting"))
+                    .await
+                {
+                    Ok(_) => Ok(true),
+                    Err(object_store::Error::NotFound { .. }) => Ok(false),
+                    Err(e) => Err(e),
+                }
+            })
+            .await?;
+        if has_manifest || has_marker {
+            self.bounded("delete_db", self.admin().delete_db(true))
+                .await?;
+        }
+        let leftover = self
+            .bounded_store(
+                "list after delete",
+                self.store
+                    .main
+                    .list(Some(&self.path))
+                    .try_collect::<Vec<_>>(),
+            )
+            .await?;
+        if let Some(object) = leftover.first() {
+            return Err(EngineError::Leftover {
+                path: self.path.to_string(),
+                count: leftover.len(),
+                example: object.location.to_string(),
+            });
+        }
+        Ok(())
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::engine::sample::{sample_row, write_sample_db};
+    use crate::engine::StoreConfig;
+
+    /// Files (objects) under a local directory; the local store leaves empty directories behind.
+    fn files_under(dir: &std::path::Path) -> usize {
+        let Ok(entries) = std::fs::read_dir(dir) else {
+            return 0;
+        };
+        entries
+            .map(|e| e.unwrap().path())
+            .map(|p| if p.is_dir() { files_under(&p) } else { 1 })
+            .sum()
+    }
+
+    fn file_store(dir: &tempfile::TempDir) -> Store {
+        Store::open(&StoreConfig {
+            url: format!("file://{}", dir.path().display()),
+            ..Default::default()
+        })
+        .unwrap()
+    }
+
+    fn config(
+        store: &Store,
+        checkpoint: CloneSourceCheckpoint,
+        target: &str,
+        verify: Verification,
+    ) -> CloneConfig {
+        CloneConfig {
+            store: store.clone(),
+            source_path: "parent".into(),
+            source_checkpoint: checkpoint,
+            key_range: None,
+            target_path: target.into(),
+            verify,
+            admin_timeout: Duration::from_secs(20),
+            retry: RetryPolicy::default(),
+        }
+    }
+
+    /// A parent with flushed SSTs plus a WAL-only row, checkpointed by its writer (so the WAL
+    /// tail is pinned and the clone must copy it).
+    async fn parent_with_wal_tail(store: &Store) -> Uuid {
+        write_sample_db(store, "parent", 2_000, 2).await.unwrap();
+        let db = slatedb::Db::builder("parent", store.main.clone())
+            .build()
+            .await
+            .unwrap();
+        db.put(b"wal-only", b"tail").await.unwrap();
+        let made = db
+            .create_checkpoint(
+                slatedb::config::CheckpointScope::Durable,
+                &Default::default(),
+            )
+            .await
+            .unwrap();
+        db.close().await.unwrap();
+        made.id
+    }
+
+    #[tokio::test]
+    async fn a_clone_reads_back_copies_only_the_wal_and_reports_monotonic_progress() {
+        let dir = tempfile::tempdir().unwrap();
+        let store = file_store(&dir);
+        let checkpoint = parent_with_wal_tail(&store).await;
+        let seen = Arc::new(Mutex::new(Vec::<CloneProgress>::new()));
+        let sink = seen.clone();
+        let report = initialize_clone(
+            config(
+                &store,
+                CloneSourceCheckpoint::Id(checkpoint),
+                "clones/a",
+                Verification::Content,
+            ),
+            move |p| sink.lock().unwrap().push(p),
+        )
+        .await
+        .unwrap();
+        assert_eq!(report.source_checkpoint_id, checkpoint);
+        assert!(report.objects_referenced >= 2, "{report:?}");
+        assert!(report.objects_copied >= 1, "{report:?}");
+        assert!(report.content_root.is_some());
+        assert!(!report.resumed);
+
+        let seen = seen.lock().unwrap().clone();
+        let percents: Vec<u32> = seen.iter().map(CloneProgress::percent).collect();
+        assert!(
+            percents.windows(2).all(|w| w[0] <= w[1]),
+            "not monotonic: {percents:?}"
+        );
+        assert_eq!(percents.last(), Some(&100));
+        assert!(seen
+            .iter()
+            .any(|p| p.step == CloneStep::CopyWal || p.step == CloneStep::MarkInitialized));
+
+        // The clone has every row, and the WAL-only one.
+        let clone = slatedb::Db::builder("clones/a", store.main.clone())
+            .build()
+            .await
+            .unwrap();
+        for i in (0..2_000).step_by(97) {
+            let (key, value) = sample_row(i);
+            assert_eq!(
+                clone.get(key.as_bytes()).await.unwrap().as_deref(),
+                Some(value.as_bytes())
+            );
+        }
+        clone.close().await.unwrap();
+
+        // Running it again is a no-op that reports the same clone.
+        let again = initialize_clone(
+            config(
+                &store,
+                CloneSourceCheckpoint::Id(checkpoint),
+                "clones/a",
+                Verification::Metadata,
+            ),
+            |_| {},
+        )
+        .await
+        .unwrap();
+        assert_eq!(again.source_checkpoint_id, checkpoint);
+    }
+
+    #[tokio::test]
+    async fn a_corrupt_parent_fails_content_verification_and_leaves_nothing_behind() {
+        let dir = tempfile::tempdir().unwrap();
+        let store = file_store(&dir);
+        let checkpoint = parent_with_wal_tail(&store).await;
+        let parent = Database::new(store.clone(), "parent", Duration::from_secs(20));
+        let checkpoints_before = parent.list_checkpoints(None).await.unwrap();
+        // Corrupt an SST the checkpoint pins: the clone references it, so the CRC walk names it.
+        let manifest_id = checkpoints_before
+            .iter()
+            .find(|c| c.id == checkpoint)
+            .unwrap()
+            .manifest_id;
+        let pinned = parent.pinned_objects(manifest_id).await.unwrap();
+        let sst = pinned.iter().find(|o| o.key.starts_with("sst/")).unwrap();
+        let victim = dir.path().join(sst.path.as_ref());
+        let mut bytes = std::fs::read(&victim).unwrap();
+        bytes[20] ^= 0xff;
+        std::fs::write(&victim, &bytes).unwrap();
+
+        let error = initialize_clone(
+            config(
+                &store,
+                CloneSourceCheckpoint::Id(checkpoint),
+                "clones/bad",
+                Verification::Content,
+            ),
+            |_| {},
+        )
+        .await
+        .expect_err("a corrupt block must fail verification");
+        assert_eq!(error.fault(), Fault::Permanent);
+        let name = victim.file_name().unwrap().to_string_lossy().to_string();
+        assert!(error.to_string().contains(&name), "{error}");
+        assert_eq!(
+            files_under(&dir.path().join("clones/bad")),
+            0,
+            "no object is left under the target"
+        );
+        let checkpoints_after = parent.list_checkpoints(None).await.unwrap();
+        assert_eq!(
+            checkpoints_before, checkpoints_after,
+            "the parent's pins are as before"
+        );
+    }
+
+    #[tokio::test]
+    async fn a_target_holding_another_database_is_refused_and_kept() {
+        let dir = tempfile::tempdir().unwrap();
+        let store = file_store(&dir);
+        let checkpoint = parent_with_wal_tail(&store).await;
+        write_sample_db(&store, "occupied", 10, 1).await.unwrap();
+        let error = initialize_clone(
+            config(
+                &store,
+                CloneSourceCheckpoint::Id(checkpoint),
+                "occupied",
+                Verification::Metadata,
+            ),
+            |_| {},
+        )
+        .await
+        .expect_err("must not overwrite");
+        assert!(
+            matches!(error, EngineError::TargetNotEmpty { .. }),
+            "{error}"
+        );
+        let occupied = Database::new(store.clone(), "occupied", Duration::from_secs(20));
+        assert!(
+            occupied.describe().await.unwrap().initialized,
+            "the foreign database is untouched"
+        );
+    }
+
+    #[tokio::test]
+    async fn a_clone_of_the_latest_state_cleans_up_its_temporary_checkpoint() {
+        let dir = tempfile::tempdir().unwrap();
+        let store = file_store(&dir);
+        write_sample_db(&store, "parent", 500, 1).await.unwrap();
+        let latest = CloneSourceCheckpoint::Latest {
+            name: "tmp:clone".into(),
+        };
+        let mut cfg = config(&store, latest, "clones/latest", Verification::Metadata);
+        cfg.key_range = Some((
+            Bound::Included(Bytes::from("key-000100")),
+            Bound::Excluded(Bytes::from("key-000200")),
+        ));
+        initialize_clone(cfg, |_| {}).await.unwrap();
+        let parent = Database::new(store.clone(), "parent", Duration::from_secs(20));
+        assert!(parent
+            .list_checkpoints(Some("tmp:clone"))
+            .await
+            .unwrap()
+            .is_empty());
+        assert_eq!(
+            parent.list_checkpoints(None).await.unwrap().len(),
+            1,
+            "only the clone's final checkpoint"
+        );
+        let clone = slatedb::Db::builder("clones/latest", store.main.clone())
+            .build()
+            .await
+            .unwrap();
+        assert!(clone.get(b"key-000150").await.unwrap().is_some());
+        assert!(clone.get(b"key-000050").await.unwrap().is_none());
+        assert!(clone.get(b"key-000200").await.unwrap().is_none());
+        clone.close().await.unwrap();
+    }
+}
