@@ -39,6 +39,9 @@ enum Command {
         /// Longest delay between retries of a transient failure, in seconds.
         #[arg(long, default_value_t = 300, env = "MAX_BACKOFF_SECONDS")]
         max_backoff_seconds: u64,
+        /// How many clones run at once.
+        #[arg(long, default_value_t = 8, env = "CLONE_CONCURRENCY")]
+        clone_concurrency: usize,
         /// Watch only this namespace (default: all namespaces).
         #[arg(long, env = "WATCH_NAMESPACE")]
         namespace: Option<String>,
@@ -65,11 +68,13 @@ fn main() -> ExitCode {
         Command::Run {
             admin_timeout_seconds,
             max_backoff_seconds,
+            clone_concurrency,
             namespace,
         } => {
             let settings = Settings {
                 admin_timeout: Duration::from_secs(admin_timeout_seconds),
                 backoff_max: Duration::from_secs(max_backoff_seconds),
+                clone_concurrency,
                 namespace: namespace.filter(|n| !n.is_empty()),
                 ..Settings::default()
             };
@@ -94,7 +99,10 @@ fn run(settings: Settings) -> Result<(), String> {
             .map_err(|e| format!("connecting to Kubernetes: {e}"))?;
         let ctx = Arc::new(Context::new(client, settings));
         tracing::info!("slatedb-operator running");
-        controller::checkpoint::run(ctx).await;
+        tokio::join!(
+            controller::checkpoint::run(ctx.clone()),
+            controller::clone::run(ctx)
+        );
         Ok(())
     })
 }

@@ -5,8 +5,8 @@ use crate::support::{eventually, write_sample_db, Operator, StoreKind, TestEnv, 
 use kube::api::{DeleteParams, PostParams};
 use serde_json::{json, Value};
 use slatedb_operator::api::DatabaseCheckpoint;
-use slatedb_operator::controller::checkpoint::CRASH_POINT_ENV;
 use slatedb_operator::engine::CheckpointSelector;
+use slatedb_operator::engine::CRASH_POINT_ENV;
 use std::time::Duration;
 
 const DB_PATH: &str = "prod/orders";

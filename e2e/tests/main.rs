@@ -4,5 +4,6 @@
 //! tests fail; they never skip.
 
 mod checkpoints;
+mod clones;
 mod crds;
 mod support;

@@ -1,6 +1,8 @@
 //! `DatabaseClone`: a copy-on-write SlateDB clone of a checkpoint or of a database's latest state.
 
-use super::common::{conditions_schema, Checksum, DatabaseRef, DbPath, DeletionPolicy, GoDuration};
+use super::common::{
+    conditions_schema, Checksum, DatabaseRef, DbPath, DeletionPolicy, GoDuration, StoreSpec,
+};
 use k8s_openapi::apimachinery::pkg::apis::meta::v1::{Condition, Time};
 use kube::{CustomResource, KubeSchema};
 use schemars::{json_schema, JsonSchema, Schema, SchemaGenerator};
@@ -192,6 +194,10 @@ pub struct DatabaseCloneStatus {
     /// The most recent failure, kept after recovery for diagnosis.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub last_failure: Option<Failure>,
+    /// The object store holding the clone, resolved from the source when work starts and kept
+    /// so the clone's data can be deleted after its source is gone.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub store: Option<StoreSpec>,
 }
 
 /// Printer-column summary of a clone's state.

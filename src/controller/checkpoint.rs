@@ -2,14 +2,14 @@
 //! tracks its expiry and dependants, and deletes it (per `deletionPolicy`) when the object goes.
 
 use super::conditions::{clear_condition, is_true, set_condition};
-use super::{store_options, to_k8s_time, Context, Error, SecretProblem, FIELD_MANAGER};
+use super::{open_store, to_k8s_time, Context, Error, Problem, FIELD_MANAGER};
 use crate::api::{
     CheckpointPhase, CheckpointSourceMode, Checksum, ChecksumMode, DatabaseCheckpoint,
     DatabaseCheckpointStatus, DatabaseClone, DeletionPolicy,
 };
 use crate::engine::{
-    CheckpointInfo, CheckpointSelector, Database, EngineError, Fault, Fingerprint, Obtained, Store,
-    StoreConfig,
+    CheckpointInfo, CheckpointSelector, Database, EngineError, Fault, Fingerprint, Obtained,
+    CRASH_POINT_ENV,
 };
 use chrono::{DateTime, Utc};
 use futures::StreamExt;
@@ -30,9 +30,6 @@ use tracing::{info, warn, Instrument};
 pub const CLEANUP_FINALIZER: &str = "slatedb.io/checkpoint-cleanup";
 /// Held while a DatabaseClone that references this checkpoint is still being initialized.
 pub const PROTECTION_FINALIZER: &str = "slatedb.io/clone-source-protection";
-/// Test hook: `after-checkpoint-create` exits the process right after SlateDB wrote a new checkpoint
-/// and before the status records it, to prove that the next run adopts instead of duplicating.
-pub const CRASH_POINT_ENV: &str = "SLATEDB_OPERATOR_CRASH_POINT";
 /// A checkpoint that in-progress clones depend on is kept alive at least this long.
 const DEPENDANT_GRACE: Duration = Duration::from_secs(600);
 
@@ -307,38 +304,16 @@ fn failure(error: &EngineError) -> Observation {
 async fn open_database(
     object: &DatabaseCheckpoint,
     ctx: &Context,
-) -> Result<Result<Database, Observation>, Error> {
+) -> Result<Result<Database, Problem>, Error> {
     let namespace = object.namespace().unwrap_or_default();
-    let store = &object.spec.database.store;
-    let secret = store.secret_ref.as_ref().map(|s| s.name.as_str());
-    let options = match store_options(&ctx.client, &namespace, secret).await? {
-        Ok(options) => options,
-        Err(problem) => {
-            let (fault, reason) = match problem {
-                SecretProblem::NotFound { .. } => (Fault::Transient, "SecretNotFound"),
-                SecretProblem::NotText { .. } => (Fault::Permanent, "InvalidSecret"),
-            };
-            return Ok(Err(Observation::Failed {
-                fault,
-                reason: reason.into(),
-                message: problem.to_string(),
-            }));
-        }
-    };
-    let config = StoreConfig {
-        url: store.url.0.clone(),
-        options,
-        wal_url: store.wal_url.as_ref().map(|u| u.0.clone()),
-    };
-    Ok(Store::open(&config)
-        .map(|store| {
-            Database::new(
-                store,
-                &object.spec.database.path.0,
-                ctx.settings.admin_timeout,
-            )
-        })
-        .map_err(|e| failure(&e)))
+    let store = open_store(&ctx.client, &namespace, &object.spec.database.store).await?;
+    Ok(store.map(|store| {
+        Database::new(
+            store,
+            &object.spec.database.path.0,
+            ctx.settings.admin_timeout,
+        )
+    }))
 }
 
 /// Finds or makes the SlateDB checkpoint and fingerprints it when needed.
@@ -363,7 +338,7 @@ async fn observe_checkpoint(
         .spec
         .lifetime
         .as_ref()
-        .map(|d| parse_go_duration(&d.0))
+        .map(|d| d.to_std())
         .transpose()
         .map_err(|message| EngineError::StoreConfig(format!("spec.lifetime: {message}")))?;
     let recorded = status
@@ -447,38 +422,6 @@ async fn observe_checkpoint(
         obtained,
         fingerprint,
     })
-}
-
-/// Parses a Go duration (`1h30m`, `90s`, `500ms`); the CRD admits only this form.
-pub fn parse_go_duration(text: &str) -> Result<Duration, String> {
-    let mut total = 0f64;
-    let mut rest = text;
-    if rest.is_empty() {
-        return Err("empty duration".into());
-    }
-    while !rest.is_empty() {
-        let number_len = rest
-            .find(|c: char| !(c.is_ascii_digit() || c == '.'))
-            .unwrap_or(rest.len());
-        let (number, tail) = rest.split_at(number_len);
-        let value: f64 = number
-            .parse()
-            .map_err(|_| format!("{text:?} is not a duration"))?;
-        let unit_len = tail
-            .find(|c: char| c.is_ascii_digit())
-            .unwrap_or(tail.len());
-        let (unit, tail) = tail.split_at(unit_len);
-        let seconds = match unit {
-            "h" => 3600.0,
-            "m" => 60.0,
-            "s" => 1.0,
-            "ms" => 0.001,
-            _ => return Err(format!("{text:?} has unknown unit {unit:?}")),
-        };
-        total += value * seconds;
-        rest = tail;
-    }
-    Duration::try_from_secs_f64(total).map_err(|e| format!("{text:?}: {e}"))
 }
 
 async fn dependents_of(
@@ -572,7 +515,11 @@ async fn apply(object: Arc<DatabaseCheckpoint>, ctx: Arc<Context>) -> Result<Act
     set_protection(&object, &api, !dependents.in_progress.is_empty()).await?;
     let observation = match open_database(&object, ctx).await? {
         Ok(db) => observe(&object, &db, &dependents).await,
-        Err(observation) => observation,
+        Err(p) => Observation::Failed {
+            fault: p.fault,
+            reason: p.reason,
+            message: p.message,
+        },
     };
     let retry_delay = match &observation {
         Observation::Failed {
@@ -637,13 +584,12 @@ async fn delete_slatedb_checkpoints(
 ) -> Result<(), Error> {
     let db = match open_database(object, ctx).await? {
         Ok(db) => db,
-        Err(Observation::Failed { message, .. }) => {
+        Err(Problem { message, .. }) => {
             publish(ctx, object, EventType::Warning, "DeleteFailed", &message).await;
             return Err(Error::Blocked(format!(
                 "cannot delete the SlateDB checkpoint: {message}; fix it or set deletionPolicy: Retain"
             )));
         }
-        Err(Observation::Present { .. }) => return Ok(()),
     };
     let mut ids: Vec<uuid::Uuid> = Vec::new();
     if let Some(id) = object
@@ -1007,16 +953,5 @@ mod tests {
         let in_use = condition(&d, "InUse").unwrap();
         assert_eq!(in_use.status, "True");
         assert!(in_use.message.contains("pr-1, pr-2"));
-    }
-
-    #[test]
-    fn go_durations_parse() {
-        assert_eq!(parse_go_duration("10s"), Ok(Duration::from_secs(10)));
-        assert_eq!(parse_go_duration("1h30m"), Ok(Duration::from_secs(5400)));
-        assert_eq!(parse_go_duration("1.5h"), Ok(Duration::from_secs(5400)));
-        assert_eq!(parse_go_duration("250ms"), Ok(Duration::from_millis(250)));
-        assert!(parse_go_duration("3d").is_err());
-        assert!(parse_go_duration("").is_err());
-        assert!(parse_go_duration("h").is_err());
     }
 }

@@ -1,8 +1,11 @@
 //! Reconcilers, one file per kind: read observed state, decide with a pure function, apply.
 
 pub mod checkpoint;
+pub mod clone;
 mod conditions;
 
+use crate::api::StoreSpec;
+use crate::engine::{EngineError, Fault, Store, StoreConfig};
 use k8s_openapi::api::core::v1::Secret;
 use kube::runtime::events::{Recorder, Reporter};
 use kube::{Api, Client};
@@ -24,6 +27,8 @@ pub struct Settings {
     pub backoff_base: Duration,
     /// Longest retry delay.
     pub backoff_max: Duration,
+    /// How many clones run at once.
+    pub clone_concurrency: usize,
     /// Watch only this namespace; `None` watches all.
     pub namespace: Option<String>,
 }
@@ -34,6 +39,7 @@ impl Default for Settings {
             admin_timeout: crate::engine::DEFAULT_ADMIN_TIMEOUT,
             backoff_base: Duration::from_secs(1),
             backoff_max: Duration::from_secs(300),
+            clone_concurrency: 8,
             namespace: None,
         }
     }
@@ -44,6 +50,8 @@ pub struct Context {
     pub client: Client,
     pub recorder: Recorder,
     pub settings: Settings,
+    /// Clone work in flight.
+    pub clones: clone::ClonePool,
     /// Consecutive transient failures per object uid, for exponential backoff.
     failures: Mutex<HashMap<String, u32>>,
 }
@@ -57,6 +65,7 @@ impl Context {
         Context {
             recorder: Recorder::new(client.clone(), reporter),
             client,
+            clones: clone::ClonePool::new(settings.clone_concurrency),
             settings,
             failures: Mutex::default(),
         }
@@ -141,6 +150,53 @@ pub enum SecretProblem {
         name: String,
         key: String,
     },
+}
+
+/// Why work on an object cannot proceed, in the words a condition needs.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct Problem {
+    pub fault: Fault,
+    pub reason: String,
+    pub message: String,
+}
+
+impl From<&EngineError> for Problem {
+    fn from(error: &EngineError) -> Self {
+        Problem {
+            fault: error.fault(),
+            reason: error.reason().into(),
+            message: error.to_string(),
+        }
+    }
+}
+
+/// Opens the store a spec names, with the options of its Secret.
+pub async fn open_store(
+    client: &Client,
+    namespace: &str,
+    spec: &StoreSpec,
+) -> Result<Result<Store, Problem>, kube::Error> {
+    let secret = spec.secret_ref.as_ref().map(|s| s.name.as_str());
+    let options = match store_options(client, namespace, secret).await? {
+        Ok(options) => options,
+        Err(problem) => {
+            let (fault, reason) = match problem {
+                SecretProblem::NotFound { .. } => (Fault::Transient, "SecretNotFound"),
+                SecretProblem::NotText { .. } => (Fault::Permanent, "InvalidSecret"),
+            };
+            return Ok(Err(Problem {
+                fault,
+                reason: reason.into(),
+                message: problem.to_string(),
+            }));
+        }
+    };
+    let config = StoreConfig {
+        url: spec.url.0.clone(),
+        options,
+        wal_url: spec.wal_url.as_ref().map(|u| u.0.clone()),
+    };
+    Ok(Store::open(&config).map_err(|e| Problem::from(&e)))
 }
 
 /// Reads a Secret's keys as object-store options.

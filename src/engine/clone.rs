@@ -161,8 +161,9 @@ pub enum TargetState {
     Foreign(String),
 }
 
-/// Test hook: exits the process when the named clone step has been reached (`clone-<Step>`), to
-/// prove that a restart resumes from there.
+/// Test hook: exits the process at a named point (`clone-<Step>` once that clone step is reached,
+/// `after-checkpoint-create` right after a new checkpoint is written and before its status is),
+/// to prove that a restart resumes instead of duplicating or losing work.
 pub const CRASH_POINT_ENV: &str = "SLATEDB_OPERATOR_CRASH_POINT";
 
 fn crash_point(step: CloneStep) {
