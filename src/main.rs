@@ -23,6 +23,12 @@ enum LogFormat {
     Json,
 }
 
+#[derive(Clone, Copy, PartialEq, Eq, clap::ValueEnum)]
+enum ControllerKind {
+    Checkpoint,
+    Clone,
+}
+
 #[derive(Subcommand)]
 enum Command {
     /// Write the CustomResourceDefinitions generated from the Rust types.
@@ -45,6 +51,15 @@ enum Command {
         /// Watch only this namespace (default: all namespaces).
         #[arg(long, env = "WATCH_NAMESPACE")]
         namespace: Option<String>,
+        /// Which controllers to run (e.g. to split them across deployments).
+        #[arg(
+            long,
+            value_enum,
+            value_delimiter = ',',
+            default_value = "checkpoint,clone",
+            env = "CONTROLLERS"
+        )]
+        controllers: Vec<ControllerKind>,
     },
 }
 
@@ -70,6 +85,7 @@ fn main() -> ExitCode {
             max_backoff_seconds,
             clone_concurrency,
             namespace,
+            controllers,
         } => {
             let settings = Settings {
                 admin_timeout: Duration::from_secs(admin_timeout_seconds),
@@ -78,7 +94,7 @@ fn main() -> ExitCode {
                 namespace: namespace.filter(|n| !n.is_empty()),
                 ..Settings::default()
             };
-            run(settings)
+            run(settings, &controllers)
         }
     };
     match result {
@@ -90,7 +106,7 @@ fn main() -> ExitCode {
     }
 }
 
-fn run(settings: Settings) -> Result<(), String> {
+fn run(settings: Settings, controllers: &[ControllerKind]) -> Result<(), String> {
     let runtime =
         tokio::runtime::Runtime::new().map_err(|e| format!("starting the async runtime: {e}"))?;
     runtime.block_on(async {
@@ -99,9 +115,15 @@ fn run(settings: Settings) -> Result<(), String> {
             .map_err(|e| format!("connecting to Kubernetes: {e}"))?;
         let ctx = Arc::new(Context::new(client, settings));
         tracing::info!("slatedb-operator running");
+        let checkpoints = controllers
+            .contains(&ControllerKind::Checkpoint)
+            .then(|| controller::checkpoint::run(ctx.clone()));
+        let clones = controllers
+            .contains(&ControllerKind::Clone)
+            .then(|| controller::clone::run(ctx.clone()));
         tokio::join!(
-            controller::checkpoint::run(ctx.clone()),
-            controller::clone::run(ctx)
+            futures::future::OptionFuture::from(checkpoints),
+            futures::future::OptionFuture::from(clones)
         );
         Ok(())
     })

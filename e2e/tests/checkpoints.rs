@@ -405,7 +405,9 @@ async fn deletion_waits_for_clones_being_initialized_from_the_checkpoint() {
     let (env, store) = setup("cp-protect", StoreKind::File).await;
     write_sample_db(&store, DB_PATH, 500, 1).await;
     let db = store.database(DB_PATH);
-    let _operator = Operator::start(&env.namespace, &[]);
+    // Only the checkpoint controller runs, so the clone stays uninitialized until the test says so.
+    let _operator =
+        Operator::start_with_args(&env.namespace, &[], &["--controllers", "checkpoint"]);
     create_checkpoint(
         &env,
         "source",

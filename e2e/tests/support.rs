@@ -136,6 +136,14 @@ pub struct Operator {
 
 impl Operator {
     pub fn start(namespace: &str, extra_env: &[(&str, &str)]) -> Operator {
+        Operator::start_with_args(namespace, extra_env, &[])
+    }
+
+    pub fn start_with_args(
+        namespace: &str,
+        extra_env: &[(&str, &str)],
+        extra_args: &[&str],
+    ) -> Operator {
         let log =
             std::fs::File::create(std::env::temp_dir().join(format!("operator-{namespace}.log")))
                 .expect("creating the operator log");
@@ -150,6 +158,7 @@ impl Operator {
                 "10",
             ])
             .args(["--max-backoff-seconds", "5"])
+            .args(extra_args)
             .envs(extra_env.iter().copied())
             .env("RUST_LOG", "info,slatedb=warn")
             .stdout(log.try_clone().unwrap())
