@@ -1,8 +1,9 @@
 use clap::{Parser, Subcommand};
-use slatedb_operator::controller::{self, Context, Settings};
+use slatedb_operator::controller::operator::{self, LeaderElection, OperatorOptions};
+use slatedb_operator::controller::Settings;
+use std::net::SocketAddr;
 use std::path::PathBuf;
 use std::process::ExitCode;
-use std::sync::Arc;
 use std::time::Duration;
 use tracing_subscriber::{fmt, EnvFilter};
 
@@ -36,6 +37,9 @@ enum Command {
         /// Directory to write the YAML files into.
         #[arg(long, default_value = "crds")]
         out_dir: PathBuf,
+        /// The Helm chart's copy of the CRDs, kept identical ("" skips it).
+        #[arg(long, default_value = "charts/slatedb-operator/files/crds")]
+        chart_dir: PathBuf,
     },
     /// Run the controllers against the cluster of the current kubeconfig or service account.
     Run {
@@ -48,9 +52,9 @@ enum Command {
         /// How many clones run at once.
         #[arg(long, default_value_t = 8, env = "CLONE_CONCURRENCY")]
         clone_concurrency: usize,
-        /// Watch only this namespace (default: all namespaces).
-        #[arg(long, env = "WATCH_NAMESPACE")]
-        namespace: Option<String>,
+        /// Namespaces to watch, comma-separated (default: all namespaces).
+        #[arg(long, value_delimiter = ',', env = "WATCH_NAMESPACES")]
+        namespaces: Vec<String>,
         /// Which controllers to run (e.g. to split them across deployments).
         #[arg(
             long,
@@ -60,6 +64,21 @@ enum Command {
             env = "CONTROLLERS"
         )]
         controllers: Vec<ControllerKind>,
+        /// Port of the /healthz, /readyz and /metrics endpoint (0 turns it off).
+        #[arg(long, default_value_t = 8080, env = "HTTP_PORT")]
+        http_port: u16,
+        /// Run only while holding a Lease, so that one of several replicas reconciles.
+        #[arg(long, env = "LEADER_ELECTION")]
+        leader_election: bool,
+        #[arg(long, default_value = "slatedb-operator", env = "LEASE_NAME")]
+        lease_name: String,
+        /// Namespace of the Lease (default: the pod's namespace, from POD_NAMESPACE).
+        #[arg(long, env = "POD_NAMESPACE", default_value = "default")]
+        lease_namespace: String,
+        #[arg(long, default_value_t = 15, env = "LEASE_DURATION_SECONDS")]
+        lease_duration_seconds: u64,
+        #[arg(long, default_value_t = 5, env = "LEASE_GRACE_SECONDS")]
+        lease_grace_seconds: u64,
     },
 }
 
@@ -79,22 +98,48 @@ fn main() -> ExitCode {
     let cli = Cli::parse();
     init_logging(cli.log_format);
     let result = match cli.command {
-        Command::Crdgen { out_dir } => crdgen(&out_dir),
+        Command::Crdgen { out_dir, chart_dir } => crdgen(&out_dir).and_then(|()| {
+            if chart_dir.as_os_str().is_empty() {
+                Ok(())
+            } else {
+                crdgen(&chart_dir)
+            }
+        }),
         Command::Run {
             admin_timeout_seconds,
             max_backoff_seconds,
             clone_concurrency,
-            namespace,
+            namespaces,
             controllers,
+            http_port,
+            leader_election,
+            lease_name,
+            lease_namespace,
+            lease_duration_seconds,
+            lease_grace_seconds,
         } => {
-            let settings = Settings {
-                admin_timeout: Duration::from_secs(admin_timeout_seconds),
-                backoff_max: Duration::from_secs(max_backoff_seconds),
-                clone_concurrency,
-                namespace: namespace.filter(|n| !n.is_empty()),
-                ..Settings::default()
+            let identity = std::env::var("POD_NAME")
+                .unwrap_or_else(|_| format!("slatedb-operator-{}", std::process::id()));
+            let options = OperatorOptions {
+                settings: Settings {
+                    admin_timeout: Duration::from_secs(admin_timeout_seconds),
+                    backoff_max: Duration::from_secs(max_backoff_seconds),
+                    clone_concurrency,
+                    ..Settings::default()
+                },
+                namespaces: namespaces.into_iter().filter(|n| !n.is_empty()).collect(),
+                run_checkpoints: controllers.contains(&ControllerKind::Checkpoint),
+                run_clones: controllers.contains(&ControllerKind::Clone),
+                http_address: (http_port != 0).then(|| SocketAddr::from(([0, 0, 0, 0], http_port))),
+                leader_election: leader_election.then_some(LeaderElection {
+                    lease_name,
+                    lease_namespace,
+                    identity,
+                    duration_seconds: lease_duration_seconds,
+                    grace_seconds: lease_grace_seconds,
+                }),
             };
-            run(settings, &controllers)
+            run(options)
         }
     };
     match result {
@@ -106,26 +151,14 @@ fn main() -> ExitCode {
     }
 }
 
-fn run(settings: Settings, controllers: &[ControllerKind]) -> Result<(), String> {
+fn run(options: OperatorOptions) -> Result<(), String> {
     let runtime =
         tokio::runtime::Runtime::new().map_err(|e| format!("starting the async runtime: {e}"))?;
     runtime.block_on(async {
         let client = kube::Client::try_default()
             .await
             .map_err(|e| format!("connecting to Kubernetes: {e}"))?;
-        let ctx = Arc::new(Context::new(client, settings));
-        tracing::info!("slatedb-operator running");
-        let checkpoints = controllers
-            .contains(&ControllerKind::Checkpoint)
-            .then(|| controller::checkpoint::run(ctx.clone()));
-        let clones = controllers
-            .contains(&ControllerKind::Clone)
-            .then(|| controller::clone::run(ctx.clone()));
-        tokio::join!(
-            futures::future::OptionFuture::from(checkpoints),
-            futures::future::OptionFuture::from(clones)
-        );
-        Ok(())
+        operator::run(client, options).await
     })
 }
 

@@ -152,12 +152,17 @@ impl Operator {
                 "--log-format",
                 "json",
                 "run",
-                "--namespace",
+                "--namespaces",
                 namespace,
                 "--admin-timeout-seconds",
                 "10",
             ])
             .args(["--max-backoff-seconds", "5"])
+            .args(if extra_args.contains(&"--http-port") {
+                &[][..]
+            } else {
+                &["--http-port", "0"][..]
+            })
             .args(extra_args)
             .envs(extra_env.iter().copied())
             .env("RUST_LOG", "info,slatedb=warn")
@@ -290,4 +295,38 @@ pub async fn write_sample_db(store: &TestStore, path: &str, keys: usize, ssts: u
     slatedb_operator::engine::sample::write_sample_db(&store.open(), path, keys, ssts)
         .await
         .unwrap();
+}
+
+/// Runs the program named by the environment variable `program_env` (e.g. `E2E_HELM`, `E2E_KUBECTL`,
+/// `E2E_LUA`) with `args`, feeding `stdin` when given, and returns its output whatever its exit status.
+pub fn run_tool(program_env: &str, args: &[&str], stdin: Option<&[u8]>) -> std::process::Output {
+    use std::io::Write;
+    let program = required_env(program_env);
+    let mut child = Command::new(&program)
+        .args(args)
+        .stdin(if stdin.is_some() {
+            std::process::Stdio::piped()
+        } else {
+            std::process::Stdio::null()
+        })
+        .stdout(std::process::Stdio::piped())
+        .stderr(std::process::Stdio::piped())
+        .spawn()
+        .unwrap_or_else(|e| panic!("running {program} ({program_env}): {e}"));
+    if let Some(input) = stdin {
+        let mut pipe = child.stdin.take().unwrap();
+        let input = input.to_vec();
+        // A thread, so a child that writes a lot before reading all of its input cannot deadlock us.
+        std::thread::spawn(move || {
+            let _ = pipe.write_all(&input);
+        });
+    }
+    child
+        .wait_with_output()
+        .unwrap_or_else(|e| panic!("waiting for {program}: {e}"))
+}
+
+/// A path inside the repository (the crate root).
+pub fn repo_path(relative: &str) -> std::path::PathBuf {
+    std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join(relative)
 }

@@ -26,6 +26,8 @@ use std::sync::Arc;
 use std::time::Duration;
 use tracing::{info, warn, Instrument};
 
+const KIND: &str = "DatabaseCheckpoint";
+
 /// Held while the object owns a SlateDB checkpoint that must be deleted with it.
 pub const CLEANUP_FINALIZER: &str = "slatedb.io/checkpoint-cleanup";
 /// Held while a DatabaseClone that references this checkpoint is still being initialized.
@@ -664,21 +666,24 @@ pub async fn reconcile(
 }
 
 pub fn error_policy(object: Arc<DatabaseCheckpoint>, error: &Error, ctx: Arc<Context>) -> Action {
+    ctx.metrics.error(KIND, error.metric_label());
     let delay = ctx.next_backoff(&object.uid().unwrap_or_default());
     warn!(namespace = %object.namespace().unwrap_or_default(), name = %object.name_any(), %error, retry_in = ?delay, "reconcile failed");
     Action::requeue(delay)
 }
 
 /// Runs the checkpoint controller until a shutdown signal.
-pub async fn run(ctx: Arc<Context>) {
+pub async fn run(ctx: Arc<Context>, namespace: Option<String>) {
+    let namespace = namespace.as_deref();
     let controller = Controller::new(
-        ctx.watched_api::<DatabaseCheckpoint>(),
+        ctx.scoped_api::<DatabaseCheckpoint>(namespace),
         watcher::Config::default().any_semantic(),
     );
     let checkpoints = controller.store();
+    ctx.controller_started(checkpoints.clone());
     controller
         .watches(
-            ctx.watched_api::<DatabaseClone>(),
+            ctx.scoped_api::<DatabaseClone>(namespace),
             watcher::Config::default(),
             |clone| {
                 let namespace = clone.namespace().unwrap_or_default();
@@ -690,7 +695,7 @@ pub async fn run(ctx: Arc<Context>) {
             },
         )
         .watches(
-            ctx.watched_api::<Secret>(),
+            ctx.scoped_api::<Secret>(namespace),
             watcher::Config::default(),
             move |secret| {
                 let namespace = secret.namespace().unwrap_or_default();

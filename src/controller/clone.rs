@@ -33,6 +33,8 @@ use tokio::sync::Semaphore;
 use tokio::task::JoinHandle;
 use tracing::{info, warn, Instrument};
 
+const KIND: &str = "DatabaseClone";
+
 /// Held while the clone's data must be deleted with the object.
 pub const CLEANUP_FINALIZER: &str = "slatedb.io/clone-cleanup";
 /// How often a running clone's progress is published.
@@ -798,6 +800,14 @@ async fn apply(object: Arc<DatabaseClone>, ctx: Arc<Context>) -> Result<Action, 
         }
         _ => Duration::ZERO,
     };
+    if let Work::Finished(Ok(report)) = &work {
+        let verified = if object.spec.verify == VerifyMode::Content {
+            report.bytes_referenced + report.bytes_copied
+        } else {
+            0
+        };
+        ctx.metrics.clone_finished(report.duration, verified);
+    }
     let mut decision = decide(&object, &work, Utc::now(), retry_delay);
     if let (Effect::StartWork, Some((_, store_spec))) = (&decision.effect, &resolved) {
         decision.status.store = Some(store_spec.clone());
@@ -805,7 +815,18 @@ async fn apply(object: Arc<DatabaseClone>, ctx: Arc<Context>) -> Result<Action, 
     if let Some((type_, reason, note)) = &decision.event {
         publish(ctx, &object, *type_, reason, note).await;
     }
-    // The status is written before work starts, so an attempt is on record even if the process dies.
+    // Expiry acts before the status says so; a start is recorded before the work runs, so an
+    // attempt is on record even if the process dies.
+    match &decision.effect {
+        Effect::DeleteObject => {
+            info!("expired; deleting the object");
+            api.delete(&object.name_any(), &DeleteParams::default())
+                .await?;
+            return Ok(Action::await_change());
+        }
+        Effect::ExpireData => delete_data(&object, ctx).await?,
+        Effect::StartWork | Effect::None => {}
+    }
     if decision.status != status || object.status.is_none() {
         let patch = json!({"apiVersion": "slatedb.io/v1alpha1", "kind": "DatabaseClone", "status": decision.status});
         api.patch_status(
@@ -815,18 +836,9 @@ async fn apply(object: Arc<DatabaseClone>, ctx: Arc<Context>) -> Result<Action, 
         )
         .await?;
     }
-    match (&decision.effect, resolved) {
-        (Effect::StartWork, Some((config, _))) => {
-            info!(target_path = %config.target_path, "starting clone work");
-            ctx.clones.spawn(&uid, config);
-        }
-        (Effect::DeleteObject, _) => {
-            info!("expired; deleting the object");
-            api.delete(&object.name_any(), &DeleteParams::default())
-                .await?;
-        }
-        (Effect::ExpireData, _) => delete_data(&object, ctx).await?,
-        _ => {}
+    if let (Effect::StartWork, Some((config, _))) = (&decision.effect, resolved) {
+        info!(target_path = %config.target_path, "starting clone work");
+        ctx.clones.spawn(&uid, config);
     }
     Ok(match decision.requeue_after {
         Some(delay) => Action::requeue(delay),
@@ -862,6 +874,7 @@ async fn cleanup(object: Arc<DatabaseClone>, ctx: Arc<Context>) -> Result<Action
 }
 
 pub async fn reconcile(object: Arc<DatabaseClone>, ctx: Arc<Context>) -> Result<Action, Error> {
+    let _timer = ctx.metrics.reconcile(KIND);
     let namespace = object.namespace().unwrap_or_default();
     let api = Api::<DatabaseClone>::namespaced(ctx.client.clone(), &namespace);
     let span = tracing::info_span!("reconcile", kind = "DatabaseClone", namespace = %namespace, name = %object.name_any());
@@ -877,22 +890,25 @@ pub async fn reconcile(object: Arc<DatabaseClone>, ctx: Arc<Context>) -> Result<
 }
 
 pub fn error_policy(object: Arc<DatabaseClone>, error: &Error, ctx: Arc<Context>) -> Action {
+    ctx.metrics.error(KIND, error.metric_label());
     let delay = ctx.next_backoff(&object.uid().unwrap_or_default());
     warn!(namespace = %object.namespace().unwrap_or_default(), name = %object.name_any(), %error, retry_in = ?delay, "reconcile failed");
     Action::requeue(delay)
 }
 
 /// Runs the clone controller until a shutdown signal.
-pub async fn run(ctx: Arc<Context>) {
+pub async fn run(ctx: Arc<Context>, namespace: Option<String>) {
+    let namespace = namespace.as_deref();
     let controller = Controller::new(
-        ctx.watched_api::<DatabaseClone>(),
+        ctx.scoped_api::<DatabaseClone>(namespace),
         watcher::Config::default().any_semantic(),
     );
     let clones = controller.store();
+    ctx.controller_started(clones.clone());
     let clones_for_secrets = clones.clone();
     controller
         .watches(
-            ctx.watched_api::<DatabaseCheckpoint>(),
+            ctx.scoped_api::<DatabaseCheckpoint>(namespace),
             watcher::Config::default(),
             move |checkpoint| {
                 let namespace = checkpoint.namespace();
@@ -913,7 +929,7 @@ pub async fn run(ctx: Arc<Context>) {
             },
         )
         .watches(
-            ctx.watched_api::<Secret>(),
+            ctx.scoped_api::<Secret>(namespace),
             watcher::Config::default(),
             move |secret| {
                 let namespace = secret.namespace();

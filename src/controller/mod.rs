@@ -3,6 +3,9 @@
 pub mod checkpoint;
 pub mod clone;
 mod conditions;
+pub mod metrics;
+pub mod operator;
+pub mod server;
 
 use crate::api::StoreSpec;
 use crate::engine::{EngineError, Fault, Store, StoreConfig};
@@ -10,7 +13,8 @@ use k8s_openapi::api::core::v1::Secret;
 use kube::runtime::events::{Recorder, Reporter};
 use kube::{Api, Client};
 use std::collections::{BTreeMap, HashMap};
-use std::sync::Mutex;
+use std::sync::atomic::{AtomicUsize, Ordering};
+use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
 pub use conditions::set_condition;
@@ -29,8 +33,6 @@ pub struct Settings {
     pub backoff_max: Duration,
     /// How many clones run at once.
     pub clone_concurrency: usize,
-    /// Watch only this namespace; `None` watches all.
-    pub namespace: Option<String>,
 }
 
 impl Default for Settings {
@@ -40,7 +42,6 @@ impl Default for Settings {
             backoff_base: Duration::from_secs(1),
             backoff_max: Duration::from_secs(300),
             clone_concurrency: 8,
-            namespace: None,
         }
     }
 }
@@ -52,6 +53,10 @@ pub struct Context {
     pub settings: Settings,
     /// Clone work in flight.
     pub clones: clone::ClonePool,
+    pub metrics: metrics::Metrics,
+    /// Controllers started, and those whose watch caches have synced; ready when equal.
+    controllers_started: AtomicUsize,
+    controllers_synced: AtomicUsize,
     /// Consecutive transient failures per object uid, for exponential backoff.
     failures: Mutex<HashMap<String, u32>>,
 }
@@ -66,6 +71,9 @@ impl Context {
             recorder: Recorder::new(client.clone(), reporter),
             client,
             clones: clone::ClonePool::new(settings.clone_concurrency),
+            metrics: metrics::Metrics::default(),
+            controllers_started: AtomicUsize::new(0),
+            controllers_synced: AtomicUsize::new(0),
             settings,
             failures: Mutex::default(),
         }
@@ -86,16 +94,37 @@ impl Context {
         backoff_delay(&self.settings, attempt, jitter_fraction(uid, attempt))
     }
 
-    /// An Api over every watched namespace.
-    pub fn watched_api<K>(&self) -> Api<K>
+    /// An Api over one namespace, or over all.
+    pub fn scoped_api<K>(&self, namespace: Option<&str>) -> Api<K>
     where
         K: kube::Resource<Scope = k8s_openapi::NamespaceResourceScope>,
         <K as kube::Resource>::DynamicType: Default,
     {
-        match &self.settings.namespace {
+        match namespace {
             Some(namespace) => Api::namespaced(self.client.clone(), namespace),
             None => Api::all(self.client.clone()),
         }
+    }
+
+    /// Registers a starting controller; readiness waits for its cache to sync.
+    pub fn controller_started<K>(self: &Arc<Self>, store: kube::runtime::reflector::Store<K>)
+    where
+        K: kube::Resource + Clone + Send + Sync + 'static,
+        K::DynamicType: Eq + std::hash::Hash + Clone + Send + Sync,
+    {
+        self.controllers_started.fetch_add(1, Ordering::SeqCst);
+        let ctx = self.clone();
+        tokio::spawn(async move {
+            if store.wait_until_ready().await.is_ok() {
+                ctx.controllers_synced.fetch_add(1, Ordering::SeqCst);
+            }
+        });
+    }
+
+    /// Ready when every started controller's watch cache has synced (a standby starts none).
+    pub fn is_ready(&self) -> bool {
+        self.controllers_synced.load(Ordering::SeqCst)
+            >= self.controllers_started.load(Ordering::SeqCst)
     }
 
     pub fn reset_backoff(&self, uid: &str) {
@@ -135,6 +164,18 @@ pub enum Error {
     Engine(#[from] crate::engine::EngineError),
     #[error("{0}")]
     Blocked(String),
+}
+
+impl Error {
+    /// A short label for the errors metric.
+    pub fn metric_label(&self) -> &'static str {
+        match self {
+            Error::Kube(_) => "KubernetesApi",
+            Error::Finalizer(_) => "Finalizer",
+            Error::Engine(e) => e.reason(),
+            Error::Blocked(_) => "Blocked",
+        }
+    }
 }
 
 /// Why the object-store options of a store could not be read.

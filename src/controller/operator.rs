@@ -1,0 +1,109 @@
+//! Assembles the running operator: probes and metrics endpoint, leader election, and the
+//! controllers of each watched namespace.
+
+use super::{checkpoint, clone, server, Context, Settings};
+use futures::future::join_all;
+use kube::Client;
+use kube_lease_manager::LeaseManagerBuilder;
+use std::net::SocketAddr;
+use std::pin::Pin;
+use std::sync::Arc;
+use tracing::{info, warn};
+
+/// Leader-election parameters: a Lease in one namespace.
+#[derive(Clone, Debug)]
+pub struct LeaderElection {
+    pub lease_name: String,
+    pub lease_namespace: String,
+    pub identity: String,
+    /// How long a lease is held without renewal.
+    pub duration_seconds: u64,
+    /// Extra time before a standby takes an unrenewed lease.
+    pub grace_seconds: u64,
+}
+
+#[derive(Clone, Debug)]
+pub struct OperatorOptions {
+    pub settings: Settings,
+    /// Namespaces to watch; empty watches all.
+    pub namespaces: Vec<String>,
+    pub run_checkpoints: bool,
+    pub run_clones: bool,
+    pub http_address: Option<SocketAddr>,
+    pub leader_election: Option<LeaderElection>,
+}
+
+type Task = Pin<Box<dyn std::future::Future<Output = ()> + Send>>;
+
+/// Runs until a shutdown signal, or until leadership is lost (an error, so the process restarts
+/// and campaigns again; unfinished clone work resumes from the store).
+pub async fn run(client: Client, options: OperatorOptions) -> Result<(), String> {
+    let ctx = Arc::new(Context::new(client.clone(), options.settings.clone()));
+    if let Some(address) = options.http_address {
+        let ctx = ctx.clone();
+        tokio::spawn(async move {
+            if let Err(error) = server::serve(address, ctx).await {
+                warn!(%error, "the probes and metrics endpoint stopped");
+            }
+        });
+    }
+    let mut lost_leadership = None;
+    if let Some(election) = &options.leader_election {
+        let manager = LeaseManagerBuilder::new(client, &election.lease_name)
+            .with_namespace(&election.lease_namespace)
+            .with_identity(&election.identity)
+            .with_duration(election.duration_seconds)
+            .with_grace(election.grace_seconds)
+            .build()
+            .await
+            .map_err(|e| format!("leader election: {e}"))?;
+        let (mut leading, _task) = manager.watch().await;
+        info!(lease = %election.lease_name, identity = %election.identity, "waiting to become the leader");
+        while !*leading.borrow_and_update() {
+            leading
+                .changed()
+                .await
+                .map_err(|e| format!("leader election stopped: {e}"))?;
+        }
+        info!("became the leader");
+        ctx.metrics.set_leader(true);
+        lost_leadership = Some(async move {
+            while *leading.borrow_and_update() {
+                if leading.changed().await.is_err() {
+                    break;
+                }
+            }
+        });
+    }
+    let scopes: Vec<Option<String>> = if options.namespaces.is_empty() {
+        vec![None]
+    } else {
+        options.namespaces.iter().cloned().map(Some).collect()
+    };
+    let mut tasks: Vec<Task> = Vec::new();
+    for namespace in scopes {
+        if options.run_checkpoints {
+            tasks.push(Box::pin(checkpoint::run(ctx.clone(), namespace.clone())));
+        }
+        if options.run_clones {
+            tasks.push(Box::pin(clone::run(ctx.clone(), namespace)));
+        }
+    }
+    info!(controllers = tasks.len(), "slatedb-operator running");
+    let controllers = join_all(tasks);
+    match lost_leadership {
+        Some(lost) => {
+            tokio::select! {
+                _ = controllers => Ok(()),
+                _ = lost => {
+                    ctx.metrics.set_leader(false);
+                    Err("lost the leader lease; exiting so a fresh process campaigns again".into())
+                }
+            }
+        }
+        None => {
+            controllers.await;
+            Ok(())
+        }
+    }
+}
