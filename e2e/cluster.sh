@@ -11,7 +11,8 @@
 # Environment: E2E_STATE_DIR (default <repo>/target/e2e-cluster), E2E_ETCD_PORT (12379),
 # E2E_ETCD_PEER_PORT (12380), E2E_APISERVER_PORT (16443), E2E_S3_PORT (19000),
 # K8S_VERSION (1.37.2, as e2e/build-k8s.sh).
-# The env file exports KUBECONFIG, E2E_KUBECTL, E2E_HELM, E2E_STATE_DIR, E2E_APISERVER_URL, E2E_S3_ENDPOINT,
+# The env file exports KUBECONFIG, E2E_KUBECTL, E2E_HELM, E2E_LUA (a Lua 5.4 interpreter, for the Argo CD health
+# checks of the chart), E2E_STATE_DIR, E2E_APISERVER_URL, E2E_S3_ENDPOINT,
 # E2E_S3_BUCKET, E2E_S3_ACCESS_KEY, E2E_S3_SECRET_KEY and E2E_S3_ROOT (the s3s-fs root directory: the bucket is
 # the directory $E2E_S3_ROOT/$E2E_S3_BUCKET and an object is a file under it, for tests that inspect or corrupt
 # objects on disk). s3s-fs keeps each object's ETag and metadata in sidecar files in the root,
@@ -361,6 +362,7 @@ cmd_up() {
   mkdir -p "$STATE"
 
   need_cmd curl
+  need_cmd lua5.4   # runs the chart's Argo CD health.lua checks (e2e/tests/chart.rs)
   install_kubectl_helm
   install_etcd
   build_k8s
@@ -430,6 +432,7 @@ cmd_up() {
     printf 'export KUBECONFIG=%q\n' "$STATE/kubeconfig"
     printf 'export E2E_KUBECTL=%q\n' "$KUBECTL"
     printf 'export E2E_HELM=%q\n' "$HELM"
+    printf 'export E2E_LUA=%q\n' "$(command -v lua5.4)"
     printf 'export E2E_STATE_DIR=%q\n' "$STATE"
     printf 'export E2E_APISERVER_URL=%q\n' "https://127.0.0.1:$APISERVER_PORT"
     printf 'export E2E_S3_ENDPOINT=%q\n' "http://127.0.0.1:$S3_PORT"

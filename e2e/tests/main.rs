@@ -3,6 +3,7 @@
 //! starts the cluster, exports its environment and stops it afterwards. Without a cluster these
 //! tests fail; they never skip.
 
+mod chart;
 mod checkpoints;
 mod clones;
 mod crds;

@@ -1,0 +1,1243 @@
+//! The Helm chart, the Dockerfile, the Argo CD health checks and the examples: rendered with the
+//! cluster's helm, validated by the real kube-apiserver (`kubectl apply --dry-run=server`), and
+//! cross-checked against the crate so that none of them can silently rot.
+
+use crate::support::{repo_path, run_tool, TestEnv};
+use k8s_openapi::apiextensions_apiserver::pkg::apis::apiextensions::v1::CustomResourceDefinition;
+use kube::api::PostParams;
+use kube::runtime::wait::{await_condition, conditions};
+use kube::Api;
+use serde_json::{json, Value};
+use std::collections::{BTreeMap, BTreeSet};
+use std::path::{Path, PathBuf};
+use std::process::Output;
+use std::time::Duration;
+
+const CHART: &str = "charts/slatedb-operator";
+const ALL_OPTIONS: &str = "charts/slatedb-operator/ci/all-options-values.yaml";
+
+fn chart_dir() -> String {
+    repo_path(CHART).display().to_string()
+}
+
+fn all_options_values() -> String {
+    repo_path(ALL_OPTIONS).display().to_string()
+}
+
+fn describe(what: &str, output: &Output) -> String {
+    format!(
+        "{what}: exit {:?}\n--- stdout\n{}\n--- stderr\n{}",
+        output.status.code(),
+        String::from_utf8_lossy(&output.stdout),
+        String::from_utf8_lossy(&output.stderr)
+    )
+}
+
+/// `helm template <release> <chart> --namespace <namespace> <extra...>`, whatever its outcome.
+fn helm_template_output(namespace: &str, extra: &[&str]) -> Output {
+    let chart = chart_dir();
+    let mut args = vec![
+        "template",
+        "slatedb",
+        chart.as_str(),
+        "--namespace",
+        namespace,
+    ];
+    args.extend_from_slice(extra);
+    run_tool("E2E_HELM", &args, None)
+}
+
+/// Renders the chart and returns its YAML; panics when helm fails.
+fn helm_template(namespace: &str, extra: &[&str]) -> String {
+    let output = helm_template_output(namespace, extra);
+    assert!(
+        output.status.success(),
+        "{}",
+        describe(&format!("helm template {extra:?}"), &output)
+    );
+    String::from_utf8(output.stdout).unwrap()
+}
+
+/// The documents of a multi-document YAML stream, as JSON values (empty documents dropped).
+fn documents(yaml: &str) -> Vec<Value> {
+    serde_yaml::Deserializer::from_str(yaml)
+        .map(|document| {
+            let value: serde_yaml::Value = serde::Deserialize::deserialize(document)
+                .unwrap_or_else(|e| panic!("parsing YAML: {e}\n{yaml}"));
+            serde_json::to_value(value).unwrap()
+        })
+        .filter(|value| !value.is_null())
+        .collect()
+}
+
+fn render(namespace: &str, extra: &[&str]) -> Vec<Value> {
+    documents(&helm_template(namespace, extra))
+}
+
+fn find<'a>(docs: &'a [Value], kind: &str, name: &str) -> Option<&'a Value> {
+    docs.iter()
+        .find(|d| d["kind"] == kind && d["metadata"]["name"] == name)
+}
+
+fn get<'a>(docs: &'a [Value], kind: &str, name: &str) -> &'a Value {
+    find(docs, kind, name).unwrap_or_else(|| {
+        let present: Vec<String> = docs
+            .iter()
+            .map(|d| format!("{}/{}", d["kind"], d["metadata"]["name"]))
+            .collect();
+        panic!("no {kind} {name} in the rendered chart; it has {present:?}")
+    })
+}
+
+fn kinds(docs: &[Value]) -> BTreeMap<String, usize> {
+    let mut counts = BTreeMap::new();
+    for d in docs {
+        *counts
+            .entry(d["kind"].as_str().unwrap().to_string())
+            .or_default() += 1;
+    }
+    counts
+}
+
+fn container_args(docs: &[Value], deployment: &str) -> Vec<String> {
+    get(docs, "Deployment", deployment)["spec"]["template"]["spec"]["containers"][0]["args"]
+        .as_array()
+        .expect("the operator container has args")
+        .iter()
+        .map(|a| a.as_str().unwrap().to_string())
+        .collect()
+}
+
+/// `kubectl apply --dry-run=server -f -` of `yaml`, in `namespace` when given (kubectl refuses objects
+/// of other namespaces then); returns stderr (warnings).
+fn server_dry_run(namespace: Option<&str>, yaml: &str, what: &str) -> String {
+    let mut args = vec!["apply", "--dry-run=server", "-f", "-"];
+    if let Some(namespace) = namespace {
+        args.extend(["--namespace", namespace]);
+    }
+    let output = run_tool("E2E_KUBECTL", &args, Some(yaml.as_bytes()));
+    assert!(
+        output.status.success(),
+        "{}",
+        describe(
+            &format!("kubectl apply --dry-run=server of {what}"),
+            &output
+        )
+    );
+    String::from_utf8_lossy(&output.stderr).into_owned()
+}
+
+/// Every namespaced object the chart renders names its namespace, so `helm template | kubectl apply`
+/// never lands in the kubeconfig's default namespace.
+fn assert_namespaced_objects_name_their_namespace(docs: &[Value]) {
+    const CLUSTER_SCOPED: [&str; 3] = [
+        "CustomResourceDefinition",
+        "ClusterRole",
+        "ClusterRoleBinding",
+    ];
+    for d in docs {
+        let kind = d["kind"].as_str().unwrap();
+        let namespace = d["metadata"]["namespace"].as_str();
+        if CLUSTER_SCOPED.contains(&kind) {
+            assert!(
+                namespace.is_none(),
+                "{kind} {} is cluster-scoped",
+                d["metadata"]["name"]
+            );
+        } else {
+            assert!(
+                namespace.is_some_and(|n| !n.is_empty()),
+                "{kind} {} has no metadata.namespace",
+                d["metadata"]["name"]
+            );
+        }
+    }
+}
+
+/// A test namespace whose Pod Security admission warns about anything short of `restricted`.
+async fn restricted_env(prefix: &str) -> TestEnv {
+    let env = TestEnv::new(prefix).await;
+    env.kubectl(&[
+        "label",
+        "namespace",
+        &env.namespace,
+        "pod-security.kubernetes.io/warn=restricted",
+        "pod-security.kubernetes.io/warn-version=latest",
+    ]);
+    env
+}
+
+fn assert_no_pod_security_warnings(stderr: &str, what: &str) {
+    assert!(
+        !stderr.contains("PodSecurity"),
+        "{what} violates the restricted Pod Security Standard:\n{stderr}"
+    );
+}
+
+// --- CRD copies ----------------------------------------------------------------------------------
+
+fn yaml_files(dir: &Path) -> BTreeMap<String, Vec<u8>> {
+    std::fs::read_dir(dir)
+        .unwrap_or_else(|e| panic!("reading {}: {e}", dir.display()))
+        .map(|entry| entry.unwrap().path())
+        .filter(|path| path.extension().is_some_and(|e| e == "yaml" || e == "yml"))
+        .map(|path| {
+            (
+                path.file_name().unwrap().to_string_lossy().into_owned(),
+                std::fs::read(&path).unwrap(),
+            )
+        })
+        .collect()
+}
+
+#[test]
+fn chart_crd_copies_are_byte_identical_to_crds_dir() {
+    let source = yaml_files(&repo_path("crds"));
+    let copies = yaml_files(&repo_path(&format!("{CHART}/files/crds")));
+    assert!(!source.is_empty(), "crds/ holds no CRDs");
+    assert_eq!(
+        source.keys().collect::<Vec<_>>(),
+        copies.keys().collect::<Vec<_>>(),
+        "{CHART}/files/crds/ must hold exactly the files of crds/ (`cargo run -- crdgen` writes both)"
+    );
+    for (file, bytes) in &source {
+        assert!(
+            copies[file] == *bytes,
+            "{CHART}/files/crds/{file} differs from crds/{file}; run `cargo run -- crdgen`"
+        );
+    }
+}
+
+#[test]
+fn chart_renders_the_crds_unchanged_apart_from_labels_and_keep() {
+    let source: BTreeMap<String, Value> = yaml_files(&repo_path("crds"))
+        .values()
+        .flat_map(|bytes| documents(std::str::from_utf8(bytes).unwrap()))
+        .map(|crd| (crd["metadata"]["name"].as_str().unwrap().to_string(), crd))
+        .collect();
+
+    let rendered = render("slatedb-system", &[]);
+    let crds: Vec<&Value> = rendered
+        .iter()
+        .filter(|d| d["kind"] == "CustomResourceDefinition")
+        .collect();
+    assert_eq!(crds.len(), source.len(), "every CRD is rendered once");
+    for crd in crds {
+        let name = crd["metadata"]["name"].as_str().unwrap();
+        assert_eq!(
+            crd["metadata"]["annotations"]["helm.sh/resource-policy"], "keep",
+            "{name} is kept on uninstall by default"
+        );
+        assert_eq!(
+            crd["metadata"]["labels"]["app.kubernetes.io/name"],
+            "slatedb-operator"
+        );
+        // fromYaml | toYaml must not change a single field of the CRD itself.
+        let mut stripped = crd.clone();
+        let metadata = stripped["metadata"].as_object_mut().unwrap();
+        metadata.remove("labels");
+        metadata.remove("annotations");
+        assert!(
+            stripped == source[name],
+            "the rendered CRD {name} differs from crds/ beyond labels and annotations"
+        );
+    }
+
+    let not_kept = render("slatedb-system", &["--set", "crds.keep=false"]);
+    for crd in not_kept
+        .iter()
+        .filter(|d| d["kind"] == "CustomResourceDefinition")
+    {
+        assert!(
+            crd["metadata"]["annotations"]
+                .get("helm.sh/resource-policy")
+                .is_none(),
+            "crds.keep=false drops the keep annotation"
+        );
+    }
+    let without = render("slatedb-system", &["--set", "crds.enabled=false"]);
+    assert!(
+        !without
+            .iter()
+            .any(|d| d["kind"] == "CustomResourceDefinition"),
+        "crds.enabled=false renders no CRDs"
+    );
+}
+
+// --- lint, schema and rendering ------------------------------------------------------------------
+
+#[test]
+fn helm_lint_passes_with_default_and_all_options_values() {
+    let chart = chart_dir();
+    let values = all_options_values();
+    for extra in [vec![], vec!["--values", values.as_str()]] {
+        let mut args = vec!["lint", "--strict", chart.as_str()];
+        args.extend(extra.iter().copied());
+        let output = run_tool("E2E_HELM", &args, None);
+        assert!(
+            output.status.success(),
+            "{}",
+            describe(&format!("helm {args:?}"), &output)
+        );
+    }
+}
+
+#[test]
+fn values_schema_rejects_wrong_types_and_unknown_keys() {
+    let rejected: &[(&[&str], &str)] = &[
+        (&["--set", "replicaCount=notanumber"], "/replicaCount"),
+        (&["--set-json", r#"resources="x""#], "/resources"),
+        (&["--set", "notAValue=1"], "notAValue"),
+        (
+            &["--set", "leaderElection.enabled=maybe"],
+            "/leaderElection/enabled",
+        ),
+        (
+            &["--set", "leaderElection.leaseDuration=15s"],
+            "/leaderElection/leaseDuration",
+        ),
+        (&["--set", "image.tag=123"], "/image/tag"),
+        (
+            &["--set", "image.pullPolicy=Sometimes"],
+            "/image/pullPolicy",
+        ),
+        (
+            &["--set-json", r#"watchNamespaces=["Not_A_Namespace"]"#],
+            "/watchNamespaces/0",
+        ),
+        (
+            &["--set-json", r#"watchNamespaces="team-a""#],
+            "/watchNamespaces",
+        ),
+        (
+            &["--set-json", r#"controllers=["checkpoint","backup"]"#],
+            "/controllers/1",
+        ),
+        (&["--set", "logging.format=xml"], "/logging/format"),
+        (&["--set", "metrics.port=70000"], "/metrics/port"),
+        (&["--set", "clone.concurrency=0"], "/clone/concurrency"),
+        (
+            &["--set", "clone.timeouts.adminSeconds=soon"],
+            "/clone/timeouts/adminSeconds",
+        ),
+        (&["--set", "crds.keep=yes please"], "/crds/keep"),
+        (
+            &["--set", "podDisruptionBudget.minAvailable=most"],
+            "/podDisruptionBudget/minAvailable",
+        ),
+    ];
+    for (args, path) in rejected {
+        let output = helm_template_output("slatedb-system", args);
+        let stderr = String::from_utf8_lossy(&output.stderr);
+        assert!(
+            !output.status.success() && stderr.contains("schema") && stderr.contains(path),
+            "values.schema.json should reject {args:?} at {path}; {}",
+            describe("helm template", &output)
+        );
+    }
+
+    // Combinations the schema cannot express fail in the templates, with a message.
+    let template_errors: &[(&[&str], &str)] = &[
+        (
+            &["--set", "metrics.serviceMonitor.enabled=true"],
+            "needs metrics.enabled",
+        ),
+        (
+            &["--set", "leaderElection.renewDeadline=15"],
+            "renewDeadline",
+        ),
+        (&["--set", "leaderElection.retryPeriod=20"], "retryPeriod"),
+    ];
+    for (args, message) in template_errors {
+        let output = helm_template_output("slatedb-system", args);
+        assert!(
+            !output.status.success() && String::from_utf8_lossy(&output.stderr).contains(message),
+            "helm template {args:?} should fail with {message:?}; {}",
+            describe("helm template", &output)
+        );
+    }
+
+    let accepted: &[&[&str]] = &[
+        &[],
+        &["--set-string", "image.tag=123"],
+        &["--set", "image.tag=0.2.0"],
+        &["--set", "replicaCount=3"],
+        &["--set-json", r#"watchNamespaces=["team-a","team-b"]"#],
+        &["--set", "podDisruptionBudget.minAvailable=50%"],
+        &[
+            "--set-json",
+            r#"resources={"requests":{"cpu":"1","memory":"1Gi"}}"#,
+        ],
+    ];
+    for args in accepted {
+        let output = helm_template_output("slatedb-system", args);
+        assert!(
+            output.status.success(),
+            "{}",
+            describe(&format!("helm template {args:?}"), &output)
+        );
+    }
+}
+
+/// The operator's permissions, exactly (conventions §13): least privilege.
+fn expected_operator_rules() -> Value {
+    json!([
+        {"apiGroups": ["slatedb.io"], "resources": ["databasecheckpoints"],
+         "verbs": ["get", "list", "watch", "patch", "update"]},
+        {"apiGroups": ["slatedb.io"], "resources": ["databaseclones"],
+         "verbs": ["get", "list", "watch", "patch", "update", "delete"]},
+        {"apiGroups": ["slatedb.io"], "resources": ["databasecheckpoints/status", "databaseclones/status"],
+         "verbs": ["get", "patch", "update"]},
+        {"apiGroups": ["slatedb.io"], "resources": ["databasecheckpoints/finalizers", "databaseclones/finalizers"],
+         "verbs": ["update"]},
+        {"apiGroups": ["events.k8s.io"], "resources": ["events"], "verbs": ["create", "patch"]},
+        {"apiGroups": [""], "resources": ["secrets"], "verbs": ["get", "list", "watch"]},
+    ])
+}
+
+#[test]
+fn default_values_render_a_cluster_wide_restricted_operator() {
+    let docs = render("slatedb-system", &[]);
+    // Release "slatedb" does not contain the chart name, so the full name is <release>-<chart>.
+    let full = "slatedb-slatedb-operator";
+
+    // Cluster-wide RBAC with exactly the operator's rules, bound to the chart's ServiceAccount.
+    assert_eq!(
+        get(&docs, "ClusterRole", full)["rules"],
+        expected_operator_rules()
+    );
+    let binding = get(&docs, "ClusterRoleBinding", full);
+    assert_eq!(binding["roleRef"]["name"], full);
+    assert_eq!(
+        binding["subjects"],
+        json!([{"kind": "ServiceAccount", "name": full, "namespace": "slatedb-system"}])
+    );
+    assert!(find(&docs, "ServiceAccount", full).is_some());
+    assert!(
+        !kinds(&docs).contains_key("Service"),
+        "metrics are off by default"
+    );
+    assert!(!kinds(&docs).contains_key("ServiceMonitor"));
+    assert!(!kinds(&docs).contains_key("PodDisruptionBudget"));
+
+    // Aggregated user roles.
+    let view = get(&docs, "ClusterRole", &format!("{full}-view"));
+    assert_eq!(
+        view["metadata"]["labels"]["rbac.authorization.k8s.io/aggregate-to-view"],
+        "true"
+    );
+    assert_eq!(
+        view["rules"],
+        json!([{"apiGroups": ["slatedb.io"], "resources": ["databasecheckpoints", "databaseclones"],
+                "verbs": ["get", "list", "watch"]}])
+    );
+    let edit = get(&docs, "ClusterRole", &format!("{full}-edit"));
+    for label in ["aggregate-to-edit", "aggregate-to-admin"] {
+        assert_eq!(
+            edit["metadata"]["labels"][format!("rbac.authorization.k8s.io/{label}")],
+            "true"
+        );
+    }
+    assert_eq!(
+        edit["rules"][0]["verbs"],
+        json!(["get", "list", "watch", "create", "update", "patch", "delete"])
+    );
+
+    // Leader election is on by default, with a Role on its one Lease in the release namespace.
+    let args = container_args(&docs, full);
+    for expected in [
+        "--log-format=json",
+        "--http-port=8080",
+        "--controllers=checkpoint,clone",
+        "--clone-concurrency=8",
+        "--admin-timeout-seconds=30",
+        "--max-backoff-seconds=300",
+        "--leader-election",
+        "--lease-name=slatedb-slatedb-operator",
+        "--lease-namespace=slatedb-system",
+        "--lease-duration-seconds=15",
+        "--lease-grace-seconds=5",
+    ] {
+        assert!(
+            args.iter().any(|a| a == expected),
+            "{expected} missing from {args:?}"
+        );
+    }
+    assert!(
+        !args
+            .iter()
+            .any(|a| a == "run" || a.starts_with("--namespaces")),
+        "the image's entrypoint already says `run`, and no --namespaces means all: {args:?}"
+    );
+    let lease_role = get(&docs, "Role", &format!("{full}-leader-election"));
+    assert_eq!(lease_role["metadata"]["namespace"], "slatedb-system");
+    assert_eq!(
+        lease_role["rules"],
+        json!([
+            {"apiGroups": ["coordination.k8s.io"], "resources": ["leases"],
+             "resourceNames": ["slatedb-slatedb-operator"], "verbs": ["get", "update", "patch"]},
+            {"apiGroups": ["coordination.k8s.io"], "resources": ["leases"], "verbs": ["create"]},
+        ])
+    );
+
+    // The pod: downward API, probes on the named port, restricted security contexts.
+    let pod = &get(&docs, "Deployment", full)["spec"]["template"]["spec"];
+    let container = &pod["containers"][0];
+    assert_eq!(container["image"], "ghcr.io/slatedb/slatedb-operator:0.1.0");
+    let env: BTreeMap<&str, &Value> = container["env"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|e| (e["name"].as_str().unwrap(), e))
+        .collect();
+    assert_eq!(env["RUST_LOG"]["value"], "info");
+    assert_eq!(
+        env["POD_NAME"]["valueFrom"]["fieldRef"]["fieldPath"],
+        "metadata.name"
+    );
+    assert_eq!(
+        env["POD_NAMESPACE"]["valueFrom"]["fieldRef"]["fieldPath"],
+        "metadata.namespace"
+    );
+    assert_eq!(container["ports"][0]["name"], "http");
+    assert_eq!(container["ports"][0]["containerPort"], 8080);
+    assert_eq!(
+        container["livenessProbe"]["httpGet"],
+        json!({"path": "/healthz", "port": "http"})
+    );
+    assert_eq!(
+        container["readinessProbe"]["httpGet"],
+        json!({"path": "/readyz", "port": "http"})
+    );
+    assert_eq!(pod["securityContext"]["runAsNonRoot"], true);
+    assert_eq!(
+        pod["securityContext"]["seccompProfile"]["type"],
+        "RuntimeDefault"
+    );
+    let security = &container["securityContext"];
+    assert_eq!(security["readOnlyRootFilesystem"], true);
+    assert_eq!(security["allowPrivilegeEscalation"], false);
+    assert_eq!(security["capabilities"]["drop"], json!(["ALL"]));
+    assert_eq!(security["seccompProfile"]["type"], "RuntimeDefault");
+}
+
+#[test]
+fn leader_election_follows_values_and_replica_count() {
+    let full = "slatedb-slatedb-operator";
+    let lease_role = format!("{full}-leader-election");
+
+    let off = render("ops", &["--set", "leaderElection.enabled=false"]);
+    assert!(!container_args(&off, full)
+        .iter()
+        .any(|a| a.starts_with("--lease") || a == "--leader-election"));
+    assert!(find(&off, "Role", &lease_role).is_none());
+
+    // Two replicas without leader election would both reconcile: replicaCount > 1 forces it on.
+    let forced = render(
+        "ops",
+        &[
+            "--set",
+            "leaderElection.enabled=false",
+            "--set",
+            "replicaCount=2",
+        ],
+    );
+    assert!(container_args(&forced, full)
+        .iter()
+        .any(|a| a == "--leader-election"));
+    assert!(find(&forced, "Role", &lease_role).is_some());
+
+    // leaseDuration -> duration; grace = max(leaseDuration - renewDeadline, retryPeriod).
+    let tuned = render(
+        "ops",
+        &[
+            "--set",
+            "leaderElection.leaseDuration=60",
+            "--set",
+            "leaderElection.renewDeadline=40",
+            "--set",
+            "leaderElection.retryPeriod=15",
+            "--set",
+            "leaderElection.namespace=kube-system",
+            "--set",
+            "leaderElection.leaseName=slatedb-leader",
+        ],
+    );
+    let args = container_args(&tuned, full);
+    for expected in [
+        "--lease-duration-seconds=60",
+        "--lease-grace-seconds=20",
+        "--lease-namespace=kube-system",
+        "--lease-name=slatedb-leader",
+    ] {
+        assert!(
+            args.iter().any(|a| a == expected),
+            "{expected} missing from {args:?}"
+        );
+    }
+    assert_eq!(
+        get(&tuned, "Role", &lease_role)["metadata"]["namespace"],
+        "kube-system"
+    );
+    assert_eq!(
+        get(&tuned, "Role", &lease_role)["rules"][0]["resourceNames"],
+        json!(["slatedb-leader"])
+    );
+    let floor = render(
+        "ops",
+        &[
+            "--set",
+            "leaderElection.leaseDuration=10",
+            "--set",
+            "leaderElection.renewDeadline=9",
+            "--set",
+            "leaderElection.retryPeriod=3",
+        ],
+    );
+    assert!(container_args(&floor, full)
+        .iter()
+        .any(|a| a == "--lease-grace-seconds=3"));
+}
+
+#[test]
+fn watch_namespaces_get_roles_instead_of_a_cluster_role() {
+    let docs = render(
+        "ops",
+        &["--set-json", r#"watchNamespaces=["team-a","team-b"]"#],
+    );
+    let full = "slatedb-slatedb-operator";
+    assert!(
+        find(&docs, "ClusterRole", full).is_none(),
+        "no cluster-wide grant"
+    );
+    assert!(find(&docs, "ClusterRoleBinding", full).is_none());
+    for namespace in ["team-a", "team-b"] {
+        let role = docs
+            .iter()
+            .find(|d| d["kind"] == "Role" && d["metadata"]["namespace"] == namespace)
+            .unwrap_or_else(|| panic!("no Role in {namespace}"));
+        assert_eq!(role["rules"], expected_operator_rules());
+        let binding = docs
+            .iter()
+            .find(|d| d["kind"] == "RoleBinding" && d["metadata"]["namespace"] == namespace)
+            .unwrap_or_else(|| panic!("no RoleBinding in {namespace}"));
+        assert_eq!(binding["roleRef"]["name"], role["metadata"]["name"]);
+        assert_eq!(binding["subjects"][0]["namespace"], "ops");
+    }
+    assert!(container_args(&docs, full)
+        .iter()
+        .any(|a| a == "--namespaces=team-a,team-b"));
+}
+
+#[test]
+fn the_operator_accepts_every_flag_the_chart_passes() {
+    // The image's ENTRYPOINT is `slatedb-operator run` and the chart's args follow it: clap parses every
+    // argument before it acts on a trailing --help, so an unknown flag or a bad value fails here.
+    let values = all_options_values();
+    let renders = [
+        render("ops", &[]),
+        render("ops", &["--values", &values]),
+        render(
+            "ops",
+            &[
+                "--set",
+                "leaderElection.enabled=false",
+                "--set",
+                "logging.format=text",
+            ],
+        ),
+    ];
+    for docs in &renders {
+        let deployment = docs
+            .iter()
+            .find(|d| d["kind"] == "Deployment")
+            .expect("a Deployment");
+        let args: Vec<String> = deployment["spec"]["template"]["spec"]["containers"][0]["args"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .map(|a| a.as_str().unwrap().to_string())
+            .collect();
+        let output = std::process::Command::new(env!("CARGO_BIN_EXE_slatedb-operator"))
+            .arg("run")
+            .args(&args)
+            .arg("--help")
+            .output()
+            .expect("running slatedb-operator");
+        assert!(
+            output.status.success(),
+            "{}",
+            describe(&format!("slatedb-operator run {args:?} --help"), &output)
+        );
+    }
+}
+
+// --- server-side validation ----------------------------------------------------------------------
+
+/// A minimal `servicemonitors.monitoring.coreos.com` CRD (prometheus-operator is not installed in the
+/// e2e cluster), typed for the fields the chart sets so that strict field validation still applies.
+async fn ensure_service_monitor_crd(env: &TestEnv) {
+    let crds: Api<CustomResourceDefinition> = Api::all(env.client.clone());
+    let name = "servicemonitors.monitoring.coreos.com";
+    if crds.get_opt(name).await.unwrap().is_none() {
+        let string = json!({"type": "string"});
+        let label_selector = json!({"type": "object", "properties": {
+            "matchLabels": {"type": "object", "additionalProperties": string},
+            "matchExpressions": {"type": "array", "items": {"type": "object",
+                "x-kubernetes-preserve-unknown-fields": true}}}});
+        let crd: CustomResourceDefinition = serde_json::from_value(json!({
+            "apiVersion": "apiextensions.k8s.io/v1",
+            "kind": "CustomResourceDefinition",
+            "metadata": {"name": name, "labels": {"slatedb.io/e2e": "true"}},
+            "spec": {
+                "group": "monitoring.coreos.com",
+                "names": {"kind": "ServiceMonitor", "listKind": "ServiceMonitorList",
+                          "plural": "servicemonitors", "singular": "servicemonitor"},
+                "scope": "Namespaced",
+                "versions": [{"name": "v1", "served": true, "storage": true, "schema": {"openAPIV3Schema": {
+                    "type": "object",
+                    "properties": {"spec": {
+                        "type": "object",
+                        "required": ["selector"],
+                        "properties": {
+                            "jobLabel": string,
+                            "selector": label_selector,
+                            "namespaceSelector": {"type": "object", "properties": {
+                                "any": {"type": "boolean"},
+                                "matchNames": {"type": "array", "items": string}}},
+                            "endpoints": {"type": "array", "items": {"type": "object", "properties": {
+                                "port": string, "path": string, "scheme": string,
+                                "interval": string, "scrapeTimeout": string,
+                                "honorLabels": {"type": "boolean"}}}}
+                        }
+                    }}
+                }}}]
+            }
+        }))
+        .unwrap();
+        match crds.create(&PostParams::default(), &crd).await {
+            Ok(_) => {}
+            Err(kube::Error::Api(status)) if status.code == 409 => {}
+            Err(e) => panic!("creating the ServiceMonitor CRD: {e}"),
+        }
+    }
+    tokio::time::timeout(
+        Duration::from_secs(30),
+        await_condition(crds, name, conditions::is_crd_established()),
+    )
+    .await
+    .expect("the ServiceMonitor CRD is not Established within 30s")
+    .unwrap();
+    // Established is reported before discovery serves the new group to kubectl; wait for it.
+    let deadline = std::time::Instant::now() + Duration::from_secs(30);
+    loop {
+        let output = run_tool(
+            "E2E_KUBECTL",
+            &[
+                "get",
+                "servicemonitors.monitoring.coreos.com",
+                "--all-namespaces",
+            ],
+            None,
+        );
+        if output.status.success() {
+            break;
+        }
+        assert!(
+            std::time::Instant::now() < deadline,
+            "{}",
+            describe("kubectl get servicemonitors", &output)
+        );
+        tokio::time::sleep(Duration::from_millis(250)).await;
+    }
+}
+
+#[tokio::test]
+async fn default_values_pass_server_side_dry_run() {
+    let env = restricted_env("chart-default").await;
+    let yaml = helm_template(&env.namespace, &[]);
+    assert_namespaced_objects_name_their_namespace(&documents(&yaml));
+    let stderr = server_dry_run(None, &yaml, "the chart with default values");
+    assert_no_pod_security_warnings(&stderr, "the chart with default values");
+    env.cleanup().await;
+}
+
+#[tokio::test]
+async fn all_options_values_pass_server_side_dry_run() {
+    let env = restricted_env("chart-all").await;
+    // The watched namespaces must exist for their Roles; use fresh ones instead of the file's e2e-a, e2e-b.
+    let watched_a = TestEnv::new("chart-all-a").await;
+    let watched_b = TestEnv::new("chart-all-b").await;
+    ensure_service_monitor_crd(&env).await;
+
+    let values = all_options_values();
+    let watch = format!(
+        r#"watchNamespaces=["{}","{}"]"#,
+        watched_a.namespace, watched_b.namespace
+    );
+    let yaml = helm_template(&env.namespace, &["--values", &values, "--set-json", &watch]);
+    let docs = documents(&yaml);
+
+    // Every optional resource is there.
+    let counts = kinds(&docs);
+    for kind in [
+        "CustomResourceDefinition",
+        "Deployment",
+        "ServiceAccount",
+        "Service",
+        "ServiceMonitor",
+        "PodDisruptionBudget",
+        "ClusterRole",
+        "Role",
+        "RoleBinding",
+    ] {
+        assert!(counts.contains_key(kind), "no {kind} rendered: {counts:?}");
+    }
+    assert_eq!(
+        counts["Role"], 3,
+        "one per watched namespace plus the lease Role"
+    );
+    assert!(
+        !counts.contains_key("ClusterRoleBinding"),
+        "watched namespaces only"
+    );
+    let args = container_args(&docs, "slatedb-operator-all");
+    assert!(args.contains(&format!(
+        "--namespaces={},{}",
+        watched_a.namespace, watched_b.namespace
+    )));
+    assert!(args.iter().any(|a| a == "--leader-election"));
+    assert!(args.iter().any(|a| a == "--http-port=9090"));
+
+    assert_namespaced_objects_name_their_namespace(&docs);
+    let stderr = server_dry_run(None, &yaml, "the chart with all options");
+    assert_no_pod_security_warnings(&stderr, "the chart with all options");
+
+    watched_a.cleanup().await;
+    watched_b.cleanup().await;
+    env.cleanup().await;
+}
+
+// --- Dockerfile ----------------------------------------------------------------------------------
+
+/// The crate's binary name: the first `[[bin]]` table's `name`, else `[package]`'s.
+fn cargo_bin_name(cargo_toml: &str) -> String {
+    let mut section = String::new();
+    let mut package_name = None;
+    for line in cargo_toml.lines().map(str::trim) {
+        if line.starts_with('[') {
+            section = line.to_string();
+            continue;
+        }
+        let Some((key, value)) = line.split_once('=') else {
+            continue;
+        };
+        if key.trim() != "name" {
+            continue;
+        }
+        let value = value.trim().trim_matches('"').to_string();
+        match section.as_str() {
+            "[[bin]]" => return value,
+            "[package]" => package_name = Some(value),
+            _ => {}
+        }
+    }
+    package_name.expect("Cargo.toml names its package")
+}
+
+fn cargo_rust_version(cargo_toml: &str) -> Option<(u32, u32)> {
+    cargo_toml.lines().find_map(|line| {
+        let (key, value) = line.split_once('=')?;
+        (key.trim() == "rust-version").then(|| major_minor(value.trim().trim_matches('"')))?
+    })
+}
+
+fn major_minor(version: &str) -> Option<(u32, u32)> {
+    let mut parts = version.split('.');
+    Some((parts.next()?.parse().ok()?, parts.next()?.parse().ok()?))
+}
+
+/// Dockerfile instructions as (INSTRUCTION, arguments), continuation lines joined, comments dropped.
+fn dockerfile_instructions(text: &str) -> Vec<(String, String)> {
+    let mut instructions = vec![];
+    let mut current = String::new();
+    for line in text.lines() {
+        let trimmed = line.trim();
+        if trimmed.starts_with('#') || (trimmed.is_empty() && current.is_empty()) {
+            continue;
+        }
+        if let Some(stripped) = trimmed.strip_suffix('\\') {
+            current.push_str(stripped);
+            current.push(' ');
+            continue;
+        }
+        current.push_str(trimmed);
+        let (instruction, rest) = current
+            .split_once(char::is_whitespace)
+            .unwrap_or((&current, ""));
+        instructions.push((instruction.to_uppercase(), rest.trim().to_string()));
+        current.clear();
+    }
+    instructions
+}
+
+#[test]
+fn dockerfile_builds_and_runs_the_crates_binary() {
+    let cargo_toml = std::fs::read_to_string(repo_path("Cargo.toml")).unwrap();
+    let bin = cargo_bin_name(&cargo_toml);
+    assert_eq!(
+        bin, "slatedb-operator",
+        "the chart and docs expect this binary name"
+    );
+    let dockerfile = std::fs::read_to_string(repo_path("Dockerfile")).unwrap();
+    let instructions = dockerfile_instructions(&dockerfile);
+
+    // Stages: the last FROM starts the runtime stage.
+    let froms: Vec<usize> = instructions
+        .iter()
+        .enumerate()
+        .filter(|(_, (i, _))| i == "FROM")
+        .map(|(n, _)| n)
+        .collect();
+    assert!(froms.len() >= 2, "a multi-stage build");
+    let (builder, runtime) = (
+        &instructions[froms[0]..*froms.last().unwrap()],
+        &instructions[*froms.last().unwrap()..],
+    );
+
+    // Builder: a Rust image at least as new as the crate's rust-version, `cargo build --release --locked`.
+    let from_builder: Vec<&str> = builder[0].1.split_whitespace().collect();
+    assert!(
+        from_builder.len() == 3 && from_builder[1].eq_ignore_ascii_case("AS"),
+        "the first stage is named: {:?}",
+        builder[0]
+    );
+    let (builder_image, stage) = (from_builder[0], from_builder[2]);
+    let tag = builder_image
+        .strip_prefix("rust:")
+        .unwrap_or_else(|| panic!("the builder is an official rust image: {builder_image}"));
+    if let (Some(needed), Some(have)) = (cargo_rust_version(&cargo_toml), major_minor(tag)) {
+        assert!(
+            have >= needed,
+            "{builder_image} is older than rust-version {needed:?}"
+        );
+    }
+    let builds: Vec<&String> = builder
+        .iter()
+        .filter(|(i, args)| i == "RUN" && args.contains("cargo build"))
+        .map(|(_, args)| args)
+        .collect();
+    assert_eq!(builds.len(), 1, "one cargo build: {builds:?}");
+    let build: Vec<&str> = builds[0].split_whitespace().collect();
+    assert!(
+        build.contains(&"--release") && build.contains(&"--locked"),
+        "{}",
+        builds[0]
+    );
+    if let Some(at) = build.iter().position(|a| *a == "--bin") {
+        assert_eq!(build.get(at + 1), Some(&bin.as_str()), "{}", builds[0]);
+    }
+    let workdir = builder
+        .iter()
+        .rev()
+        .filter(|(i, _)| i == "WORKDIR")
+        .map(|(_, dir)| dir.trim_end_matches('/'))
+        .next()
+        .expect("the builder sets WORKDIR");
+
+    // Runtime: distroless with glibc (the binary links it dynamically), the binary, nonroot, `<bin> run`.
+    assert_eq!(runtime[0].1, "gcr.io/distroless/cc-debian12:nonroot");
+    let copy = format!("--from={stage} {workdir}/target/release/{bin} /usr/local/bin/{bin}");
+    assert!(
+        runtime.iter().any(|(i, args)| i == "COPY" && *args == copy),
+        "the runtime stage should `COPY {copy}`"
+    );
+    let user = runtime
+        .iter()
+        .rev()
+        .filter(|(i, _)| i == "USER")
+        .map(|(_, user)| user.as_str())
+        .next()
+        .expect("the runtime stage sets USER");
+    assert_eq!(user, "65532:65532");
+    let entrypoint = runtime
+        .iter()
+        .rev()
+        .filter(|(i, _)| i == "ENTRYPOINT")
+        .map(|(_, args)| args.as_str())
+        .next()
+        .expect("the runtime stage sets ENTRYPOINT");
+    let entrypoint: Vec<String> = serde_json::from_str(entrypoint).unwrap_or_else(|e| {
+        panic!("ENTRYPOINT is not an exec-form JSON array ({e}): {entrypoint}")
+    });
+    assert_eq!(entrypoint, vec![bin.clone(), "run".to_string()]);
+
+    // The chart runs the image as the same non-root user.
+    let values: serde_yaml::Value = serde_yaml::from_str(
+        &std::fs::read_to_string(repo_path(&format!("{CHART}/values.yaml"))).unwrap(),
+    )
+    .unwrap();
+    let uid = user.split(':').next().unwrap();
+    assert_eq!(
+        values["podSecurityContext"]["runAsUser"]
+            .as_u64()
+            .map(|u| u.to_string())
+            .as_deref(),
+        Some(uid),
+        "values.yaml podSecurityContext.runAsUser should match the image's USER"
+    );
+
+    let dockerignore = std::fs::read_to_string(repo_path(".dockerignore")).unwrap();
+    let ignored: BTreeSet<&str> = dockerignore
+        .lines()
+        .map(|l| l.trim().trim_end_matches('/'))
+        .collect();
+    assert!(
+        ignored.contains("target") && ignored.contains(".git"),
+        "{dockerignore}"
+    );
+}
+
+// --- Argo CD health checks -----------------------------------------------------------------------
+
+/// A Lua literal for a JSON value: objects become tables keyed by string, arrays sequences.
+fn lua_literal(value: &Value) -> String {
+    match value {
+        Value::Null => "nil".into(),
+        Value::Bool(b) => b.to_string(),
+        Value::Number(n) => match (n.as_i64(), n.as_u64(), n.as_f64()) {
+            (Some(i), _, _) => i.to_string(),
+            (None, Some(u), _) => u.to_string(),
+            (_, _, Some(f)) => format!("{f:?}"),
+            _ => unreachable!(),
+        },
+        Value::String(s) => lua_string(s),
+        Value::Array(items) => format!(
+            "{{{}}}",
+            items.iter().map(lua_literal).collect::<Vec<_>>().join(", ")
+        ),
+        Value::Object(map) => format!(
+            "{{{}}}",
+            map.iter()
+                .filter(|(_, v)| !v.is_null())
+                .map(|(k, v)| format!("[{}] = {}", lua_string(k), lua_literal(v)))
+                .collect::<Vec<_>>()
+                .join(", ")
+        ),
+    }
+}
+
+/// A double-quoted Lua string; quotes, backslashes and control bytes as three-digit decimal escapes.
+fn lua_string(s: &str) -> String {
+    let mut out = String::from("\"");
+    for c in s.chars() {
+        if c == '"' || c == '\\' || (c as u32) < 0x20 || c == '\u{7f}' {
+            out.push_str(&format!("\\{:03}", c as u32));
+        } else {
+            out.push(c);
+        }
+    }
+    out.push('"');
+    out
+}
+
+/// Runs `health.lua` the way Argo CD does (the object in the global `obj`, the script returns a table)
+/// and returns (status, message).
+fn run_health_check(script: &Path, object: &Value) -> (String, String) {
+    let harness = format!(
+        "obj = {}\nlocal check = assert(loadfile({}))\nlocal hs = check()\n\
+         io.write(tostring(hs.status), \"\\n\", tostring(hs.message))\n",
+        lua_literal(object),
+        lua_string(&script.display().to_string())
+    );
+    let output = run_tool("E2E_LUA", &["-"], Some(harness.as_bytes()));
+    assert!(
+        output.status.success(),
+        "{}\n--- harness\n{harness}",
+        describe(&format!("lua {}", script.display()), &output)
+    );
+    let stdout = String::from_utf8(output.stdout).unwrap();
+    let (status, message) = stdout.split_once('\n').expect("status and message");
+    (status.to_string(), message.to_string())
+}
+
+#[test]
+fn lua_literals_round_trip_awkward_strings() {
+    let value = json!({"s": "quote \" backslash \\ newline \n tab \t 9 after escape \u{1}1", "n": [1, -2, 2.5], "b": true, "z": null});
+    let harness = format!(
+        "local v = {}\nio.write(v.s, '|', v.n[1] + v.n[2], '|', v.n[3], '|', tostring(v.b), '|', tostring(v.z))",
+        lua_literal(&value)
+    );
+    let output = run_tool("E2E_LUA", &["-"], Some(harness.as_bytes()));
+    assert!(output.status.success(), "{}", describe("lua", &output));
+    assert_eq!(
+        String::from_utf8(output.stdout).unwrap(),
+        "quote \" backslash \\ newline \n tab \t 9 after escape \u{1}1|-1|2.5|true|nil"
+    );
+}
+
+#[test]
+fn argo_cd_health_checks_produce_the_expected_status_for_every_testdata_file() {
+    let root = repo_path(&format!("{CHART}/argocd/slatedb.io"));
+    let mut kinds_checked = BTreeSet::new();
+    for entry in std::fs::read_dir(&root).unwrap() {
+        let dir = entry.unwrap().path();
+        let kind = dir.file_name().unwrap().to_string_lossy().into_owned();
+        let script = dir.join("health.lua");
+        let tests: Value = serde_json::to_value(
+            serde_yaml::from_str::<serde_yaml::Value>(
+                &std::fs::read_to_string(dir.join("health_test.yaml")).unwrap(),
+            )
+            .unwrap(),
+        )
+        .unwrap();
+        let mut referenced = BTreeSet::new();
+        let mut statuses = BTreeSet::new();
+        for case in tests["tests"]
+            .as_array()
+            .expect("health_test.yaml has tests")
+        {
+            let input = case["inputPath"].as_str().unwrap();
+            let object: Value = serde_json::to_value(
+                serde_yaml::from_str::<serde_yaml::Value>(
+                    &std::fs::read_to_string(dir.join(input))
+                        .unwrap_or_else(|e| panic!("{kind}/{input}: {e}")),
+                )
+                .unwrap(),
+            )
+            .unwrap();
+            assert_eq!(object["kind"], kind.as_str(), "{kind}/{input} is a {kind}");
+            let expected = (
+                case["healthStatus"]["status"].as_str().unwrap().to_string(),
+                case["healthStatus"]["message"]
+                    .as_str()
+                    .unwrap_or("")
+                    .to_string(),
+            );
+            assert_eq!(
+                run_health_check(&script, &object),
+                expected,
+                "{kind}/{input}"
+            );
+            statuses.insert(expected.0);
+            referenced.insert(PathBuf::from(input).file_name().unwrap().to_owned());
+        }
+        // Every testdata file is a test case, and every outcome the check can give is covered.
+        for file in std::fs::read_dir(dir.join("testdata")).unwrap() {
+            let name = file.unwrap().file_name();
+            assert!(
+                referenced.contains(&name),
+                "{kind}/testdata/{name:?} is in no test"
+            );
+        }
+        for status in ["Healthy", "Progressing", "Degraded", "Suspended"] {
+            assert!(
+                statuses.contains(status),
+                "{kind} has no test expecting {status}"
+            );
+        }
+        kinds_checked.insert(kind);
+    }
+
+    // A health check for every kind in crds/.
+    let crd_kinds: BTreeSet<String> = yaml_files(&repo_path("crds"))
+        .values()
+        .flat_map(|bytes| documents(std::str::from_utf8(bytes).unwrap()))
+        .map(|crd| {
+            assert_eq!(crd["spec"]["group"], "slatedb.io");
+            crd["spec"]["names"]["kind"].as_str().unwrap().to_string()
+        })
+        .collect();
+    assert_eq!(kinds_checked, crd_kinds);
+}
+
+// --- examples ------------------------------------------------------------------------------------
+
+/// Manifests under `dir`: plain YAML files, and the output of `kubectl kustomize` for every directory
+/// that holds a kustomization.yaml (whose own files are its inputs, not manifests).
+fn example_manifests(dir: &Path, out: &mut Vec<(String, String)>) {
+    if dir.join("kustomization.yaml").exists() {
+        let path = dir.display().to_string();
+        let output = run_tool("E2E_KUBECTL", &["kustomize", &path], None);
+        assert!(
+            output.status.success(),
+            "{}",
+            describe(&format!("kubectl kustomize {path}"), &output)
+        );
+        out.push((
+            format!("kustomize {path}"),
+            String::from_utf8(output.stdout).unwrap(),
+        ));
+        return;
+    }
+    let mut entries: Vec<PathBuf> = std::fs::read_dir(dir)
+        .unwrap()
+        .map(|e| e.unwrap().path())
+        .collect();
+    entries.sort();
+    for path in entries {
+        if path.is_dir() {
+            example_manifests(&path, out);
+        } else if path.extension().is_some_and(|e| e == "yaml" || e == "yml") {
+            out.push((
+                path.display().to_string(),
+                std::fs::read_to_string(&path).unwrap(),
+            ));
+        }
+    }
+}
+
+#[tokio::test]
+async fn examples_pass_server_side_dry_run() {
+    let env = TestEnv::new("examples").await;
+    let mut manifests = vec![];
+    example_manifests(&repo_path("examples"), &mut manifests);
+    let names: Vec<&str> = manifests.iter().map(|(n, _)| n.as_str()).collect();
+    for expected in [
+        "examples/nightly-checkpoint.yaml",
+        "examples/pr-clone.yaml",
+        "kustomize/overlays/pr-1234",
+    ] {
+        assert!(
+            names.iter().any(|n| n.contains(expected)),
+            "{expected} not among {names:?}"
+        );
+    }
+    for (what, yaml) in &manifests {
+        let docs = documents(yaml);
+        assert!(!docs.is_empty(), "{what} is empty");
+        server_dry_run(Some(&env.namespace), yaml, what);
+        if what.contains("examples/nightly-checkpoint.yaml") {
+            let checkpoint = get(&docs, "DatabaseCheckpoint", "nightly");
+            assert_eq!(checkpoint["spec"]["lifetime"], "48h");
+            assert!(checkpoint["spec"]["database"]["store"]["url"]
+                .as_str()
+                .unwrap()
+                .starts_with("s3://"));
+            assert!(checkpoint["spec"]["database"]["store"]["secretRef"]["name"].is_string());
+        }
+        if what.contains("examples/pr-clone.yaml") {
+            let clone = &docs[0];
+            assert_eq!(clone["spec"]["expireAfter"], "72h");
+            assert_eq!(clone["spec"]["source"]["checkpointRef"]["name"], "nightly");
+        }
+        if what.contains("overlays/pr-1234") {
+            assert_eq!(docs.len(), 1, "{what}");
+            let clone = &docs[0];
+            assert_eq!(clone["kind"], "DatabaseClone");
+            assert!(
+                clone["metadata"]["name"]
+                    .as_str()
+                    .unwrap()
+                    .contains("pr-1234"),
+                "{clone}"
+            );
+            assert_eq!(clone["spec"]["target"]["path"], "clones/pr-1234");
+            assert_eq!(
+                clone["spec"]["source"]["checkpointRef"]["name"], "nightly",
+                "not renamed"
+            );
+        }
+    }
+    env.cleanup().await;
+}
