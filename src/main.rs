@@ -37,7 +37,7 @@ enum Command {
         /// Directory to write the YAML files into.
         #[arg(long, default_value = "crds")]
         out_dir: PathBuf,
-        /// The Helm chart's copy of the CRDs, kept identical ("" skips it).
+        /// The Helm chart's copy of the CRDs, kept identical.
         #[arg(long, default_value = "charts/slatedb-operator/files/crds")]
         chart_dir: PathBuf,
     },
@@ -98,13 +98,9 @@ fn main() -> ExitCode {
     let cli = Cli::parse();
     init_logging(cli.log_format);
     let result = match cli.command {
-        Command::Crdgen { out_dir, chart_dir } => crdgen(&out_dir).and_then(|()| {
-            if chart_dir.as_os_str().is_empty() {
-                Ok(())
-            } else {
-                crdgen(&chart_dir)
-            }
-        }),
+        Command::Crdgen { out_dir, chart_dir } => {
+            crdgen(&out_dir).and_then(|()| crdgen(&chart_dir))
+        }
         Command::Run {
             admin_timeout_seconds,
             max_backoff_seconds,

@@ -252,7 +252,7 @@ impl TestStore {
         slatedb_operator::engine::StoreConfig {
             url: self.url.clone(),
             options: self.options.clone(),
-            wal_url: None,
+            ..Default::default()
         }
     }
 

@@ -236,6 +236,7 @@ pub async fn open_store(
         url: spec.url.0.clone(),
         options,
         wal_url: spec.wal_url.as_ref().map(|u| u.0.clone()),
+        ignore_unknown_options: false,
     };
     Ok(Store::open(&config).map_err(|e| Problem::from(&e)))
 }

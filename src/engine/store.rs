@@ -22,6 +22,9 @@ pub struct StoreConfig {
     pub options: BTreeMap<String, String>,
     /// A separate store for the WAL, when the database keeps it apart.
     pub wal_url: Option<String>,
+    /// Skip options the backend does not know instead of failing (for options gathered from the
+    /// environment, which holds unrelated variables too).
+    pub ignore_unknown_options: bool,
 }
 
 /// An opened store, rooted at the URL's path, so database paths are relative to it.
@@ -33,9 +36,13 @@ pub struct Store {
 
 impl Store {
     pub fn open(config: &StoreConfig) -> Result<Store, EngineError> {
-        let main = open_url(&config.url, &config.options)?;
+        let main = open_url(&config.url, &config.options, config.ignore_unknown_options)?;
         let wal = match &config.wal_url {
-            Some(url) => Some(open_url(url, &config.options)?),
+            Some(url) => Some(open_url(
+                url,
+                &config.options,
+                config.ignore_unknown_options,
+            )?),
             None => None,
         };
         Ok(Store { main, wal })
@@ -50,6 +57,7 @@ impl Store {
 fn open_url(
     url: &str,
     options: &BTreeMap<String, String>,
+    lenient: bool,
 ) -> Result<Arc<dyn ObjectStore>, EngineError> {
     let invalid = |reason: String| EngineError::InvalidUrl {
         url: url.to_string(),
@@ -60,49 +68,60 @@ fn open_url(
     let config_error = |e: object_store::Error| EngineError::StoreConfig(e.to_string());
     let store: Arc<dyn ObjectStore> = match scheme {
         ObjectStoreScheme::Local => {
-            no_options(options, "file")?;
+            if !lenient {
+                no_options(options, "file")?;
+            }
             // The URL's path becomes the store's root below; the local store itself spans `/`.
             Arc::new(LocalFileSystem::new())
         }
         ObjectStoreScheme::Memory => {
-            no_options(options, "memory")?;
+            if !lenient {
+                no_options(options, "memory")?;
+            }
             Arc::new(InMemory::new())
         }
         ObjectStoreScheme::AmazonS3 => {
             let mut builder = AmazonS3Builder::new().with_url(url);
-            for (key, value) in options {
-                let key_lower = key.to_ascii_lowercase();
-                let parsed: AmazonS3ConfigKey =
-                    key_lower.parse().map_err(|_| unknown(key, "s3"))?;
-                builder = builder.with_config(parsed, value);
+            for (key, value) in parse_options::<AmazonS3ConfigKey>(options, lenient, "s3")? {
+                builder = builder.with_config(key, value);
             }
             Arc::new(builder.build().map_err(config_error)?)
         }
         ObjectStoreScheme::GoogleCloudStorage => {
             let mut builder = GoogleCloudStorageBuilder::new().with_url(url);
-            for (key, value) in options {
-                let parsed: GoogleConfigKey = key
-                    .to_ascii_lowercase()
-                    .parse()
-                    .map_err(|_| unknown(key, "gcs"))?;
-                builder = builder.with_config(parsed, value);
+            for (key, value) in parse_options::<GoogleConfigKey>(options, lenient, "gcs")? {
+                builder = builder.with_config(key, value);
             }
             Arc::new(builder.build().map_err(config_error)?)
         }
         ObjectStoreScheme::MicrosoftAzure => {
             let mut builder = MicrosoftAzureBuilder::new().with_url(url);
-            for (key, value) in options {
-                let parsed: AzureConfigKey = key
-                    .to_ascii_lowercase()
-                    .parse()
-                    .map_err(|_| unknown(key, "azure"))?;
-                builder = builder.with_config(parsed, value);
+            for (key, value) in parse_options::<AzureConfigKey>(options, lenient, "azure")? {
+                builder = builder.with_config(key, value);
             }
             Arc::new(builder.build().map_err(config_error)?)
         }
         other => return Err(invalid(format!("unsupported scheme {other:?}"))),
     };
     Ok(rooted(store, root))
+}
+
+/// Parses option keys (case-insensitive) into a backend's configuration keys; an unknown key is an
+/// error unless `lenient`, when it is skipped.
+fn parse_options<K: std::str::FromStr>(
+    options: &BTreeMap<String, String>,
+    lenient: bool,
+    scheme: &'static str,
+) -> Result<Vec<(K, String)>, EngineError> {
+    let mut parsed = Vec::new();
+    for (key, value) in options {
+        match key.to_ascii_lowercase().parse::<K>() {
+            Ok(k) => parsed.push((k, value.clone())),
+            Err(_) if lenient => {}
+            Err(_) => return Err(unknown(key, scheme)),
+        }
+    }
+    Ok(parsed)
 }
 
 fn rooted(store: Arc<dyn ObjectStore>, root: Path) -> Arc<dyn ObjectStore> {
@@ -139,7 +158,7 @@ mod tests {
                 .iter()
                 .map(|(k, v)| (k.to_string(), v.to_string()))
                 .collect(),
-            wal_url: None,
+            ..Default::default()
         }
     }
 
@@ -162,6 +181,13 @@ mod tests {
             Store::open(&config("file:///tmp", &[("AWS_REGION", "x")])),
             Err(EngineError::UnknownOption { .. })
         ));
+        // Options gathered from the environment may hold unrelated keys.
+        let mut lenient = config(
+            "s3://bucket",
+            &[("AWS_PROFILE_NOT_AN_OPTION", "x"), ("HOME", "/root")],
+        );
+        lenient.ignore_unknown_options = true;
+        assert!(Store::open(&lenient).is_ok());
     }
 
     #[test]
