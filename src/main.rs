@@ -1,6 +1,8 @@
 use clap::{Parser, Subcommand};
 use slatedb_operator::controller::operator::{self, LeaderElection, OperatorOptions};
 use slatedb_operator::controller::Settings;
+use slatedb_operator::engine::{CloneProgress, EngineError, Verification};
+use slatedb_operator::local::{exit_code, exit_code_for};
 use std::net::SocketAddr;
 use std::path::PathBuf;
 use std::process::ExitCode;
@@ -14,8 +16,63 @@ struct Cli {
     /// Log format.
     #[arg(long, global = true, value_enum, default_value_t = LogFormat::Text, env = "LOG_FORMAT")]
     log_format: LogFormat,
+    /// Output of the local commands: text for people, or JSON lines for scripts.
+    #[arg(long, global = true, value_enum, default_value_t = Output::Text)]
+    output: Output,
     #[command(subcommand)]
     command: Command,
+}
+
+#[derive(Clone, Copy, PartialEq, Eq, clap::ValueEnum)]
+enum Output {
+    Text,
+    Json,
+}
+
+/// Where a database is: its store URL (credentials come from AWS_*, GOOGLE_*, AZURE_* variables)
+/// and its path in the store.
+#[derive(clap::Args)]
+struct DbArgs {
+    /// Object-store URL, e.g. file:///data or s3://bucket/prefix.
+    #[arg(long)]
+    store: String,
+    /// Path of the database in the store.
+    #[arg(long)]
+    path: String,
+}
+
+#[derive(Subcommand)]
+enum CheckpointCommand {
+    /// Create a detached checkpoint of the latest state (or return the one of this name).
+    Create {
+        #[command(flatten)]
+        db: DbArgs,
+        /// Checkpoint name; a second create with the same name returns the first checkpoint.
+        #[arg(long)]
+        name: String,
+        /// Lifetime in Go syntax (e.g. 24h); default: never expires.
+        #[arg(long)]
+        lifetime: Option<String>,
+    },
+    /// List the database's checkpoints.
+    List {
+        #[command(flatten)]
+        db: DbArgs,
+    },
+    /// Delete a checkpoint by id.
+    Delete {
+        #[command(flatten)]
+        db: DbArgs,
+        #[arg(long)]
+        id: uuid::Uuid,
+    },
+}
+
+#[derive(Clone, Copy, clap::ValueEnum)]
+enum VerifyArg {
+    None,
+    Metadata,
+    Content,
 }
 
 #[derive(Clone, Copy, clap::ValueEnum)]
@@ -40,6 +97,52 @@ enum Command {
         /// The Helm chart's copy of the CRDs, kept identical.
         #[arg(long, default_value = "charts/slatedb-operator/files/crds")]
         chart_dir: PathBuf,
+    },
+    /// Manage checkpoints of a database in an object store (no cluster needed).
+    Checkpoint {
+        #[command(subcommand)]
+        command: CheckpointCommand,
+    },
+    /// Clone a database copy-on-write, from a checkpoint or its latest state (no cluster needed).
+    Clone {
+        /// Object-store URL holding both the source and the clone.
+        #[arg(long)]
+        store: String,
+        /// Path of the source database.
+        #[arg(long)]
+        source: String,
+        /// Source checkpoint id; default: the latest state.
+        #[arg(long)]
+        checkpoint: Option<uuid::Uuid>,
+        /// Path of the clone.
+        #[arg(long)]
+        target: String,
+        #[arg(long, value_enum, default_value_t = VerifyArg::Metadata)]
+        verify: VerifyArg,
+        /// First key of a key-range clone (inclusive).
+        #[arg(long)]
+        start: Option<String>,
+        /// End of a key-range clone (exclusive).
+        #[arg(long)]
+        end: Option<String>,
+    },
+    /// Fingerprint a checkpoint or the latest state; --content also reads every byte.
+    Verify {
+        #[command(flatten)]
+        db: DbArgs,
+        #[arg(long)]
+        checkpoint: Option<uuid::Uuid>,
+        #[arg(long)]
+        content: bool,
+    },
+    /// Write a sample database of numbered keys (for demos and trials).
+    Sample {
+        #[command(flatten)]
+        db: DbArgs,
+        #[arg(long, default_value_t = 10_000)]
+        keys: usize,
+        #[arg(long, default_value_t = 5)]
+        ssts: usize,
     },
     /// Run the controllers against the cluster of the current kubeconfig or service account.
     Run {
@@ -82,8 +185,9 @@ enum Command {
     },
 }
 
-fn init_logging(format: LogFormat) {
-    let filter = EnvFilter::try_from_default_env().unwrap_or_else(|_| EnvFilter::new("info"));
+fn init_logging(format: LogFormat, default_level: &str) {
+    let filter =
+        EnvFilter::try_from_default_env().unwrap_or_else(|_| EnvFilter::new(default_level));
     let builder = fmt().with_env_filter(filter).with_writer(std::io::stderr);
     match format {
         LogFormat::Text => builder.init(),
@@ -96,8 +200,65 @@ fn main() -> ExitCode {
     // An Err only means a provider is already installed, which is what we want.
     let _ = rustls::crypto::ring::default_provider().install_default();
     let cli = Cli::parse();
-    init_logging(cli.log_format);
+    // The operator logs its work; a local command logs only trouble, its report is the output.
+    let default_level = if matches!(cli.command, Command::Run { .. }) {
+        "info"
+    } else {
+        "warn"
+    };
+    init_logging(cli.log_format, default_level);
+    let output = cli.output;
     let result = match cli.command {
+        Command::Checkpoint { command } => return local(output, checkpoint_command(command)),
+        Command::Clone {
+            store,
+            source,
+            checkpoint,
+            target,
+            verify,
+            start,
+            end,
+        } => {
+            let verify = match verify {
+                VerifyArg::None => Verification::None,
+                VerifyArg::Metadata => Verification::Metadata,
+                VerifyArg::Content => Verification::Content,
+            };
+            let args = slatedb_operator::local::CloneArgs {
+                url: store,
+                source,
+                checkpoint,
+                target,
+                verify,
+                start,
+                end,
+            };
+            let bar = progress_bar(output);
+            let sink = bar.clone();
+            return local(output, async move {
+                let report =
+                    slatedb_operator::local::clone(args, move |p| show_progress(output, &sink, &p))
+                        .await;
+                bar.finish_and_clear();
+                report
+            });
+        }
+        Command::Verify {
+            db,
+            checkpoint,
+            content,
+        } => {
+            return local(
+                output,
+                slatedb_operator::local::verify(&db.store, &db.path, checkpoint, content),
+            )
+        }
+        Command::Sample { db, keys, ssts } => {
+            return local(
+                output,
+                slatedb_operator::local::sample(&db.store, &db.path, keys, ssts),
+            )
+        }
         Command::Crdgen { out_dir, chart_dir } => {
             crdgen(&out_dir).and_then(|()| crdgen(&chart_dir))
         }
@@ -156,6 +317,95 @@ fn run(options: OperatorOptions) -> Result<(), String> {
             .map_err(|e| format!("connecting to Kubernetes: {e}"))?;
         operator::run(client, options).await
     })
+}
+
+async fn checkpoint_command(command: CheckpointCommand) -> Result<serde_json::Value, EngineError> {
+    match command {
+        CheckpointCommand::Create { db, name, lifetime } => {
+            let lifetime = lifetime
+                .map(|l| slatedb_operator::api::GoDuration(l).to_std())
+                .transpose()
+                .map_err(|e| EngineError::StoreConfig(format!("--lifetime: {e}")))?;
+            slatedb_operator::local::checkpoint_create(&db.store, &db.path, &name, lifetime).await
+        }
+        CheckpointCommand::List { db } => {
+            slatedb_operator::local::checkpoint_list(&db.store, &db.path).await
+        }
+        CheckpointCommand::Delete { db, id } => {
+            slatedb_operator::local::checkpoint_delete(&db.store, &db.path, id).await
+        }
+    }
+}
+
+/// Runs a local command and prints its report; the exit code tells the kind of failure.
+fn local(
+    output: Output,
+    command: impl std::future::Future<Output = Result<serde_json::Value, EngineError>>,
+) -> ExitCode {
+    let runtime = match tokio::runtime::Runtime::new() {
+        Ok(runtime) => runtime,
+        Err(error) => {
+            eprintln!("error: starting the async runtime: {error}");
+            return ExitCode::from(exit_code::USAGE);
+        }
+    };
+    match runtime.block_on(command) {
+        Ok(report) => {
+            match output {
+                Output::Json => println!("{}", serde_json::json!({"result": report})),
+                Output::Text => println!(
+                    "{}",
+                    serde_json::to_string_pretty(&report).unwrap_or_default()
+                ),
+            }
+            ExitCode::from(exit_code::OK)
+        }
+        Err(error) => {
+            match output {
+                Output::Json => println!(
+                    "{}",
+                    serde_json::json!({"error": {"reason": error.reason(), "message": error.to_string()}})
+                ),
+                Output::Text => eprintln!("error ({}): {error}", error.reason()),
+            }
+            ExitCode::from(exit_code_for(&error))
+        }
+    }
+}
+
+/// A progress bar on a terminal in text mode; hidden otherwise.
+fn progress_bar(output: Output) -> indicatif::ProgressBar {
+    use std::io::IsTerminal;
+    if output == Output::Text && std::io::stderr().is_terminal() {
+        let bar = indicatif::ProgressBar::new(100);
+        bar.set_style(
+            indicatif::ProgressStyle::with_template("{bar:40} {pos:>3}% {msg}")
+                .unwrap_or_else(|_| indicatif::ProgressStyle::default_bar()),
+        );
+        bar
+    } else {
+        indicatif::ProgressBar::hidden()
+    }
+}
+
+fn show_progress(output: Output, bar: &indicatif::ProgressBar, p: &CloneProgress) {
+    match output {
+        Output::Json => println!(
+            "{}",
+            serde_json::json!({"progress": {"step": p.step.name(), "percent": p.percent(),
+                "objectsDone": p.objects_done, "objectsTotal": p.objects_total,
+                "bytesDone": p.bytes_done, "bytesTotal": p.bytes_total}})
+        ),
+        Output::Text => {
+            bar.set_position(u64::from(p.percent()));
+            bar.set_message(format!(
+                "{} {}/{} objects",
+                p.step.name(),
+                p.objects_done,
+                p.objects_total
+            ));
+        }
+    }
 }
 
 fn crdgen(out_dir: &std::path::Path) -> Result<(), String> {

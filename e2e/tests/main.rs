@@ -5,6 +5,7 @@
 
 mod chart;
 mod checkpoints;
+mod cli;
 mod clones;
 mod crds;
 mod support;

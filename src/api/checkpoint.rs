@@ -31,7 +31,11 @@ use serde::{Deserialize, Serialize};
         type_ = "integer",
         json_path = ".status.dependents"
     ),
-    printcolumn(name = "Expires", type_ = "date", json_path = ".status.expirationTime"),
+    printcolumn(
+        name = "Expires",
+        type_ = "string",
+        json_path = ".status.expirationTime"
+    ),
     printcolumn(
         name = "Age",
         type_ = "date",

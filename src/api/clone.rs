@@ -33,7 +33,11 @@ use std::borrow::Cow;
         json_path = ".spec.source.checkpointRef.name"
     ),
     printcolumn(name = "Target", type_ = "string", json_path = ".spec.target.path"),
-    printcolumn(name = "Expires", type_ = "date", json_path = ".status.expirationTime"),
+    printcolumn(
+        name = "Expires",
+        type_ = "string",
+        json_path = ".status.expirationTime"
+    ),
     printcolumn(
         name = "Age",
         type_ = "date",
