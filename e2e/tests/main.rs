@@ -8,4 +8,5 @@ mod checkpoints;
 mod cli;
 mod clones;
 mod crds;
+mod operations;
 mod support;

@@ -165,12 +165,51 @@ impl Operator {
             })
             .args(extra_args)
             .envs(extra_env.iter().copied())
-            .env("RUST_LOG", "info,slatedb=warn")
+            .env("RUST_LOG", "info,slatedb=warn,slatedb_operator=info")
             .stdout(log.try_clone().unwrap())
             .stderr(log)
             .spawn()
             .expect("starting the operator");
         Operator { child }
+    }
+
+    /// Runs the operator with a kubeconfig of its own (e.g. one that impersonates a ServiceAccount),
+    /// logging to `log`.
+    pub fn start_as(
+        kubeconfig: &std::path::Path,
+        log: &std::path::Path,
+        env: &[(&str, &str)],
+        args: &[&str],
+    ) -> Operator {
+        let file = std::fs::File::create(log).expect("creating the operator log");
+        let child = Command::new(env!("CARGO_BIN_EXE_slatedb-operator"))
+            .args([
+                "--log-format",
+                "json",
+                "run",
+                "--admin-timeout-seconds",
+                "10",
+                "--max-backoff-seconds",
+                "5",
+            ])
+            .args(args)
+            .env("KUBECONFIG", kubeconfig)
+            .envs(env.iter().copied())
+            .env(
+                "RUST_LOG",
+                "debug,slatedb=warn,slatedb_operator=debug,hyper=info,kube_client=info,tower=info,h2=info,rustls=info",
+            )
+            .stdout(file.try_clone().unwrap())
+            .stderr(file)
+            .spawn()
+            .expect("starting the operator");
+        Operator { child }
+    }
+
+    /// Stops the process at once (SIGKILL).
+    pub fn kill(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
     }
 
     /// Waits for the process to exit by itself and returns its exit code.

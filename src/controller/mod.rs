@@ -115,8 +115,20 @@ impl Context {
         self.controllers_started.fetch_add(1, Ordering::SeqCst);
         let ctx = self.clone();
         tokio::spawn(async move {
-            if store.wait_until_ready().await.is_ok() {
-                ctx.controllers_synced.fetch_add(1, Ordering::SeqCst);
+            // The store's readiness is a one-shot channel that wakes only its latest waiter, and
+            // the controller waits on it too: poll again every second instead of waiting once.
+            loop {
+                match tokio::time::timeout(Duration::from_secs(1), store.wait_until_ready()).await {
+                    Ok(Ok(())) => {
+                        ctx.controllers_synced.fetch_add(1, Ordering::SeqCst);
+                        return;
+                    }
+                    Ok(Err(error)) => {
+                        tracing::warn!(%error, "a controller's watch cache never synced");
+                        return;
+                    }
+                    Err(_) => {}
+                }
             }
         });
     }
