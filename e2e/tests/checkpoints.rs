@@ -63,21 +63,6 @@ async fn setup(prefix: &str, kind: StoreKind) -> (TestEnv, TestStore) {
     (env, store)
 }
 
-macro_rules! on_both_stores {
-    ($scenario:ident) => {
-        mod $scenario {
-            #[tokio::test]
-            async fn file() {
-                super::$scenario(crate::support::StoreKind::File).await
-            }
-            #[tokio::test]
-            async fn s3() {
-                super::$scenario(crate::support::StoreKind::S3).await
-            }
-        }
-    };
-}
-
 on_both_stores!(checkpoint_is_ready_and_matches_slatedb_and_deletion_policy_holds);
 async fn checkpoint_is_ready_and_matches_slatedb_and_deletion_policy_holds(kind: StoreKind) {
     let (env, store) = setup("cp-ready", kind).await;

@@ -134,21 +134,6 @@ async fn assert_all_rows(store: &TestStore, path: &str, keys: usize) {
     assert_rows(store, path, 0..keys).await;
 }
 
-macro_rules! on_both_stores {
-    ($scenario:ident) => {
-        mod $scenario {
-            #[tokio::test]
-            async fn file() {
-                super::$scenario(crate::support::StoreKind::File).await
-            }
-            #[tokio::test]
-            async fn s3() {
-                super::$scenario(crate::support::StoreKind::S3).await
-            }
-        }
-    };
-}
-
 on_both_stores!(a_clone_reads_back_is_isolated_and_copies_no_sst);
 async fn a_clone_reads_back_is_isolated_and_copies_no_sst(kind: StoreKind) {
     let env = TestEnv::new("clone-read").await;

@@ -3,10 +3,12 @@
 //! starts the cluster, exports its environment and stops it afterwards. Without a cluster these
 //! tests fail; they never skip.
 
+#[macro_use]
+mod support;
+
 mod chart;
 mod checkpoints;
 mod cli;
 mod clones;
 mod crds;
 mod operations;
-mod support;

@@ -12,7 +12,7 @@ use slatedb_operator::api::{DatabaseCheckpoint, DatabaseClone};
 use slatedb_operator::engine::CRASH_POINT_ENV;
 use std::time::{Duration, Instant};
 
-fn ready<K: kube::Resource>(object: &serde_json::Value) -> bool {
+fn ready(object: &serde_json::Value) -> bool {
     object["status"]["conditions"].as_array().is_some_and(|cs| {
         cs.iter()
             .any(|c| c["type"] == "Ready" && c["status"] == "True")
@@ -31,7 +31,7 @@ where
     let api = env.api::<K>();
     eventually(timeout, &format!("{name} Ready"), || async {
         let object = serde_json::to_value(api.get(name).await.ok()?).ok()?;
-        ready::<K>(&object).then_some(())
+        ready(&object).then_some(())
     })
     .await;
 }
@@ -77,8 +77,6 @@ async fn the_chart_rbac_suffices_metrics_are_served_and_secrets_stay_out_of_the_
     let release_ns = format!("{}-op", env.namespace);
     let store = TestStore::new(StoreKind::S3, &env.namespace);
     store.create_secret(&env).await;
-    // Cluster-scoped objects of the chart carry the release name: one per run.
-    let release = format!("op{}", std::process::id());
     let chart = repo_path("charts/slatedb-operator");
     // Cluster-scoped objects of the chart carry the release name: one per run.
     let release = format!("op{}", std::process::id());

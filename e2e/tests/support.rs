@@ -110,6 +110,23 @@ pub async fn install_crds(client: &Client) {
     }
 }
 
+/// Generates a module `$scenario` with two tests that run the scenario on a `file://` store and on
+/// the S3-protocol test server.
+macro_rules! on_both_stores {
+    ($scenario:ident) => {
+        mod $scenario {
+            #[tokio::test]
+            async fn file() {
+                super::$scenario(crate::support::StoreKind::File).await
+            }
+            #[tokio::test]
+            async fn s3() {
+                super::$scenario(crate::support::StoreKind::S3).await
+            }
+        }
+    };
+}
+
 /// Polls `probe` until it returns `Some`, or panics after `timeout` with `what`.
 pub async fn eventually<T, F, Fut>(timeout: Duration, what: &str, mut probe: F) -> T
 where

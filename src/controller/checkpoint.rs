@@ -16,11 +16,11 @@ use futures::StreamExt;
 use k8s_openapi::api::core::v1::Secret;
 use kube::api::{ListParams, Patch, PatchParams};
 use kube::runtime::controller::Action;
-use kube::runtime::events::{Event, EventType};
+use kube::runtime::events::EventType;
 use kube::runtime::finalizer::{finalizer, Event as FinalizerEvent};
 use kube::runtime::reflector::ObjectRef;
 use kube::runtime::{watcher, Controller};
-use kube::{Api, Resource, ResourceExt};
+use kube::{Api, ResourceExt};
 use serde_json::json;
 use std::sync::Arc;
 use std::time::Duration;
@@ -489,25 +489,6 @@ async fn set_protection(
     Ok(())
 }
 
-async fn publish(
-    ctx: &Context,
-    object: &DatabaseCheckpoint,
-    type_: EventType,
-    reason: &str,
-    note: &str,
-) {
-    let event = Event {
-        type_,
-        reason: reason.into(),
-        note: Some(note.chars().take(1000).collect()),
-        action: "Reconcile".into(),
-        secondary: None,
-    };
-    if let Err(error) = ctx.recorder.publish(&event, &object.object_ref(&())).await {
-        warn!(%error, "could not record event");
-    }
-}
-
 async fn apply(object: Arc<DatabaseCheckpoint>, ctx: Arc<Context>) -> Result<Action, Error> {
     let ctx = ctx.as_ref();
     let namespace = object.namespace().unwrap_or_default();
@@ -535,7 +516,8 @@ async fn apply(object: Arc<DatabaseCheckpoint>, ctx: Arc<Context>) -> Result<Act
     };
     let decision = decide(&object, &observation, &dependents, Utc::now(), retry_delay);
     if let Some((type_, reason, note)) = &decision.event {
-        publish(ctx, &object, *type_, reason, note).await;
+        ctx.publish(object.as_ref(), None, *type_, reason, note)
+            .await;
     }
     let patch = json!({"apiVersion": "slatedb.io/v1alpha1", "kind": "DatabaseCheckpoint", "status": decision.status});
     api.patch_status(
@@ -561,9 +543,9 @@ async fn cleanup(object: Arc<DatabaseCheckpoint>, ctx: Arc<Context>) -> Result<A
             "deletion waits for clones being initialized from this checkpoint: {}",
             dependents.in_progress.join(", ")
         );
-        publish(
-            ctx,
-            &object,
+        ctx.publish(
+            &*object,
+            None,
             EventType::Warning,
             "DeletionBlocked",
             &message,
@@ -587,7 +569,8 @@ async fn delete_slatedb_checkpoints(
     let db = match open_database(object, ctx).await? {
         Ok(db) => db,
         Err(Problem { message, .. }) => {
-            publish(ctx, object, EventType::Warning, "DeleteFailed", &message).await;
+            ctx.publish(object, None, EventType::Warning, "DeleteFailed", &message)
+                .await;
             return Err(Error::Blocked(format!(
                 "cannot delete the SlateDB checkpoint: {message}; fix it or set deletionPolicy: Retain"
             )));
@@ -630,9 +613,9 @@ async fn delete_slatedb_checkpoints(
         match db.delete_checkpoint(id).await {
             Ok(true) => {
                 info!(checkpoint = %id, "deleted SlateDB checkpoint");
-                publish(
-                    ctx,
+                ctx.publish(
                     object,
+                    None,
                     EventType::Normal,
                     "Deleted",
                     &format!("deleted SlateDB checkpoint {id}"),
@@ -666,10 +649,7 @@ pub async fn reconcile(
 }
 
 pub fn error_policy(object: Arc<DatabaseCheckpoint>, error: &Error, ctx: Arc<Context>) -> Action {
-    ctx.metrics.error(KIND, error.metric_label());
-    let delay = ctx.next_backoff(&object.uid().unwrap_or_default());
-    warn!(namespace = %object.namespace().unwrap_or_default(), name = %object.name_any(), %error, retry_in = ?delay, "reconcile failed");
-    Action::requeue(delay)
+    ctx.requeue_after_error(KIND, object.as_ref(), error)
 }
 
 /// Runs the checkpoint controller until a shutdown signal.

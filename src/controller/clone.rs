@@ -19,11 +19,11 @@ use futures::StreamExt;
 use k8s_openapi::api::core::v1::Secret;
 use kube::api::{DeleteParams, Patch, PatchParams};
 use kube::runtime::controller::Action;
-use kube::runtime::events::{Event, EventType};
+use kube::runtime::events::EventType;
 use kube::runtime::finalizer::{finalizer, Event as FinalizerEvent};
 use kube::runtime::reflector::ObjectRef;
 use kube::runtime::{watcher, Controller};
-use kube::{Api, Resource, ResourceExt};
+use kube::{Api, ResourceExt};
 use serde_json::json;
 use std::collections::HashMap;
 use std::ops::Bound;
@@ -683,28 +683,13 @@ async fn resolve(
     Ok(Ok((config, store_spec)))
 }
 
-async fn publish(
-    ctx: &Context,
-    object: &DatabaseClone,
-    type_: EventType,
-    reason: &str,
-    note: &str,
-) {
-    let secondary = object.spec.source.checkpoint_ref.as_ref().map(|r| {
+/// The clone's source checkpoint, as an event's related object.
+fn source_ref(object: &DatabaseClone) -> Option<k8s_openapi::api::core::v1::ObjectReference> {
+    object.spec.source.checkpoint_ref.as_ref().map(|r| {
         let mut reference = DatabaseCheckpoint::object_ref_from_name(&r.name);
         reference.namespace = object.namespace();
         reference
-    });
-    let event = Event {
-        type_,
-        reason: reason.into(),
-        note: Some(note.chars().take(1000).collect()),
-        action: "Reconcile".into(),
-        secondary,
-    };
-    if let Err(error) = ctx.recorder.publish(&event, &object.object_ref(&())).await {
-        warn!(%error, "could not record event");
-    }
+    })
 }
 
 trait ObjectRefFromName {
@@ -813,7 +798,8 @@ async fn apply(object: Arc<DatabaseClone>, ctx: Arc<Context>) -> Result<Action, 
         decision.status.store = Some(store_spec.clone());
     }
     if let Some((type_, reason, note)) = &decision.event {
-        publish(ctx, &object, *type_, reason, note).await;
+        ctx.publish(&object, source_ref(&object), *type_, reason, note)
+            .await;
     }
     // Expiry acts before the status says so; a start is recorded before the work runs, so an
     // attempt is on record even if the process dies.
@@ -851,9 +837,9 @@ async fn cleanup(object: Arc<DatabaseClone>, ctx: Arc<Context>) -> Result<Action
     ctx.clones.cancel(&object.uid().unwrap_or_default());
     if object.spec.deletion_policy == DeletionPolicy::Delete {
         if let Err(error) = delete_data(&object, ctx).await {
-            publish(
-                ctx,
-                &object,
+            ctx.publish(
+                &*object,
+                source_ref(&object),
                 EventType::Warning,
                 "DeleteFailed",
                 &error.to_string(),
@@ -861,9 +847,9 @@ async fn cleanup(object: Arc<DatabaseClone>, ctx: Arc<Context>) -> Result<Action
             .await;
             return Err(error);
         }
-        publish(
-            ctx,
-            &object,
+        ctx.publish(
+            &*object,
+            source_ref(&object),
             EventType::Normal,
             "Deleted",
             "deleted the clone's data",
@@ -890,10 +876,7 @@ pub async fn reconcile(object: Arc<DatabaseClone>, ctx: Arc<Context>) -> Result<
 }
 
 pub fn error_policy(object: Arc<DatabaseClone>, error: &Error, ctx: Arc<Context>) -> Action {
-    ctx.metrics.error(KIND, error.metric_label());
-    let delay = ctx.next_backoff(&object.uid().unwrap_or_default());
-    warn!(namespace = %object.namespace().unwrap_or_default(), name = %object.name_any(), %error, retry_in = ?delay, "reconcile failed");
-    Action::requeue(delay)
+    ctx.requeue_after_error(KIND, object.as_ref(), error)
 }
 
 /// Runs the clone controller until a shutdown signal.

@@ -10,7 +10,8 @@ pub mod server;
 use crate::api::StoreSpec;
 use crate::engine::{EngineError, Fault, Store, StoreConfig};
 use k8s_openapi::api::core::v1::Secret;
-use kube::runtime::events::{Recorder, Reporter};
+use kube::runtime::controller::Action;
+use kube::runtime::events::{Event, EventType, Recorder, Reporter};
 use kube::{Api, Client};
 use std::collections::{BTreeMap, HashMap};
 use std::sync::atomic::{AtomicUsize, Ordering};
@@ -137,6 +138,42 @@ impl Context {
     pub fn is_ready(&self) -> bool {
         self.controllers_synced.load(Ordering::SeqCst)
             >= self.controllers_started.load(Ordering::SeqCst)
+    }
+
+    /// Records an event on `object`; `secondary` names a related object (e.g. a clone's source).
+    pub async fn publish<K: kube::Resource<DynamicType = ()>>(
+        &self,
+        object: &K,
+        secondary: Option<k8s_openapi::api::core::v1::ObjectReference>,
+        type_: EventType,
+        reason: &str,
+        note: &str,
+    ) {
+        let event = Event {
+            type_,
+            reason: reason.into(),
+            note: Some(note.chars().take(1000).collect()),
+            action: "Reconcile".into(),
+            secondary,
+        };
+        if let Err(error) = self.recorder.publish(&event, &object.object_ref(&())).await {
+            tracing::warn!(%error, "could not record event");
+        }
+    }
+
+    /// The error policy of both controllers: count, log, and retry with per-object backoff.
+    pub fn requeue_after_error<K: kube::Resource>(
+        &self,
+        kind: &'static str,
+        object: &K,
+        error: &Error,
+    ) -> Action {
+        use kube::ResourceExt;
+        self.metrics.error(kind, error.metric_label());
+        let delay = self.next_backoff(&object.uid().unwrap_or_default());
+        tracing::warn!(namespace = %object.namespace().unwrap_or_default(), name = %object.name_any(), %error,
+            retry_in = ?delay, "reconcile failed");
+        Action::requeue(delay)
     }
 
     pub fn reset_backoff(&self, uid: &str) {
