@@ -12,7 +12,7 @@ set -euo pipefail
 cd "$(dirname "$0")/.."
 
 results=benches/RESULTS.md
-command_line="$(env | grep -E '^(BENCH_[A-Z_]+|TMPDIR)=' | sort | tr '\n' ' ')benches/run.sh"
+command_line="$({ env | grep -E '^(BENCH_[A-Z_]+|TMPDIR)=' || true; } | sort | tr '\n' ' ')benches/run.sh"
 work=$(mktemp -d)
 trap 'rm -rf "$work"' EXIT
 

@@ -158,7 +158,7 @@ async fn crc_walk_vs_sst_size() {
             sha_wall * 1e3
         );
         println!(
-            "| {} | {} | {} | {:.0} | {:.0} | {:.0}× | {:.0} |",
+            "| {} | {} | {} | {:.0} | {:.0} | {:.1}× | {:.0} |",
             parent.ssts,
             blocks,
             blocks / parent.ssts.max(1) as u64,
