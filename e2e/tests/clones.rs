@@ -10,7 +10,7 @@ use slatedb_operator::engine::CRASH_POINT_ENV;
 use std::collections::BTreeMap;
 use std::time::Duration;
 
-const PARENT: &str = "prod/orders";
+pub(crate) const PARENT: &str = "prod/orders";
 
 fn condition(object: &DatabaseClone, type_: &str) -> Option<(String, String, String)> {
     let status = object.status.as_ref()?;
@@ -51,7 +51,12 @@ async fn create(env: &TestEnv, kind: &str, name: &str, spec: Value) {
 }
 
 /// A parent database and a Ready checkpoint `nightly` of it.
-async fn parent_and_checkpoint(env: &TestEnv, store: &TestStore, keys: usize, ssts: usize) {
+pub(crate) async fn parent_and_checkpoint(
+    env: &TestEnv,
+    store: &TestStore,
+    keys: usize,
+    ssts: usize,
+) {
     write_sample_db(store, PARENT, keys, ssts).await;
     create(
         env,
@@ -81,7 +86,7 @@ fn clone_spec(target: &str) -> Value {
 }
 
 /// Every object under `prefix` with its size and sha256, read through the store.
-async fn objects_under(store: &TestStore, prefix: &str) -> BTreeMap<String, String> {
+pub(crate) async fn objects_under(store: &TestStore, prefix: &str) -> BTreeMap<String, String> {
     use futures::TryStreamExt;
     use object_store::ObjectStoreExt;
     use sha2::Digest;

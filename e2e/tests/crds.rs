@@ -12,11 +12,11 @@ use slatedb_operator::api::{
 };
 use std::time::Duration;
 
-fn clone_manifest(name: &str, spec: Value) -> Value {
+pub(crate) fn clone_manifest(name: &str, spec: Value) -> Value {
     json!({"apiVersion": "slatedb.io/v1alpha1", "kind": "DatabaseClone", "metadata": {"name": name}, "spec": spec})
 }
 
-fn checkpoint_manifest(name: &str, spec: Value) -> Value {
+pub(crate) fn checkpoint_manifest(name: &str, spec: Value) -> Value {
     json!({"apiVersion": "slatedb.io/v1alpha1", "kind": "DatabaseCheckpoint", "metadata": {"name": name}, "spec": spec})
 }
 
@@ -28,7 +28,7 @@ fn valid_clone_spec() -> Value {
     json!({"source": {"checkpointRef": {"name": "nightly"}}, "target": {"path": "clones/pr-1"}})
 }
 
-fn dynamic_api<K>(env: &TestEnv) -> Api<DynamicObject>
+pub(crate) fn dynamic_api<K>(env: &TestEnv) -> Api<DynamicObject>
 where
     K: kube::Resource<DynamicType = ()>,
 {
@@ -39,7 +39,7 @@ where
     )
 }
 
-async fn create_raw(
+pub(crate) async fn create_raw(
     api: &Api<DynamicObject>,
     manifest: Value,
 ) -> Result<DynamicObject, kube::Error> {

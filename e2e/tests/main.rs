@@ -6,6 +6,7 @@
 #[macro_use]
 mod support;
 
+mod bad_input;
 mod chart;
 mod checkpoints;
 mod cli;

@@ -1,0 +1,1044 @@
+//! The fault suite's bad input: a table of malformed DatabaseCheckpoints and DatabaseClones, each
+//! either rejected at admission with a message naming the problem or, once the operator has looked
+//! at it, `Stalled` with a reason (or, for a reference to something that may still be created,
+//! `Reconciling` with a reason). The operator must survive all of it: no panic, no restart.
+
+use crate::clones::{objects_under, parent_and_checkpoint, PARENT};
+use crate::crds::{checkpoint_manifest, clone_manifest, create_raw, dynamic_api};
+use crate::support::{eventually, write_sample_db, Operator, StoreKind, TestEnv, TestStore};
+use kube::api::{ApiResource, DynamicObject, PostParams};
+use kube::{Api, Resource};
+use serde_json::{json, Value};
+use slatedb_operator::api::{DatabaseCheckpoint, DatabaseClone};
+use std::time::{Duration, Instant};
+
+/// A database that is not the source: clones must not overwrite it.
+const OTHER_DB: &str = "other/db";
+
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+enum Kind {
+    Checkpoint,
+    Clone,
+}
+
+/// How the manifest reaches the API server.
+#[derive(Clone, Debug)]
+enum Via {
+    /// `POST`, as `kubectl create` does without client-side checks.
+    Create,
+    /// `POST` with `fieldValidation=Strict`, as `kubectl create`/`apply` send it by default.
+    StrictCreate,
+    /// `POST` of the manifest's JSON with the placeholder `@@` replaced by these raw bytes.
+    RawBytes(Vec<u8>),
+}
+
+#[derive(Clone, Debug)]
+enum Outcome {
+    /// Refused at admission (HTTP 4xx); the API server's message contains this.
+    Rejected { contains: &'static str },
+    /// Admitted; the operator sets `Stalled=True` with this reason and a non-empty message.
+    Stalled { reason: &'static str },
+    /// Admitted; a reference to an object that may still appear: `Reconciling=True` with this
+    /// reason, never `Stalled`, and the message says what is missing.
+    Reconciling {
+        reason: &'static str,
+        contains: String,
+    },
+}
+
+struct Row {
+    label: &'static str,
+    kind: Kind,
+    manifest: Value,
+    via: Via,
+    expect: Outcome,
+}
+
+fn rejected(label: &'static str, kind: Kind, spec: Value, contains: &'static str) -> Row {
+    Row {
+        label,
+        kind,
+        manifest: manifest(kind, label, spec),
+        via: Via::Create,
+        expect: Outcome::Rejected { contains },
+    }
+}
+
+fn stalled(label: &'static str, kind: Kind, spec: Value, reason: &'static str) -> Row {
+    Row {
+        label,
+        kind,
+        manifest: manifest(kind, label, spec),
+        via: Via::Create,
+        expect: Outcome::Stalled { reason },
+    }
+}
+
+fn manifest(kind: Kind, name: &str, spec: Value) -> Value {
+    match kind {
+        Kind::Checkpoint => checkpoint_manifest(name, spec),
+        Kind::Clone => clone_manifest(name, spec),
+    }
+}
+
+/// The table. `store` is the test's own store (with the sample database at [`PARENT`] and a ready
+/// checkpoint `nightly` of it); `namespace` is the test namespace.
+fn table(store: &TestStore, namespace: &str) -> Vec<Row> {
+    use Kind::{Checkpoint as Cp, Clone as Cl};
+    let store_spec = store.store_spec();
+    let db = |path: &str| json!({"store": store_spec, "path": path});
+    let parent = db(PARENT);
+    let of_nightly = |target: &str| json!({"source": {"checkpointRef": {"name": "nightly"}}, "target": {"path": target}});
+    let with = |mut spec: Value, pointer: &str, value: Value| {
+        let (parent_pointer, key) = pointer.rsplit_once('/').unwrap();
+        spec.pointer_mut(parent_pointer).unwrap()[key] = value;
+        spec
+    };
+    let clone_with = |pointer: &str, value: Value| with(of_nightly("clones/x"), pointer, value);
+    let checkpoint_with =
+        |pointer: &str, value: Value| with(json!({"database": parent.clone()}), pointer, value);
+    let range = |start: &str, end: &str| {
+        clone_with("/source/keyRange", json!({"start": start, "end": end}))
+    };
+    let huge_path = "d/".repeat(50 * 1024) + "x"; // 100 KiB
+    let long_name = "n".repeat(10_000);
+
+    let mut rows = vec![
+        // --- DatabaseClone: shape and types --------------------------------------------------
+        rejected("clone-no-spec", Cl, Value::Null, "spec: Required value"),
+        rejected(
+            "clone-spec-string",
+            Cl,
+            json!("clone it"),
+            "spec: Invalid value: \"string\": spec in body must be of type object",
+        ),
+        rejected(
+            "clone-no-source",
+            Cl,
+            json!({"target": {"path": "clones/x"}}),
+            "spec.source: Required value",
+        ),
+        rejected(
+            "clone-no-target",
+            Cl,
+            json!({"source": {"checkpointRef": {"name": "nightly"}}}),
+            "spec.target: Required value",
+        ),
+        rejected(
+            "clone-target-string",
+            Cl,
+            clone_with("/target", json!("clones/x")),
+            "spec.target: Invalid value: \"string\": spec.target in body must be of type object",
+        ),
+        rejected(
+            "clone-path-number",
+            Cl,
+            clone_with("/target/path", json!(42)),
+            "spec.target.path in body must be of type string",
+        ),
+        rejected(
+            "clone-ref-string",
+            Cl,
+            clone_with("/source/checkpointRef", json!("nightly")),
+            "spec.source.checkpointRef in body must be of type object",
+        ),
+        rejected(
+            "clone-ref-no-name",
+            Cl,
+            clone_with("/source/checkpointRef", json!({})),
+            "spec.source.checkpointRef.name: Required value",
+        ),
+        rejected(
+            "clone-ref-empty-name",
+            Cl,
+            clone_with("/source/checkpointRef/name", json!("")),
+            "should be at least 1 chars long",
+        ),
+        rejected(
+            "clone-verify-bool",
+            Cl,
+            clone_with("/verify", json!(true)),
+            "spec.verify in body must be of type string",
+        ),
+        rejected(
+            "clone-verify-unknown",
+            Cl,
+            clone_with("/verify", json!("Everything")),
+            "Unsupported value: \"Everything\"",
+        ),
+        rejected(
+            "clone-policy-unknown",
+            Cl,
+            clone_with("/expirationPolicy", json!("Archive")),
+            "Unsupported value: \"Archive\"",
+        ),
+        rejected(
+            "clone-deletion-null-type",
+            Cl,
+            clone_with("/deletionPolicy", json!(["Delete"])),
+            "spec.deletionPolicy in body must be of type string",
+        ),
+        // --- DatabaseClone: sources ----------------------------------------------------------
+        rejected(
+            "clone-both-sources",
+            Cl,
+            clone_with("/source/database", parent.clone()),
+            "spec.source needs exactly one of checkpointRef or database",
+        ),
+        rejected(
+            "clone-neither-source",
+            Cl,
+            clone_with("/source", json!({})),
+            "spec.source needs exactly one of checkpointRef or database",
+        ),
+        rejected(
+            "clone-only-key-range",
+            Cl,
+            clone_with("/source", json!({"keyRange": {"start": "a"}})),
+            "spec.source needs exactly one of checkpointRef or database",
+        ),
+        rejected(
+            "clone-same-path",
+            Cl,
+            json!({"source": {"database": parent}, "target": {"path": PARENT}}),
+            "spec.target.path must differ from the source database path",
+        ),
+        rejected(
+            "clone-bad-scheme",
+            Cl,
+            json!({"source": {"database": {"store": {"url": "ftp://host/x"}, "path": "p"}}, "target": {"path": "q"}}),
+            "must be an object-store URL",
+        ),
+        rejected(
+            "clone-empty-url",
+            Cl,
+            json!({"source": {"database": {"store": {"url": ""}, "path": "p"}}, "target": {"path": "q"}}),
+            "should be at least 1 chars long",
+        ),
+        rejected(
+            "clone-no-scheme",
+            Cl,
+            json!({"source": {"database": {"store": {"url": "/var/data"}, "path": "p"}}, "target": {"path": "q"}}),
+            "must be an object-store URL",
+        ),
+        // --- DatabaseClone: paths -------------------------------------------------------------
+        rejected(
+            "clone-dotdot",
+            Cl,
+            of_nightly(".."),
+            "path must not contain '..' segments",
+        ),
+        rejected(
+            "clone-dotdot-inner",
+            Cl,
+            of_nightly("clones/../prod/orders"),
+            "path must not contain '..' segments",
+        ),
+        rejected(
+            "clone-dotdot-tail",
+            Cl,
+            of_nightly("clones/.."),
+            "path must not contain '..' segments",
+        ),
+        rejected(
+            "clone-absolute",
+            Cl,
+            of_nightly("/clones/x"),
+            "no leading '/'",
+        ),
+        rejected(
+            "clone-empty-segment",
+            Cl,
+            of_nightly("clones//x"),
+            "must not contain empty segments",
+        ),
+        rejected(
+            "clone-trailing-slash",
+            Cl,
+            of_nightly("clones/x/"),
+            "must not contain empty segments",
+        ),
+        rejected(
+            "clone-empty-path",
+            Cl,
+            of_nightly(""),
+            "path must not be empty",
+        ),
+        rejected(
+            "clone-huge-path",
+            Cl,
+            of_nightly(&huge_path),
+            "Too long: may not be more than 1024 bytes",
+        ),
+        rejected(
+            "clone-source-dotdot",
+            Cl,
+            json!({"source": {"database": db("../prod/orders")}, "target": {"path": "clones/x"}}),
+            "path must not contain '..' segments",
+        ),
+        // --- DatabaseClone: names and huge strings --------------------------------------------
+        rejected(
+            "clone-huge-ref-name",
+            Cl,
+            clone_with("/source/checkpointRef/name", json!(long_name)),
+            "Too long: may not be more than 253 bytes",
+        ),
+        rejected(
+            "clone-huge-key",
+            Cl,
+            range(&"k".repeat(100 * 1024), "z"),
+            "Too long: may not be more than 4096 bytes",
+        ),
+        rejected(
+            "clone-huge-url",
+            Cl,
+            json!({"source": {"database": {"store": {"url": format!("s3://{}", "b".repeat(100 * 1024))}, "path": "p"}}, "target": {"path": "q"}}),
+            "Too long: may not be more than 2048 bytes",
+        ),
+        // --- DatabaseClone: key ranges --------------------------------------------------------
+        rejected(
+            "clone-range-inverted",
+            Cl,
+            range("m", "a"),
+            "keyRange.start must sort before keyRange.end",
+        ),
+        rejected(
+            "clone-range-empty",
+            Cl,
+            range("k", "k"),
+            "keyRange.start must sort before keyRange.end",
+        ),
+        rejected(
+            "clone-key-empty",
+            Cl,
+            range("", "z"),
+            "should be at least 1 chars long",
+        ),
+        rejected(
+            "clone-key-number",
+            Cl,
+            range("a", "z").pipe(|s| with(s, "/source/keyRange/end", json!(7))),
+            "spec.source.keyRange.end in body must be of type string",
+        ),
+        rejected(
+            "clone-base64-not-base64",
+            Cl,
+            range("base64:not base64!", "z"),
+            "a key starting with 'base64:' must continue with standard padded base64",
+        ),
+        rejected(
+            "clone-base64-unpadded",
+            Cl,
+            range("base64:AAE", "z"),
+            "standard padded base64",
+        ),
+        rejected(
+            "clone-base64-urlsafe",
+            Cl,
+            range("a", "base64:-_-_"),
+            "standard padded base64",
+        ),
+        rejected(
+            "clone-base64-empty-ish",
+            Cl,
+            range("base64:=", "z"),
+            "standard padded base64",
+        ),
+        rejected(
+            "clone-base64-non-ascii",
+            Cl,
+            range("base64:ÿÿÿÿ", "z"),
+            "standard padded base64",
+        ),
+        // --- DatabaseClone: durations ---------------------------------------------------------
+        rejected(
+            "clone-duration-words",
+            Cl,
+            clone_with("/expireAfter", json!("3 days")),
+            "must be a duration such as 30m, 24h or 1h30m",
+        ),
+        rejected(
+            "clone-duration-days",
+            Cl,
+            clone_with("/expireAfter", json!("3d")),
+            "must be a duration such as 30m, 24h or 1h30m",
+        ),
+        rejected(
+            "clone-duration-negative",
+            Cl,
+            clone_with("/expireAfter", json!("-1h")),
+            "must be a duration such as 30m, 24h or 1h30m",
+        ),
+        rejected(
+            "clone-duration-zero",
+            Cl,
+            clone_with("/expireAfter", json!("0s")),
+            "between 1s and 87600h",
+        ),
+        rejected(
+            "clone-duration-too-short",
+            Cl,
+            clone_with("/expireAfter", json!("999ms")),
+            "between 1s and 87600h",
+        ),
+        rejected(
+            "clone-duration-too-long",
+            Cl,
+            clone_with("/expireAfter", json!("87601h")),
+            "between 1s and 87600h",
+        ),
+        rejected(
+            "clone-duration-overflow",
+            Cl,
+            clone_with("/expireAfter", json!("9999999999999999999h")),
+            "expireAfter",
+        ),
+        rejected(
+            "clone-duration-number",
+            Cl,
+            clone_with("/expireAfter", json!(3600)),
+            "spec.expireAfter in body must be of type string",
+        ),
+        rejected(
+            "clone-duration-empty",
+            Cl,
+            clone_with("/expireAfter", json!("")),
+            "must be a duration such as 30m, 24h or 1h30m",
+        ),
+        // --- DatabaseCheckpoint: shape and types ----------------------------------------------
+        rejected("cp-no-spec", Cp, Value::Null, "spec: Required value"),
+        rejected(
+            "cp-no-database",
+            Cp,
+            json!({"lifetime": "1h"}),
+            "spec.database: Required value",
+        ),
+        rejected(
+            "cp-database-string",
+            Cp,
+            json!({"database": "prod/orders"}),
+            "spec.database in body must be of type object",
+        ),
+        rejected(
+            "cp-no-path",
+            Cp,
+            json!({"database": {"store": store_spec}}),
+            "spec.database.path: Required value",
+        ),
+        rejected(
+            "cp-no-store",
+            Cp,
+            json!({"database": {"path": PARENT}}),
+            "spec.database.store: Required value",
+        ),
+        rejected(
+            "cp-no-url",
+            Cp,
+            json!({"database": {"store": {}, "path": PARENT}}),
+            "spec.database.store.url: Required value",
+        ),
+        rejected(
+            "cp-secret-empty-name",
+            Cp,
+            json!({"database": {"store": {"url": "s3://b", "secretRef": {"name": ""}}, "path": PARENT}}),
+            "should be at least 1 chars long",
+        ),
+        rejected(
+            "cp-bad-wal-url",
+            Cp,
+            json!({"database": {"store": {"url": "s3://b", "walUrl": "http://wal"}, "path": PARENT}}),
+            "must be an object-store URL",
+        ),
+        rejected(
+            "cp-url-number",
+            Cp,
+            json!({"database": {"store": {"url": 5}, "path": PARENT}}),
+            "spec.database.store.url in body must be of type string",
+        ),
+        rejected(
+            "cp-checksum-unknown",
+            Cp,
+            checkpoint_with("/checksum", json!("Full")),
+            "Unsupported value: \"Full\"",
+        ),
+        rejected(
+            "cp-policy-unknown",
+            Cp,
+            checkpoint_with("/deletionPolicy", json!("Keep")),
+            "Unsupported value: \"Keep\"",
+        ),
+        rejected(
+            "cp-mode-unknown",
+            Cp,
+            checkpoint_with("/source", json!({"mode": "Copy"})),
+            "Unsupported value: \"Copy\"",
+        ),
+        // --- DatabaseCheckpoint: paths --------------------------------------------------------
+        rejected(
+            "cp-dotdot",
+            Cp,
+            json!({"database": db("prod/../etc")}),
+            "path must not contain '..' segments",
+        ),
+        rejected(
+            "cp-absolute",
+            Cp,
+            json!({"database": db("/etc/passwd")}),
+            "no leading '/'",
+        ),
+        rejected(
+            "cp-empty-segment",
+            Cp,
+            json!({"database": db("prod//orders")}),
+            "must not contain empty segments",
+        ),
+        rejected(
+            "cp-huge-path",
+            Cp,
+            json!({"database": db(&huge_path)}),
+            "Too long: may not be more than 1024 bytes",
+        ),
+        // --- DatabaseCheckpoint: adopt --------------------------------------------------------
+        rejected(
+            "cp-adopt-missing",
+            Cp,
+            checkpoint_with("/source", json!({"mode": "Adopt"})),
+            "source.adopt must be set when, and only when, source.mode is Adopt",
+        ),
+        rejected(
+            "cp-adopt-with-create",
+            Cp,
+            checkpoint_with("/source", json!({"mode": "Create", "adopt": {"name": "n"}})),
+            "source.adopt must be set when, and only when, source.mode is Adopt",
+        ),
+        rejected(
+            "cp-adopt-both",
+            Cp,
+            checkpoint_with(
+                "/source",
+                json!({"mode": "Adopt", "adopt": {"id": "0195d7a2-3c4f-7e21-9a0b-1c2d3e4f5a6b", "name": "n"}}),
+            ),
+            "source.adopt needs exactly one of id or name",
+        ),
+        rejected(
+            "cp-adopt-neither",
+            Cp,
+            checkpoint_with("/source", json!({"mode": "Adopt", "adopt": {}})),
+            "source.adopt needs exactly one of id or name",
+        ),
+        rejected(
+            "cp-adopt-bad-uuid",
+            Cp,
+            checkpoint_with(
+                "/source",
+                json!({"mode": "Adopt", "adopt": {"id": "not-a-uuid"}}),
+            ),
+            "source.adopt.id must be a UUID",
+        ),
+        rejected(
+            "cp-adopt-huge-name",
+            Cp,
+            checkpoint_with(
+                "/source",
+                json!({"mode": "Adopt", "adopt": {"name": long_name}}),
+            ),
+            "Too long: may not be more than 512 bytes",
+        ),
+        // --- DatabaseCheckpoint: durations ----------------------------------------------------
+        rejected(
+            "cp-lifetime-years",
+            Cp,
+            checkpoint_with("/lifetime", json!("1y")),
+            "must be a duration such as 30m, 24h or 1h30m",
+        ),
+        rejected(
+            "cp-lifetime-too-long",
+            Cp,
+            checkpoint_with("/lifetime", json!("100000h")),
+            "between 1s and 87600h",
+        ),
+        rejected(
+            "cp-lifetime-fraction-short",
+            Cp,
+            checkpoint_with("/lifetime", json!("0.5s")),
+            "between 1s and 87600h",
+        ),
+        rejected(
+            "cp-lifetime-object",
+            Cp,
+            checkpoint_with("/lifetime", json!({"hours": 1})),
+            "spec.lifetime in body must be of type string",
+        ),
+    ];
+
+    // Names: a 10k-character metadata.name, and one that is not a DNS subdomain.
+    let mut huge_name = manifest(Cl, "x", of_nightly("clones/x"));
+    huge_name["metadata"]["name"] = json!(long_name);
+    rows.push(Row {
+        label: "clone-huge-metadata-name",
+        kind: Cl,
+        manifest: huge_name,
+        via: Via::Create,
+        expect: Outcome::Rejected {
+            contains: "must be no more than 253 characters",
+        },
+    });
+    let mut bad_name = manifest(Cp, "x", json!({"database": parent}));
+    bad_name["metadata"]["name"] = json!("Nightly_Backup");
+    rows.push(Row {
+        label: "cp-invalid-metadata-name",
+        kind: Cp,
+        manifest: bad_name,
+        via: Via::Create,
+        expect: Outcome::Rejected {
+            contains: "a lowercase RFC 1123 subdomain",
+        },
+    });
+    // A manifest bigger than the API server takes in one request.
+    rows.push(rejected(
+        "clone-over-request-limit",
+        Cl,
+        range(&"k".repeat(4 << 20), "z"),
+        "Request entity too large",
+    ));
+    // Invalid UTF-8 bytes in a `base64:` key bound (JSON cannot carry them; the API server replaces
+    // them with U+FFFD, which is not base64).
+    rows.push(Row {
+        label: "clone-base64-invalid-utf8",
+        kind: Cl,
+        manifest: manifest(Cl, "clone-base64-invalid-utf8", range("base64:@@", "z")),
+        via: Via::RawBytes(vec![0xff, 0xfe, 0xc3, 0x28]),
+        expect: Outcome::Rejected {
+            contains: "standard padded base64",
+        },
+    });
+    // A reference to another namespace: the schema has no namespace field, so a strict apply
+    // refuses it, and a lenient create prunes it and the reference stays in this namespace.
+    let elsewhere = clone_with(
+        "/source/checkpointRef",
+        json!({"name": "elsewhere", "namespace": "kube-system"}),
+    );
+    rows.push(Row {
+        label: "clone-ref-namespace-strict",
+        kind: Cl,
+        manifest: manifest(Cl, "clone-ref-namespace-strict", elsewhere.clone()),
+        via: Via::StrictCreate,
+        expect: Outcome::Rejected {
+            contains: "unknown field \"spec.source.checkpointRef.namespace\"",
+        },
+    });
+    rows.push(Row {
+        label: "clone-ref-namespace-pruned",
+        kind: Cl,
+        manifest: manifest(Cl, "clone-ref-namespace-pruned", elsewhere),
+        via: Via::Create,
+        expect: Outcome::Reconciling {
+            reason: "SourceNotFound",
+            contains: format!("DatabaseCheckpoint {namespace}/elsewhere does not exist"),
+        },
+    });
+    rows.push(Row {
+        label: "cp-secret-namespace-strict",
+        kind: Cp,
+        manifest: manifest(
+            Cp,
+            "cp-secret-namespace-strict",
+            json!({"database": {"store": {"url": "s3://b", "secretRef": {"name": "s", "namespace": "kube-system"}}, "path": PARENT}}),
+        ),
+        via: Via::StrictCreate,
+        expect: Outcome::Rejected {
+            contains: "unknown field \"spec.database.store.secretRef.namespace\"",
+        },
+    });
+
+    // --- Admitted, then stalled by the operator ------------------------------------------------
+    rows.extend([
+        stalled("cp-not-a-database", Cp, json!({"database": db("nothing/here")}), "NotADatabase"),
+        stalled("cp-bad-bucket", Cp, json!({"database": {"store": {"url": "s3://bad bucket/x"}, "path": PARENT}}), "InvalidStoreUrl"),
+        stalled("cp-dot-segment", Cp, json!({"database": db("prod/./orders")}), "NotADatabase"),
+        stalled("cp-adopt-unknown-id", Cp, checkpoint_with("/source", json!({"mode": "Adopt", "adopt": {"id": "0195d7a2-3c4f-7e21-9a0b-1c2d3e4f5a6b"}})), "CheckpointMissing"),
+        stalled("cp-adopt-unknown-name", Cp, checkpoint_with("/source", json!({"mode": "Adopt", "adopt": {"name": "no-such-checkpoint"}})), "CheckpointMissing"),
+        stalled("cp-of-a-clone-target-dir", Cp, json!({"database": db("other")}), "NotADatabase"),
+        stalled("clone-target-holds-db", Cl, of_nightly(OTHER_DB), "TargetNotEmpty"),
+        stalled("clone-latest-target-holds-db", Cl, json!({"source": {"database": parent}, "target": {"path": OTHER_DB}}), "TargetNotEmpty"),
+        stalled("clone-target-is-parent-dir", Cl, of_nightly("prod"), "TargetNotEmpty"),
+        stalled("clone-target-is-source", Cl, of_nightly(PARENT), "InvalidSpec"),
+        stalled("clone-source-not-a-db", Cl, json!({"source": {"database": db("nothing/here")}, "target": {"path": "clones/none"}}), "NotADatabase"),
+        stalled("clone-source-bad-bucket", Cl, json!({"source": {"database": {"store": {"url": "s3://bad bucket/x"}, "path": PARENT}}, "target": {"path": "clones/bb"}}), "InvalidStoreUrl"),
+    ]);
+    // References to objects that do not exist (yet): transient by design, so that applying a set of
+    // manifests in any order converges.
+    rows.push(Row {
+        label: "clone-missing-checkpoint",
+        kind: Cl,
+        manifest: manifest(
+            Cl,
+            "clone-missing-checkpoint",
+            clone_with("/source/checkpointRef/name", json!("no-such-checkpoint")),
+        ),
+        via: Via::Create,
+        expect: Outcome::Reconciling {
+            reason: "SourceNotFound",
+            contains: format!("DatabaseCheckpoint {namespace}/no-such-checkpoint does not exist"),
+        },
+    });
+    rows.push(Row {
+        label: "clone-missing-secret",
+        kind: Cl,
+        manifest: manifest(
+            Cl,
+            "clone-missing-secret",
+            json!({"source": {"database": {"store": {"url": store.url, "secretRef": {"name": "no-such-secret"}}, "path": PARENT}},
+                   "target": {"path": "clones/ms"}}),
+        ),
+        via: Via::Create,
+        expect: Outcome::Reconciling {
+            reason: "SecretNotFound",
+            contains: "no-such-secret".into(),
+        },
+    });
+    rows.push(Row {
+        label: "cp-missing-secret",
+        kind: Cp,
+        manifest: manifest(
+            Cp,
+            "cp-missing-secret",
+            json!({"database": {"store": {"url": store.url, "secretRef": {"name": "no-such-secret"}}, "path": PARENT}}),
+        ),
+        via: Via::Create,
+        expect: Outcome::Reconciling {
+            reason: "SecretNotFound",
+            contains: "no-such-secret".into(),
+        },
+    });
+    rows.push(Row {
+        label: "clone-of-stalled-checkpoint",
+        kind: Cl,
+        manifest: manifest(
+            Cl,
+            "clone-of-stalled-checkpoint",
+            clone_with("/source/checkpointRef/name", json!("cp-not-a-database")),
+        ),
+        via: Via::Create,
+        expect: Outcome::Reconciling {
+            reason: "SourceNotReady",
+            contains: "is not Ready".into(),
+        },
+    });
+    rows
+}
+
+/// Key ranges that only the decoded bytes show to be empty. The CRD's rule compares only text
+/// bounds, and the operator hands the range to SlateDB, which panics ("Range must be non-empty",
+/// slatedb bytes_range.rs) in the clone task: the clone stays Reconciling at WriteManifest for
+/// ever. Ignored until src/controller/clone.rs checks the decoded range (or the CRD rule does).
+fn empty_decoded_ranges(_store: &TestStore, _namespace: &str) -> Vec<Row> {
+    use Kind::Clone as Cl;
+    let of_nightly = |target: &str, start: &str, end: &str| {
+        json!({"source": {"checkpointRef": {"name": "nightly"}, "keyRange": {"start": start, "end": end}},
+               "target": {"path": target}})
+    };
+    vec![
+        stalled(
+            "clone-base64-inverted",
+            Cl,
+            of_nightly("clones/inverted", "base64:eg==", "base64:YQ=="),
+            "InvalidKeyRange",
+        ),
+        stalled(
+            "clone-base64-empty-range",
+            Cl,
+            of_nightly("clones/empty-range", "base64:YQ==", "a"),
+            "InvalidKeyRange",
+        ),
+    ]
+}
+
+/// `value.pipe(f)`: lets a row's spec be built in one expression.
+trait Pipe: Sized {
+    fn pipe<T>(self, f: impl FnOnce(Self) -> T) -> T {
+        f(self)
+    }
+}
+impl Pipe for Value {}
+
+fn api_for(env: &TestEnv, kind: Kind) -> Api<DynamicObject> {
+    match kind {
+        Kind::Checkpoint => dynamic_api::<DatabaseCheckpoint>(env),
+        Kind::Clone => dynamic_api::<DatabaseClone>(env),
+    }
+}
+
+/// Sends one row to the API server; `Err` carries the API server's message on a refusal.
+async fn submit(env: &TestEnv, row: &Row) -> Result<(), (u16, String)> {
+    let api = api_for(env, row.kind);
+    let refused = |e: kube::Error| match e {
+        kube::Error::Api(status) => (status.code, status.message),
+        other => (0, format!("not an API refusal: {other}")),
+    };
+    match &row.via {
+        Via::Create => create_raw(&api, row.manifest.clone())
+            .await
+            .map(|_| ())
+            .map_err(refused),
+        Via::StrictCreate | Via::RawBytes(_) => {
+            let mut body = serde_json::to_vec(&row.manifest).unwrap();
+            if let Via::RawBytes(bytes) = &row.via {
+                let at = body
+                    .windows(2)
+                    .position(|w| w == b"@@")
+                    .expect("a raw-bytes row has a @@ placeholder");
+                body = [&body[..at], &bytes[..], &body[at + 2..]].concat();
+            }
+            let resource = match row.kind {
+                Kind::Checkpoint => ApiResource::erase::<DatabaseCheckpoint>(&()),
+                Kind::Clone => ApiResource::erase::<DatabaseClone>(&()),
+            };
+            let url = DynamicObject::url_path(&resource, Some(&env.namespace));
+            let mut request = kube::core::Request::new(url)
+                .create(&PostParams::default(), body)
+                .unwrap();
+            if matches!(row.via, Via::StrictCreate) {
+                let uri = format!("{}&fieldValidation=Strict", request.uri());
+                *request.uri_mut() = uri.parse().unwrap();
+            }
+            env.client
+                .request::<Value>(request)
+                .await
+                .map(|_| ())
+                .map_err(refused)
+        }
+    }
+}
+
+/// `(status, reason, message)` of condition `type_` of the object, if it has one.
+fn condition(object: &DynamicObject, type_: &str) -> Option<(String, String, String)> {
+    let conditions = object.data["status"]["conditions"].as_array()?;
+    let c = conditions.iter().find(|c| c["type"] == type_)?;
+    let field = |k: &str| c[k].as_str().unwrap_or_default().to_string();
+    Some((field("status"), field("reason"), field("message")))
+}
+
+/// Waits until the row's object reaches its expected condition, or says what it reached instead.
+async fn settle(env: &TestEnv, row: &Row, deadline: Instant) -> Result<(), String> {
+    let api = api_for(env, row.kind);
+    let name = row.manifest["metadata"]["name"].as_str().unwrap();
+    let (wanted_type, wanted_reason) = match &row.expect {
+        Outcome::Stalled { reason } => ("Stalled", *reason),
+        Outcome::Reconciling { reason, .. } => ("Reconciling", *reason),
+        Outcome::Rejected { .. } => unreachable!(),
+    };
+    loop {
+        let object = api.get(name).await.map_err(|e| format!("get: {e}"))?;
+        let reached = condition(&object, wanted_type).filter(|c| c.0 == "True");
+        if let Some((_, reason, message)) = &reached {
+            if reason != wanted_reason {
+                return Err(format!(
+                    "{wanted_type} with reason {reason:?} ({message}), expected {wanted_reason:?}"
+                ));
+            }
+            if message.is_empty() {
+                return Err(format!("{wanted_type}={reason} with an empty message"));
+            }
+            let ready = condition(&object, "Ready").map(|c| c.0);
+            if ready.as_deref() != Some("False") {
+                return Err(format!("{wanted_type}={reason} but Ready is {ready:?}"));
+            }
+            match &row.expect {
+                Outcome::Reconciling { contains, .. } => {
+                    if !message.contains(contains.as_str()) {
+                        return Err(format!("message {message:?} lacks {contains:?}"));
+                    }
+                    // Transient: the operator must not call it Stalled, on this or a later look.
+                    if let Some(stalled) = condition(&object, "Stalled") {
+                        return Err(format!("Reconciling and also Stalled: {stalled:?}"));
+                    }
+                }
+                _ => {
+                    if condition(&object, "Reconciling").is_some_and(|c| c.0 == "True") {
+                        return Err("Stalled and still Reconciling".into());
+                    }
+                }
+            }
+            return Ok(());
+        }
+        if Instant::now() > deadline {
+            return Err(format!(
+                "no {wanted_type}=True in time; conditions: {}",
+                object.data["status"]["conditions"]
+            ));
+        }
+        tokio::time::sleep(Duration::from_millis(500)).await;
+    }
+}
+
+/// The operator processes started for `namespace` (by their command line), with their state.
+fn operator_processes(namespace: &str) -> Vec<(u32, char)> {
+    let mut found = Vec::new();
+    for entry in std::fs::read_dir("/proc").unwrap().flatten() {
+        let Ok(pid) = entry.file_name().to_string_lossy().parse::<u32>() else {
+            continue;
+        };
+        let Ok(cmdline) = std::fs::read(entry.path().join("cmdline")) else {
+            continue;
+        };
+        let args: Vec<&[u8]> = cmdline.split(|&b| b == 0).collect();
+        let ours = args
+            .windows(2)
+            .any(|w| w[0] == b"--namespaces" && w[1] == namespace.as_bytes())
+            && args
+                .first()
+                .is_some_and(|a| a.ends_with(b"slatedb-operator"));
+        if !ours {
+            continue;
+        }
+        let stat = std::fs::read_to_string(entry.path().join("stat")).unwrap_or_default();
+        // pid (comm) state ...: the state follows the last ')'.
+        let state = stat
+            .rsplit_once(')')
+            .and_then(|(_, rest)| rest.trim_start().chars().next())
+            .unwrap_or('?');
+        found.push((pid, state));
+    }
+    found
+}
+
+#[tokio::test]
+async fn malformed_manifests_are_rejected_or_stall_and_the_operator_survives() {
+    assert!(table(&TestStore::new(StoreKind::File, "x"), "x").len() >= 30);
+    run_table("bad-input", table).await;
+}
+
+#[tokio::test]
+#[ignore = "operator bug: an empty key range in base64 panics SlateDB in the clone task"]
+async fn key_ranges_empty_once_decoded_stall() {
+    run_table("bad-range", empty_decoded_ranges).await;
+}
+
+/// Starts an operator, a parent database with a Ready checkpoint `nightly` and a second database,
+/// submits every row of `make_table`, waits for all admitted rows at once and checks the outcome
+/// of each, that no database was written over, and that the operator survived.
+async fn run_table(prefix: &str, make_table: fn(&TestStore, &str) -> Vec<Row>) {
+    let started = Instant::now();
+    let env = TestEnv::new(prefix).await;
+    let store = TestStore::new(StoreKind::File, &env.namespace);
+    let _operator = Operator::start(&env.namespace, &[]);
+    let operator = eventually(Duration::from_secs(10), "the operator process", || async {
+        match operator_processes(&env.namespace).as_slice() {
+            [one] => Some(*one),
+            _ => None,
+        }
+    })
+    .await;
+    parent_and_checkpoint(&env, &store, 200, 1).await;
+    write_sample_db(&store, OTHER_DB, 50, 1).await;
+    let other_before = objects_under(&store, OTHER_DB).await;
+    let parent_before = objects_under(&store, PARENT).await;
+
+    let rows = make_table(&store, &env.namespace);
+    let mut failures = Vec::new();
+    let mut admitted = Vec::new();
+    let (mut n_rejected, mut n_stalled, mut n_reconciling) = (0, 0, 0);
+    for row in &rows {
+        let result = submit(&env, row).await;
+        match (&row.expect, result) {
+            (Outcome::Rejected { contains }, Err((code, message))) => {
+                n_rejected += 1;
+                if !(400..500).contains(&code) || !message.contains(contains) {
+                    failures.push(format!(
+                        "{}: refused with {code} {message:?}, expected a 4xx containing {contains:?}",
+                        row.label
+                    ));
+                }
+            }
+            (Outcome::Rejected { .. }, Ok(())) => {
+                n_rejected += 1;
+                failures.push(format!("{}: admitted, expected a refusal", row.label));
+            }
+            (_, Err((code, message))) => failures.push(format!(
+                "{}: refused with {code} {message:?}, expected admission",
+                row.label
+            )),
+            (expect, Ok(())) => {
+                match expect {
+                    Outcome::Stalled { .. } => n_stalled += 1,
+                    _ => n_reconciling += 1,
+                }
+                admitted.push(row);
+            }
+        }
+    }
+    // Everything admitted settles concurrently, within one deadline.
+    let deadline = Instant::now() + Duration::from_secs(60);
+    let settled =
+        futures::future::join_all(admitted.iter().map(|row| settle(&env, row, deadline))).await;
+    for (row, result) in admitted.iter().zip(settled) {
+        if let Err(problem) = result {
+            failures.push(format!("{}: {problem}", row.label));
+        }
+    }
+    // A look later still finds each Stalled row Stalled with the same reason (no flapping).
+    tokio::time::sleep(Duration::from_secs(3)).await;
+    for row in &admitted {
+        if let Outcome::Stalled { reason } = row.expect {
+            let name = row.manifest["metadata"]["name"].as_str().unwrap();
+            let object = api_for(&env, row.kind).get(name).await.unwrap();
+            let now = condition(&object, "Stalled");
+            if now.as_ref().map(|c| (c.0.as_str(), c.1.as_str())) != Some(("True", reason)) {
+                failures.push(format!("{}: later Stalled is {now:?}", row.label));
+            }
+        }
+    }
+
+    // Nothing was written over the other database or the parent, and no clone target holds data.
+    assert_eq!(
+        objects_under(&store, OTHER_DB).await,
+        other_before,
+        "other/db changed"
+    );
+    let parent_after = objects_under(&store, PARENT).await;
+    for (object, digest) in &parent_before {
+        assert_eq!(parent_after.get(object), Some(digest), "{object} changed");
+    }
+    for target in [
+        "clones/inverted",
+        "clones/empty-range",
+        "clones/none",
+        "clones/bb",
+    ] {
+        let left = objects_under(&store, target).await;
+        if !left.is_empty() {
+            failures.push(format!(
+                "{target} holds {} objects after a stall",
+                left.len()
+            ));
+        }
+    }
+
+    // The operator is the same process, still running, and never panicked.
+    let now = operator_processes(&env.namespace);
+    if now.len() != 1 || now[0].0 != operator.0 || matches!(now[0].1, 'Z' | 'X') {
+        failures.push(format!(
+            "the operator was restarted or exited: {operator:?} then {now:?}"
+        ));
+    }
+    let log_path = std::env::temp_dir().join(format!("operator-{}.log", env.namespace));
+    let log = std::fs::read_to_string(&log_path).unwrap();
+    for panic in log.lines().filter(|l| l.contains("panicked")) {
+        failures.push(format!("the operator {panic} ({})", log_path.display()));
+    }
+
+    eprintln!(
+        "{prefix}: {} rows ({n_rejected} rejected, {n_stalled} stalled, {n_reconciling} reconciling) in {:?}",
+        rows.len(),
+        started.elapsed()
+    );
+    assert!(
+        failures.is_empty(),
+        "{} of {} rows did not behave as expected:\n{}",
+        failures.len(),
+        rows.len(),
+        failures.join("\n")
+    );
+    env.cleanup().await;
+}
