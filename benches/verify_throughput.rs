@@ -1,6 +1,6 @@
 //! Issue 6, benchmark 2 (library level): `Content` verification throughput of a checkpoint —
-//! `Database::fingerprint(manifest_id, true)` (sha256 of every pinned object, bounded concurrency)
-//! and `Database::verify_blocks` (CRC of every SST block through SlateDB's reader) — against
+//! `Database::fingerprint(manifest_id, true)`, which reads every pinned object once, hashes it
+//! (sha256) and checks the CRC of every SST block through SlateDB's reader — against
 //! `sha256sum` over the same files in the same run: one process (single-threaded) and
 //! `xargs -P<nproc>` (multi-threaded).
 //!
@@ -128,8 +128,8 @@ async fn crc_walk_vs_sst_size() {
         human_bytes(bytes)
     );
     println!(
-        "| SSTs | blocks | blocks per SST | `verify_blocks` ms | `sha256sum` ms | walk / sha256sum | \
-         walk CPU µs per block |"
+        "| SSTs | blocks | blocks per SST | `fingerprint(id, true)` ms | `sha256sum` ms | \
+         content check / sha256sum | CPU µs per block |"
     );
     println!("|---:|---:|---:|---:|---:|---:|---:|");
     for ssts in [16usize, 1] {
@@ -150,8 +150,8 @@ async fn crc_walk_vs_sst_size() {
         let blocks = sst_blocks(&db, &objects).await;
         sync();
         let (sha_wall, _, _) = sha256sum_single(&files, Stdio::null());
-        let (wall, cpu, result) = in_process(db.verify_blocks(checkpoint.manifest_id)).await;
-        assert_eq!(result.expect("verify_blocks"), blocks);
+        let (wall, cpu, result) = in_process(db.fingerprint(checkpoint.manifest_id, true)).await;
+        assert_eq!(result.expect("fingerprint").blocks_checked, Some(blocks));
         eprintln!(
             "verify_throughput: scaling, {ssts} SSTs: walk {:.0} ms, sha256sum {:.0} ms",
             wall * 1e3,
@@ -209,11 +209,12 @@ async fn run() {
     // Warm-up and cross-check: sha256sum's digests equal the engine's per-object hashes.
     let (_, _, listing) = sha256sum_single(&files, Stdio::piped());
     let listing = String::from_utf8(listing).expect("utf8");
-    let hashes = db
-        .content_hashes(&objects, &|_| {})
+    let checked = db
+        .check_content(&objects, &|_| {})
         .await
-        .expect("content hashes");
-    for (object, hash) in &hashes {
+        .expect("content check");
+    for c in &checked {
+        let (object, hash) = (&c.object, &c.sha256);
         let file = parent.root().join(object.path.as_ref());
         let expected = listing
             .lines()
@@ -230,31 +231,28 @@ async fn run() {
         blocks
     );
 
-    let (mut fp, mut crc, mut both, mut single, mut multi) = (
-        Samples::default(),
+    let (mut fp, mut metadata_fp, mut single, mut multi) = (
         Samples::default(),
         Samples::default(),
         Samples::default(),
         Samples::default(),
     );
     for rep in 0..reps {
-        let mut fp_this = (0.0, 0.0);
-        let mut crc_this = (0.0, 0.0);
         for k in 0..4 {
             match (rep + k) % 4 {
                 0 => {
                     let (wall, cpu, result) =
                         in_process(db.fingerprint(checkpoint.manifest_id, true)).await;
-                    assert!(result.expect("fingerprint").content_root.is_some());
+                    let fingerprint = result.expect("fingerprint");
+                    assert!(fingerprint.content_root.is_some());
+                    assert_eq!(fingerprint.blocks_checked, Some(blocks));
                     fp.push(wall, cpu);
-                    fp_this = (wall, cpu);
                 }
                 1 => {
                     let (wall, cpu, result) =
-                        in_process(db.verify_blocks(checkpoint.manifest_id)).await;
-                    assert_eq!(result.expect("verify_blocks"), blocks);
-                    crc.push(wall, cpu);
-                    crc_this = (wall, cpu);
+                        in_process(db.fingerprint(checkpoint.manifest_id, false)).await;
+                    assert!(result.expect("fingerprint").content_root.is_none());
+                    metadata_fp.push(wall, cpu);
                 }
                 2 => {
                     let (wall, cpu, _) = sha256sum_single(&files, Stdio::null());
@@ -266,17 +264,16 @@ async fn run() {
                 }
             }
         }
-        both.push(fp_this.0 + crc_this.0, fp_this.1 + crc_this.1);
         eprintln!(
-            "verify_throughput:   rep {rep}: fingerprint {:.0} ms, verify_blocks {:.0} ms, sha256sum {:.0} ms, xargs -P{jobs} {:.0} ms",
+            "verify_throughput:   rep {rep}: content {:.0} ms, metadata {:.0} ms, sha256sum {:.0} ms, xargs -P{jobs} {:.0} ms",
             fp.wall[rep] * 1e3,
-            crc.wall[rep] * 1e3,
+            metadata_fp.wall[rep] * 1e3,
             single.wall[rep] * 1e3,
             multi.wall[rep] * 1e3
         );
     }
 
-    // The clone's own Content verification (hashes source and clone objects, then the CRC walk):
+    // The clone's own Content verification (reads every object the clone pins once):
     // the extra time of a Content clone over a Metadata clone.
     let clone_reps = env_usize("BENCH_CLONE_REPS", if full() { 1 } else { 3 });
     let (mut content, mut metadata) = (Samples::default(), Samples::default());
@@ -342,17 +339,12 @@ async fn run() {
     row(
         "`fingerprint(id, true)`",
         &fp,
-        "sha256 of every pinned object",
+        "= Content verification of the checkpoint: each object read once, sha256 + CRC of every SST block",
     );
     row(
-        "`verify_blocks(id)`",
-        &crc,
-        "CRC of every SST block via SlateDB's reader",
-    );
-    row(
-        "fingerprint + verify_blocks",
-        &both,
-        "= Content verification of the checkpoint",
+        "`fingerprint(id, false)`",
+        &metadata_fp,
+        "metadata digest only (listings, no content read)",
     );
     let extra = Samples {
         wall: content
@@ -371,26 +363,22 @@ async fn run() {
     row(
         "clone `Content` − clone `Metadata`",
         &extra,
-        &format!(
-            "the clone's Content step (hashes source and clone, then CRC walk); {clone_reps} pairs",
-        ),
+        &format!("the clone's Content step (reads what the clone pins once); {clone_reps} pairs",),
     );
     println!();
 
-    let both_per_core = mib / Stats::of(&both.cpu).median;
-    let fp_per_core = mib / Stats::of(&fp.cpu).median;
-    let ratio = both_per_core / per_core_base;
+    let content_per_core = mib / Stats::of(&fp.cpu).median;
+    let ratio = content_per_core / per_core_base;
     let multi_wall = Stats::of(&multi.wall).median;
-    let both_wall = Stats::of(&both.wall).median;
+    let both_wall = Stats::of(&fp.wall).median;
     println!(
-        "- **Goal: Content verification ≥ 0.8× `sha256sum` per core — {}.** Measured on {} ({}): fingerprint + verify_blocks {:.0} MiB per CPU-s vs `sha256sum` {:.0} = {:.2}× (hashing alone: {:.2}×). Wall: {:.0} MiB/s vs {:.0} MiB/s single-process ({:.2}×) and {:.0} MiB/s with {jobs} processes ({:.2}×).",
+        "- **Goal: Content verification ≥ 0.8× `sha256sum` per core — {}.** Measured on {} ({}): `fingerprint(id, true)` {:.0} MiB per CPU-s vs `sha256sum` {:.0} = {:.2}×. Wall: {:.0} MiB/s vs {:.0} MiB/s single-process ({:.2}×) and {:.0} MiB/s with {jobs} processes ({:.2}×).",
         if ratio >= 0.8 { "MET" } else { "MISSED" },
         label,
         human_bytes(bytes),
-        both_per_core,
+        content_per_core,
         per_core_base,
         ratio,
-        fp_per_core / per_core_base,
         mib / both_wall,
         mib / single_wall,
         single_wall / both_wall,

@@ -167,16 +167,11 @@ pub async fn verify(
         }
         None => db.latest_manifest().await?.id(),
     };
-    let blocks = if content {
-        Some(db.verify_blocks(manifest_id).await?)
-    } else {
-        None
-    };
     let fingerprint = db.fingerprint(manifest_id, content).await?;
     Ok(json!({
         "manifestId": manifest_id, "objects": fingerprint.object_count, "bytes": fingerprint.size_bytes,
         "metadataDigest": fingerprint.metadata_digest, "contentRoot": fingerprint.content_root,
-        "blocksChecked": blocks,
+        "blocksChecked": fingerprint.blocks_checked,
     }))
 }
 

@@ -154,6 +154,8 @@ async fn the_chart_rbac_suffices_metrics_are_served_and_secrets_stay_out_of_the_
         "slatedb_operator_reconciles_total{kind=\"DatabaseClone\"}",
         "slatedb_operator_leader 1",
         "slatedb_operator_clone_duration_seconds_count 1",
+        "slatedb_operator_store_retries_total ",
+        "slatedb_operator_store_requests_total{operation=\"list\"} ",
     ] {
         assert!(metrics.contains(series), "missing {series} in:\n{metrics}");
     }

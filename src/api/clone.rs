@@ -195,6 +195,10 @@ pub struct DatabaseCloneStatus {
     /// How many times clone work has been started.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub attempts: Option<i32>,
+    /// Object-store requests of the run that finished the clone that failed transiently (5xx,
+    /// throttling, timeouts) and succeeded when retried.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub store_retries: Option<i64>,
     /// The most recent failure, kept after recovery for diagnosis.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub last_failure: Option<Failure>,

@@ -364,13 +364,19 @@ pub fn decide(
                         .to_string(),
                 ),
             };
-            let message = format!(
+            let mut message = format!(
                 "clone of checkpoint {} ready: {} objects referenced, {} copied ({} bytes)",
                 report.source_checkpoint_id,
                 report.objects_referenced,
                 report.objects_copied,
                 report.bytes_copied
             );
+            if report.store_retries > 0 {
+                message += &format!(
+                    "; {} object-store requests failed transiently and were retried",
+                    report.store_retries
+                );
+            }
             set_condition(
                 conditions,
                 "Initialized",
@@ -412,6 +418,7 @@ pub fn decide(
             status.phase = Some(ClonePhase::Ready);
             status.source_checkpoint_id = Some(report.source_checkpoint_id.to_string());
             status.completion_time = Some(now_k8s.clone());
+            status.store_retries = Some(i64::try_from(report.store_retries).unwrap_or(i64::MAX));
             status.progress = Some(progress_status(&CloneProgress {
                 step: CloneStep::Done,
                 objects_done: report.objects_copied,
@@ -978,6 +985,7 @@ mod tests {
             content_root: None,
             resumed: false,
             attempts: 1,
+            store_retries: 3,
             duration: Duration::from_millis(5),
         }
     }
@@ -1080,6 +1088,11 @@ mod tests {
         assert_eq!(cond(&d, "Verified").unwrap().reason, "MetadataResolved");
         assert_eq!(d.status.phase, Some(ClonePhase::Ready));
         assert_eq!(d.status.progress.as_ref().unwrap().percent, "100%");
+        assert_eq!(d.status.store_retries, Some(3));
+        assert!(cond(&d, "Ready")
+            .unwrap()
+            .message
+            .contains("3 object-store requests"));
         let expires = d.status.expiration_time.clone().unwrap().0;
         assert_eq!(expires.as_second() - now().timestamp(), 15);
         assert!(d.requeue_after.unwrap() >= Duration::from_secs(15));

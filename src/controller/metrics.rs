@@ -1,10 +1,13 @@
 //! Prometheus metrics of the operator, served as text on `/metrics`.
 
-use prometheus_client::encoding::EncodeLabelSet;
-use prometheus_client::metrics::counter::Counter;
+use crate::engine::{store_stats, Operation};
+use prometheus_client::collector::Collector;
+use prometheus_client::encoding::{DescriptorEncoder, EncodeLabelSet, EncodeMetric};
+use prometheus_client::metrics::counter::{ConstCounter, Counter};
 use prometheus_client::metrics::family::Family;
 use prometheus_client::metrics::gauge::Gauge;
 use prometheus_client::metrics::histogram::Histogram;
+use prometheus_client::metrics::MetricType;
 use prometheus_client::registry::Registry;
 use std::time::{Duration, Instant};
 
@@ -73,6 +76,7 @@ impl Default for Metrics {
             "1 while this replica holds the leader lease",
             leader.clone(),
         );
+        registry.register_collector(Box::new(StoreTraffic));
         Metrics {
             registry,
             reconciles,
@@ -83,6 +87,58 @@ impl Default for Metrics {
             clones_in_flight,
             leader,
         }
+    }
+}
+
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+struct OperationLabel {
+    operation: &'static str,
+}
+
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+struct FaultLabel {
+    fault: &'static str,
+}
+
+/// The engine's process-wide object-store counters, read at scrape time.
+#[derive(Debug)]
+struct StoreTraffic;
+
+impl Collector for StoreTraffic {
+    fn encode(&self, mut encoder: DescriptorEncoder) -> Result<(), std::fmt::Error> {
+        let stats = store_stats();
+        let mut requests = encoder.encode_descriptor(
+            "store_requests",
+            "Object-store requests sent (every attempt counts)",
+            None,
+            MetricType::Counter,
+        )?;
+        for operation in Operation::ALL {
+            let value = ConstCounter::new(stats.requests(operation));
+            value.encode(requests.encode_family(&OperationLabel {
+                operation: operation.name(),
+            })?)?;
+        }
+        let retries = ConstCounter::new(stats.retries());
+        retries.encode(encoder.encode_descriptor(
+            "store_retries",
+            "Object-store requests repeated after a transient failure",
+            None,
+            retries.metric_type(),
+        )?)?;
+        let (transient, denied) = stats.injected();
+        if transient + denied > 0 {
+            let mut injected = encoder.encode_descriptor(
+                "store_injected_faults",
+                "Faults injected by the SLATEDB_OPERATOR_FAULTS test hook",
+                None,
+                MetricType::Counter,
+            )?;
+            for (fault, count) in [("transient", transient), ("denied", denied)] {
+                ConstCounter::new(count).encode(injected.encode_family(&FaultLabel { fault })?)?;
+            }
+        }
+        Ok(())
     }
 }
 
@@ -142,5 +198,32 @@ impl Metrics {
             text.clear();
         }
         text
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[tokio::test]
+    async fn store_traffic_is_served() {
+        let store = crate::engine::Store::open(&crate::engine::StoreConfig {
+            url: "memory:///".into(),
+            ..Default::default()
+        })
+        .expect("memory store");
+        let listed = store.main.list_with_delimiter(None).await;
+        assert!(listed.is_ok());
+        let text = Metrics::default().encode();
+        let line = text
+            .lines()
+            .find(|l| l.starts_with("slatedb_operator_store_requests_total{operation=\"list\"}"))
+            .unwrap_or_else(|| panic!("no list requests in:\n{text}"));
+        let count: u64 = line.rsplit(' ').next().unwrap().parse().unwrap();
+        assert!(count >= 1, "{line}");
+        assert!(
+            text.contains("# TYPE slatedb_operator_store_retries counter"),
+            "{text}"
+        );
     }
 }

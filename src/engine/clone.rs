@@ -146,6 +146,8 @@ pub struct CloneReport {
     /// Whether unfinished work of an earlier run was found and finished.
     pub resumed: bool,
     pub attempts: u32,
+    /// Store requests that failed transiently and were retried.
+    pub store_retries: u64,
     pub duration: Duration,
 }
 
@@ -204,7 +206,7 @@ pub async fn initialize_clone(
     report(CloneStep::ResolveSource, 0, 0, 0, 0);
     let mut attempts = 0;
     let mut owns_target = false;
-    let result = async {
+    let (result, store_retries) = super::counting_retries(async {
         loop {
             attempts += 1;
             match clone_once(&config, &source, &target, &progress, &mut owns_target).await {
@@ -221,10 +223,13 @@ pub async fn initialize_clone(
                 Err(error) => return Err(error),
             }
         }
-    }
+    })
     .await;
     match result {
-        Ok(report) => Ok(report),
+        Ok(report) => Ok(CloneReport {
+            store_retries,
+            ..report
+        }),
         Err(error) if owns_target && error.fault() == Fault::Permanent => {
             tracing::warn!(%error, target = %config.target_path, "clone failed for good; removing its partial work");
             target.delete_database().await?;
@@ -304,7 +309,7 @@ async fn clone_once(
         source.delete_checkpoint(checkpoint.id).await?;
     }
 
-    // Verify.
+    // Verify. Listing what the clone pins is also the Metadata check: each object must exist.
     let clone_objects = target.pinned_objects(manifest.id()).await?;
     let verify_total = match config.verify {
         Verification::Content => clone_objects.len() as u64,
@@ -327,7 +332,7 @@ async fn clone_once(
             verify_content(
                 source,
                 target,
-                checkpoint.manifest_id,
+                &source_objects,
                 &clone_objects,
                 progress,
                 verify_bytes,
@@ -337,8 +342,9 @@ async fn clone_once(
     } else {
         None
     };
-    // Metadata verification: every object the clone's manifest pins resolves (pinned_objects HEADs each).
-    let fingerprint = target.fingerprint(manifest.id(), false).await?;
+    let fingerprint = target
+        .fingerprint_of(manifest.id(), &clone_objects, false)
+        .await?;
     crash_point(CloneStep::Verify);
     progress(CloneProgress {
         step: CloneStep::Done,
@@ -357,6 +363,7 @@ async fn clone_once(
         content_root,
         resumed,
         attempts: 0,
+        store_retries: 0,
         duration: Duration::ZERO,
     })
 }
@@ -380,7 +387,7 @@ async fn run_clone_builder(
         Some(wal) => admin.with_wal_object_store(wal.clone()).build(),
         None => admin.build(),
     };
-    let finished = Arc::new(AtomicBool::new(false));
+    let finished = Arc::new(Finished::default());
     let watcher = tokio::spawn(watch_clone_steps(
         target.clone(),
         Path::from(config.source_path.as_str()),
@@ -394,7 +401,7 @@ async fn run_clone_builder(
         admin.create_clone_builder_from_source(spec).build(),
     )
     .await;
-    finished.store(true, Ordering::SeqCst);
+    finished.set();
     let _ = watcher.await;
     match outcome {
         Ok(Ok(())) => Ok(()),
@@ -410,10 +417,28 @@ async fn run_clone_builder(
     }
 }
 
+/// Tells the watcher the builder is done, waking it from its sleep.
+#[derive(Default)]
+struct Finished {
+    flag: AtomicBool,
+    wake: tokio::sync::Notify,
+}
+
+impl Finished {
+    fn set(&self) {
+        self.flag.store(true, Ordering::SeqCst);
+        self.wake.notify_one();
+    }
+
+    fn is_set(&self) -> bool {
+        self.flag.load(Ordering::SeqCst)
+    }
+}
+
 async fn watch_clone_steps(
     target: Database,
     source_path: Path,
-    finished: Arc<AtomicBool>,
+    finished: Arc<Finished>,
     progress: Arc<dyn Fn(CloneProgress) + Send + Sync>,
     wal_total: u64,
     wal_bytes: u64,
@@ -434,7 +459,7 @@ async fn watch_clone_steps(
         bytes_total: 0,
     });
     loop {
-        let done = finished.load(Ordering::SeqCst);
+        let done = finished.is_set();
         if let Ok(Some(manifest)) = target.try_latest_manifest().await {
             crash_point(CloneStep::WriteManifest);
             let pinned = manifest
@@ -467,28 +492,58 @@ async fn watch_clone_steps(
         if done {
             return;
         }
-        tokio::time::sleep(Duration::from_millis(100)).await;
+        tokio::select! {
+            _ = finished.wake.notified() => {}
+            _ = tokio::time::sleep(Duration::from_millis(100)) => {}
+        }
     }
 }
 
+/// The source's objects of which the clone holds its own copy (its WAL tail); an object the
+/// source does not pin is corruption.
+fn copies_to_compare(
+    source_objects: &[super::PinnedObject],
+    clone_objects: &[super::PinnedObject],
+) -> Result<Vec<super::PinnedObject>, EngineError> {
+    let source_by_key: BTreeMap<&str, &super::PinnedObject> =
+        source_objects.iter().map(|o| (o.key.as_str(), o)).collect();
+    let mut copies = Vec::new();
+    for object in clone_objects {
+        match source_by_key.get(object.key.as_str()) {
+            Some(original) if original.path == object.path => {}
+            Some(original) => copies.push((*original).clone()),
+            None => {
+                return Err(EngineError::Corrupt {
+                    object: object.path.to_string(),
+                    detail: "the clone pins an object its source checkpoint does not".into(),
+                })
+            }
+        }
+    }
+    Ok(copies)
+}
+
+/// Reads every object the clone pins once (hash and SST block CRCs). Objects the clone shares
+/// with its source are the same objects; each one it has its own copy of (the WAL tail) must hash
+/// like the source's.
 async fn verify_content(
     source: &Database,
     target: &Database,
-    source_manifest_id: u64,
+    source_objects: &[super::PinnedObject],
     clone_objects: &[super::PinnedObject],
     progress: &Arc<dyn Fn(CloneProgress) + Send + Sync>,
     bytes_total: u64,
 ) -> Result<String, EngineError> {
-    let source_objects = source.pinned_objects(source_manifest_id).await?;
+    let copies_in_source = copies_to_compare(source_objects, clone_objects)?;
     let source_hashes: BTreeMap<String, [u8; 32]> = source
-        .content_hashes(&source_objects, &|_| {})
+        .check_content(&copies_in_source, &|_| {})
         .await?
         .into_iter()
-        .map(|(o, h)| (o.key, h))
+        .map(|c| (c.object.key, c.sha256))
         .collect();
     let counter = Mutex::new((0u64, 0u64));
     let total = clone_objects.len() as u64;
-    let on_hashed = |object: &super::PinnedObject| {
+    let on_checked = |object: &super::PinnedObject| {
         let mut counter = counter.lock().unwrap_or_else(|e| e.into_inner());
         counter.0 += 1;
         counter.1 += object.size;
@@ -500,28 +555,18 @@ async fn verify_content(
             bytes_total,
         });
     };
-    let clone_hashes = target.content_hashes(clone_objects, &on_hashed).await?;
-    for (object, hash) in &clone_hashes {
-        match source_hashes.get(&object.key) {
-            Some(expected) if expected == hash => {}
-            Some(_) => {
+    let checked = target.check_content(clone_objects, &on_checked).await?;
+    for c in &checked {
+        if let Some(expected) = source_hashes.get(&c.object.key) {
+            if *expected != c.sha256 {
                 return Err(EngineError::Corrupt {
-                    object: object.path.to_string(),
+                    object: c.object.path.to_string(),
                     detail: "its content differs from the source checkpoint's".into(),
-                })
-            }
-            None => {
-                return Err(EngineError::Corrupt {
-                    object: object.path.to_string(),
-                    detail: "the clone pins an object its source checkpoint does not".into(),
-                })
+                });
             }
         }
     }
-    target.verify_blocks_of(clone_objects).await?;
-    let leaves: Vec<(String, [u8; 32])> =
-        clone_hashes.into_iter().map(|(o, h)| (o.key, h)).collect();
-    Ok(hex::encode(super::fingerprint::merkle_root(&leaves)))
+    Ok(hex::encode(super::fingerprint::merkle_root_of(&checked)))
 }
 
 impl Database {

@@ -1,18 +1,31 @@
-//! Fingerprints of what a checkpoint pins: a cheap metadata digest (HEADs only), a Merkle root over
-//! object content, and a CRC walk of every SST block.
+//! Fingerprints of what a checkpoint pins: a cheap metadata digest (listings and HEADs only), and
+//! a Merkle root over object content read once, with a CRC walk of every SST block.
 
 use super::error::EngineError;
+use super::instrumented::in_retry_scope_of_caller;
 use super::Database;
 use futures::{StreamExt, TryStreamExt};
+use object_store::memory::InMemory;
 use object_store::path::Path;
 use object_store::{ObjectStore, ObjectStoreExt};
 use sha2::{Digest, Sha256};
+use slatedb::db_cache::{CachedEntry, CachedKey, DbCache};
 use slatedb::{PathResolver, SstReader, VersionedManifest};
-use std::sync::Arc;
+use std::collections::{BTreeMap, HashMap, HashSet};
+use std::sync::{Arc, Mutex};
 use std::time::Duration;
+use tokio::sync::Semaphore;
 
-/// How many objects are hashed or CRC-walked at once.
+/// How many objects are looked up, hashed or CRC-walked at once.
 const CONCURRENCY: usize = 8;
+
+/// Directories with at least this many pinned objects are listed rather than HEADed object by
+/// object.
+const LIST_THRESHOLD: usize = 16;
+
+/// Object content held in memory at once while checking content (an object larger than this
+/// is still read whole, alone).
+pub const CONTENT_BUDGET_MIB: u32 = 64;
 
 /// One object a checkpoint pins.
 #[derive(Clone, Debug, PartialEq, Eq)]
@@ -33,6 +46,8 @@ pub struct Fingerprint {
     pub metadata_digest: String,
     /// Merkle root over the content hashes of every pinned object, when content was read.
     pub content_root: Option<String>,
+    /// SST blocks whose CRC was checked, when content was read.
+    pub blocks_checked: Option<u64>,
     pub size_bytes: u64,
     pub object_count: u64,
 }
@@ -56,7 +71,9 @@ impl Database {
         })
     }
 
-    /// Every SST and WAL object the checkpoint's manifest pins, with size and etag (one HEAD each).
+    /// Every SST and WAL object the checkpoint's manifest pins, with size and etag. Objects are
+    /// looked up by listing their directories (one request per 1 000 objects on S3), with a HEAD
+    /// for the few in directories not worth listing and for any a listing missed.
     pub async fn pinned_objects(&self, manifest_id: u64) -> Result<Vec<PinnedObject>, EngineError> {
         let manifest = self.pinned_manifest(manifest_id).await?;
         let resolver = PathResolver::new(self.path.clone(), &manifest);
@@ -76,12 +93,62 @@ impl Database {
                 .join(format!("{wal_id:020}.sst"));
             wanted.push((format!("wal/{wal_id:020}"), path, true));
         }
+
+        // Directory → (is WAL store, wanted objects in it).
+        let mut by_directory: BTreeMap<(bool, String), Vec<(String, Path)>> = BTreeMap::new();
+        for (key, path, is_wal) in wanted {
+            let directory = path
+                .as_ref()
+                .rsplit_once('/')
+                .map_or(String::new(), |(dir, _)| dir.to_string());
+            by_directory
+                .entry((is_wal, directory))
+                .or_default()
+                .push((key, path));
+        }
+        let mut objects = Vec::new();
+        let mut to_head = Vec::new();
+        for ((is_wal, directory), members) in by_directory {
+            let store = if is_wal {
+                self.store.wal_or_main().clone()
+            } else {
+                self.store.main.clone()
+            };
+            if members.len() < LIST_THRESHOLD {
+                to_head.extend(members.into_iter().map(|(k, p)| (k, p, is_wal)));
+                continue;
+            }
+            let listing = self
+                .bounded_store(
+                    "list pinned objects",
+                    store
+                        .list(Some(&Path::from(directory.as_str())))
+                        .try_collect::<Vec<_>>(),
+                )
+                .await?;
+            let mut listed: HashMap<Path, object_store::ObjectMeta> = listing
+                .into_iter()
+                .map(|meta| (meta.location.clone(), meta))
+                .collect();
+            for (key, path) in members {
+                match listed.remove(&path) {
+                    Some(meta) => objects.push(PinnedObject {
+                        key,
+                        path,
+                        size: meta.size,
+                        etag: meta.e_tag,
+                        is_wal,
+                    }),
+                    None => to_head.push((key, path, is_wal)),
+                }
+            }
+        }
         let (main, wal, timeout) = (
             self.store.main.clone(),
             self.store.wal_or_main().clone(),
             self.timeout,
         );
-        let mut objects: Vec<PinnedObject> = futures::stream::iter(wanted)
+        let headed: Vec<PinnedObject> = futures::stream::iter(to_head)
             .map(move |(key, path, is_wal)| {
                 let store = if is_wal { wal.clone() } else { main.clone() };
                 head_pinned(store, key, path, is_wal, timeout)
@@ -89,18 +156,29 @@ impl Database {
             .buffer_unordered(CONCURRENCY)
             .try_collect()
             .await?;
+        objects.extend(headed);
         objects.sort_by(|a, b| a.key.cmp(&b.key));
         Ok(objects)
     }
 
-    /// The checkpoint's fingerprint; `content` also hashes every pinned object (streaming, in
-    /// parallel with bounded concurrency).
+    /// The checkpoint's fingerprint; `content` also reads every pinned object once, hashing it
+    /// and checking the CRC of every SST block (see [`Database::check_content`]).
     pub async fn fingerprint(
         &self,
         manifest_id: u64,
         content: bool,
     ) -> Result<Fingerprint, EngineError> {
         let objects = self.pinned_objects(manifest_id).await?;
+        self.fingerprint_of(manifest_id, &objects, content).await
+    }
+
+    /// [`Database::fingerprint`] for the objects [`Database::pinned_objects`] returned.
+    pub async fn fingerprint_of(
+        &self,
+        manifest_id: u64,
+        objects: &[PinnedObject],
+        content: bool,
+    ) -> Result<Fingerprint, EngineError> {
         let manifest = manifest_path(&self.path, manifest_id);
         let manifest_bytes = self
             .bounded_store("get manifest", async {
@@ -118,121 +196,227 @@ impl Database {
             digest.update(line.as_bytes());
             digest.update(b"\n");
         }
-        let content_root = if content {
-            Some(self.content_root(&objects).await?)
+        let (content_root, blocks_checked) = if content {
+            let checked = self.check_content(objects, &|_| {}).await?;
+            let blocks = checked.iter().map(|c| c.blocks).sum();
+            (Some(hex::encode(merkle_root_of(&checked))), Some(blocks))
         } else {
-            None
+            (None, None)
         };
         Ok(Fingerprint {
             metadata_digest: hex::encode(digest.finalize()),
             content_root,
+            blocks_checked,
             size_bytes: objects.iter().map(|o| o.size).sum(),
             object_count: objects.len() as u64,
         })
     }
 
-    async fn content_root(&self, objects: &[PinnedObject]) -> Result<String, EngineError> {
-        let leaves = self.content_hashes(objects, &|_| {}).await?;
-        let leaves: Vec<(String, [u8; 32])> = leaves
-            .into_iter()
-            .map(|(object, hash)| (object.key, hash))
-            .collect();
-        Ok(hex::encode(merkle_root(&leaves)))
-    }
-
-    /// The sha256 of every object's content, streamed in parallel with bounded concurrency, sorted
-    /// by logical key; `on_hashed` is called with each object as it finishes.
-    pub async fn content_hashes(
+    /// Reads every object once: its sha256, and for SSTs a walk of every block through SlateDB's
+    /// reader, which checks each block's CRC (the first corrupt object is named in the error).
+    /// Objects are checked in parallel; at most [`CONTENT_BUDGET_MIB`] of content is held in
+    /// memory at once. Sorted by logical key; `on_checked` is called as each object finishes.
+    pub async fn check_content(
         &self,
         objects: &[PinnedObject],
-        on_hashed: &(dyn Fn(&PinnedObject) + Sync),
-    ) -> Result<Vec<(PinnedObject, [u8; 32])>, EngineError> {
-        let (main, wal) = (self.store.main.clone(), self.store.wal_or_main().clone());
-        let mut hashed = futures::stream::iter(objects.to_vec())
+        on_checked: &(dyn Fn(&PinnedObject) + Sync),
+    ) -> Result<Vec<CheckedObject>, EngineError> {
+        let (main, wal, timeout) = (
+            self.store.main.clone(),
+            self.store.wal_or_main().clone(),
+            self.timeout,
+        );
+        let budget = Arc::new(Semaphore::new(CONTENT_BUDGET_MIB as usize));
+        let mut checks = futures::stream::iter(objects.to_vec())
             .map(move |object| {
                 let store = if object.is_wal {
                     wal.clone()
                 } else {
                     main.clone()
                 };
+                let budget = budget.clone();
+                // A task per object, so hashing and block walks use every core.
+                let task = tokio::spawn(in_retry_scope_of_caller(check_object(
+                    store, object, budget, timeout,
+                )));
                 async move {
-                    let hash =
-                        stream_sha256(store, object.path.clone())
-                            .await
-                            .map_err(|source| EngineError::Store {
-                                operation: "read pinned object",
-                                source,
-                            })?;
-                    Ok::<_, EngineError>((object, hash))
+                    task.await.map_err(|e| EngineError::Store {
+                        operation: "check object content",
+                        source: object_store::Error::JoinError { source: e },
+                    })?
                 }
             })
             .buffer_unordered(CONCURRENCY);
-        let mut leaves = Vec::with_capacity(objects.len());
-        while let Some(result) = hashed.next().await {
-            let (object, hash) = result?;
-            on_hashed(&object);
-            leaves.push((object, hash));
+        let mut checked = Vec::with_capacity(objects.len());
+        while let Some(result) = checks.next().await {
+            let object = result?;
+            on_checked(&object.object);
+            checked.push(object);
         }
-        leaves.sort_by(|a, b| a.0.key.cmp(&b.0.key));
-        Ok(leaves)
-    }
-
-    /// Reads every block of every pinned SST through SlateDB's reader, which checks each block's
-    /// CRC; the first corrupt object is named in the error.
-    pub async fn verify_blocks(&self, manifest_id: u64) -> Result<u64, EngineError> {
-        let objects = self.pinned_objects(manifest_id).await?;
-        self.verify_blocks_of(&objects).await
-    }
-
-    /// [`Database::verify_blocks`] for objects already listed.
-    pub async fn verify_blocks_of(&self, objects: &[PinnedObject]) -> Result<u64, EngineError> {
-        let objects = objects.to_vec();
-        let (main, timeout) = (self.store.main.clone(), self.timeout);
-        let ssts: Vec<PinnedObject> = objects.into_iter().filter(|o| !o.is_wal).collect();
-        let blocks: Vec<u64> = futures::stream::iter(ssts)
-            .map(move |object| verify_sst_blocks(main.clone(), object, timeout))
-            .buffer_unordered(CONCURRENCY)
-            .try_collect()
-            .await?;
-        Ok(blocks.iter().sum())
+        checked.sort_by(|a, b| a.object.key.cmp(&b.object.key));
+        Ok(checked)
     }
 }
 
-async fn verify_sst_blocks(
+/// An object whose content was read and checked.
+#[derive(Clone, Debug)]
+pub struct CheckedObject {
+    pub object: PinnedObject,
+    pub sha256: [u8; 32],
+    /// SST blocks whose CRC was checked (0 for WAL objects).
+    pub blocks: u64,
+}
+
+/// Merkle root over checked objects (sorted by key).
+pub(crate) fn merkle_root_of(checked: &[CheckedObject]) -> [u8; 32] {
+    let leaves: Vec<(String, [u8; 32])> = checked
+        .iter()
+        .map(|c| (c.object.key.clone(), c.sha256))
+        .collect();
+    merkle_root(&leaves)
+}
+
+async fn check_object(
     store: Arc<dyn ObjectStore>,
     object: PinnedObject,
+    budget: Arc<Semaphore>,
     timeout: Duration,
-) -> Result<u64, EngineError> {
+) -> Result<CheckedObject, EngineError> {
+    let mib = ((object.size >> 20) + 1).min(u64::from(CONTENT_BUDGET_MIB)) as u32;
+    // The semaphore is never closed, so acquiring only waits.
+    let _permit = budget.acquire_many(mib).await.ok();
+    let content = match tokio::time::timeout(timeout, async {
+        store.get(&object.path).await?.bytes().await
+    })
+    .await
     {
-        let corrupt = |detail: String| EngineError::Corrupt {
-            object: object.path.to_string(),
-            detail,
-        };
-        // SstReader resolves `<root>/compacted/<ulid>.sst`, so root it at the SST's owner database.
-        let path = object.path.as_ref();
-        let (owner, file) = path
-            .rsplit_once("/compacted/")
-            .ok_or_else(|| corrupt("not under compacted/".into()))?;
-        let ulid = file
-            .trim_end_matches(".sst")
-            .parse()
-            .map_err(|_| corrupt("file name is not a ULID".into()))?;
-        let reader = SstReader::new(Path::from(owner), store, None, None);
-        let sst = tokio::time::timeout(timeout, reader.open(ulid))
-            .await
-            .map_err(|_| EngineError::Timeout {
-                operation: "open SST",
+        Err(_) => {
+            return Err(EngineError::Timeout {
+                operation: "read pinned object",
                 after: timeout,
-            })?
-            .map_err(|e| corrupt(e.to_string()))?;
-        let index = sst.index().await.map_err(|e| corrupt(e.to_string()))?;
-        for block in 0..index.len() {
-            sst.read_block(block)
-                .await
-                .map_err(|e| corrupt(format!("block {block}: {e}")))?;
+            })
         }
-        Ok(index.len() as u64)
+        Ok(Err(object_store::Error::NotFound { .. })) => {
+            return Err(EngineError::Corrupt {
+                object: object.path.to_string(),
+                detail: "pinned by the checkpoint but missing from the store".into(),
+            })
+        }
+        Ok(Err(source)) => {
+            return Err(EngineError::Store {
+                operation: "read pinned object",
+                source,
+            })
+        }
+        Ok(Ok(content)) => content,
+    };
+    let for_hashing = content.clone();
+    let hashing =
+        tokio::task::spawn_blocking(move || -> [u8; 32] { Sha256::digest(&for_hashing).into() });
+    let blocks = if object.is_wal {
+        0
+    } else {
+        walk_sst_blocks(&object, content).await?
+    };
+    let sha256 = hashing.await.map_err(|e| EngineError::Store {
+        operation: "hash object content",
+        source: object_store::Error::JoinError { source: e },
+    })?;
+    Ok(CheckedObject {
+        object,
+        sha256,
+        blocks,
+    })
+}
+
+/// Reads every block of an SST held in memory through SlateDB's reader (which checks each
+/// block's CRC while decoding it).
+async fn walk_sst_blocks(object: &PinnedObject, content: bytes::Bytes) -> Result<u64, EngineError> {
+    let corrupt = |detail: String| EngineError::Corrupt {
+        object: object.path.to_string(),
+        detail,
+    };
+    // SstReader resolves `<root>/compacted/<ulid>.sst`, so root it at the SST's owner database.
+    let path = object.path.as_ref();
+    let (owner, file) = path
+        .rsplit_once("/compacted/")
+        .ok_or_else(|| corrupt("not under compacted/".into()))?;
+    let ulid = file
+        .trim_end_matches(".sst")
+        .parse()
+        .map_err(|_| corrupt("file name is not a ULID".into()))?;
+    let memory = Arc::new(InMemory::new());
+    memory
+        .put(&object.path, content.into())
+        .await
+        .map_err(|e| corrupt(e.to_string()))?;
+    let reader = SstReader::new(
+        Path::from(owner),
+        memory,
+        Some(Arc::new(IndexOnlyCache::default())),
+        None,
+    );
+    let sst = reader
+        .open(ulid)
+        .await
+        .map_err(|e| corrupt(e.to_string()))?;
+    let index = sst.index().await.map_err(|e| corrupt(e.to_string()))?;
+    for block in 0..index.len() {
+        sst.read_block(block)
+            .await
+            .map_err(|e| corrupt(format!("block {block}: {e}")))?;
     }
+    Ok(index.len() as u64)
+}
+
+/// Keeps an SST's decoded index (and nothing else) while its blocks are walked; SlateDB's reader
+/// otherwise decodes the whole index again for every block.
+#[derive(Default)]
+struct IndexOnlyCache {
+    index_keys: Mutex<HashSet<CachedKey>>,
+    entries: Mutex<HashMap<CachedKey, CachedEntry>>,
+}
+
+#[async_trait::async_trait]
+impl DbCache for IndexOnlyCache {
+    async fn get_block(&self, _key: &CachedKey) -> Result<Option<CachedEntry>, slatedb::Error> {
+        Ok(None)
+    }
+
+    async fn get_index(&self, key: &CachedKey) -> Result<Option<CachedEntry>, slatedb::Error> {
+        let found = lock(&self.entries).get(key).cloned();
+        if found.is_none() {
+            // The next insert under this key is the index the reader fetched.
+            lock(&self.index_keys).insert(key.clone());
+        }
+        Ok(found)
+    }
+
+    async fn get_filter(&self, _key: &CachedKey) -> Result<Option<CachedEntry>, slatedb::Error> {
+        Ok(None)
+    }
+
+    async fn get_stats(&self, _key: &CachedKey) -> Result<Option<CachedEntry>, slatedb::Error> {
+        Ok(None)
+    }
+
+    async fn insert(&self, key: CachedKey, value: CachedEntry) {
+        if lock(&self.index_keys).contains(&key) {
+            lock(&self.entries).insert(key, value);
+        }
+    }
+
+    async fn remove(&self, key: &CachedKey) {
+        lock(&self.entries).remove(key);
+    }
+
+    fn entry_count(&self) -> u64 {
+        lock(&self.entries).len() as u64
+    }
+}
+
+fn lock<T>(mutex: &Mutex<T>) -> std::sync::MutexGuard<'_, T> {
+    mutex.lock().unwrap_or_else(|e| e.into_inner())
 }
 
 async fn head_pinned(
@@ -270,18 +454,6 @@ async fn head_pinned(
         etag: meta.e_tag,
         is_wal,
     })
-}
-
-async fn stream_sha256(
-    store: Arc<dyn ObjectStore>,
-    path: Path,
-) -> Result<[u8; 32], object_store::Error> {
-    let mut stream = store.get(&path).await?.into_stream();
-    let mut hasher = Sha256::new();
-    while let Some(chunk) = stream.next().await {
-        hasher.update(chunk?);
-    }
-    Ok(hasher.finalize().into())
 }
 
 /// Binary Merkle tree over `(key, content hash)` leaves sorted by key; domain-separated leaf and

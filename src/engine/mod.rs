@@ -5,6 +5,7 @@ mod checkpoint;
 mod clone;
 mod error;
 mod fingerprint;
+mod instrumented;
 pub mod sample;
 mod store;
 
@@ -15,6 +16,9 @@ pub use clone::{
 };
 pub use error::{EngineError, Fault};
 pub use fingerprint::{Fingerprint, PinnedObject};
+pub use instrumented::{
+    counting_retries, store_stats, FaultPlan, Operation, StoreStats, FAULTS_ENV,
+};
 pub use store::{Store, StoreConfig};
 
 use object_store::path::Path;

@@ -1,6 +1,7 @@
 //! Object stores from a URL and a map of options (the keys of a Kubernetes Secret).
 
 use super::error::EngineError;
+use super::instrumented::{FaultPlan, InstrumentedStore, RetryingStore, StoreRetry, FAULTS_ENV};
 use object_store::aws::{AmazonS3Builder, AmazonS3ConfigKey};
 use object_store::azure::{AzureConfigKey, MicrosoftAzureBuilder};
 use object_store::gcp::{GoogleCloudStorageBuilder, GoogleConfigKey};
@@ -35,16 +36,21 @@ pub struct Store {
 }
 
 impl Store {
+    /// Opens the store behind the layers every store gets: retries of transient failures over
+    /// request counting (and the faults the [`FAULTS_ENV`] test hook asks for).
     pub fn open(config: &StoreConfig) -> Result<Store, EngineError> {
-        let main = open_url(&config.url, &config.options, config.ignore_unknown_options)?;
-        let wal = match &config.wal_url {
-            Some(url) => Some(open_url(
-                url,
-                &config.options,
-                config.ignore_unknown_options,
-            )?),
-            None => None,
+        let faults = FaultPlan::from_env()
+            .map_err(|e| EngineError::StoreConfig(format!("{FAULTS_ENV}: {e}")))?;
+        if let Some(plan) = &faults {
+            tracing::warn!(?plan, "injecting object-store faults ({FAULTS_ENV} is set)");
+        }
+        let layered = |url: &str| -> Result<Arc<dyn ObjectStore>, EngineError> {
+            let store = open_url(url, &config.options, config.ignore_unknown_options)?;
+            let counted = Arc::new(InstrumentedStore::new(store, faults.clone()));
+            Ok(Arc::new(RetryingStore::new(counted, StoreRetry::default())))
         };
+        let main = layered(&config.url)?;
+        let wal = config.wal_url.as_deref().map(layered).transpose()?;
         Ok(Store { main, wal })
     }
 
