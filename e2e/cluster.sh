@@ -7,6 +7,10 @@
 #   e2e/cluster.sh down    stop the recorded processes and remove the state directory
 #   e2e/cluster.sh env     print the env file (source <(e2e/cluster.sh env))
 #   e2e/cluster.sh status  exit 0 when the apiserver's /readyz answers ok and the S3 server answers
+#   e2e/cluster.sh restart-apiserver [down_seconds]
+#                          SIGKILL the running kube-apiserver (a crash), wait down_seconds (default 3), start it
+#                          again with the same arguments as `up` and wait for /readyz; etcd, the controller manager
+#                          and s3s-fs are left alone (for the fault tests: e2e/tests/restarts.rs)
 #
 # Environment: E2E_STATE_DIR (default <repo>/target/e2e-cluster), E2E_ETCD_PORT (12379),
 # E2E_ETCD_PEER_PORT (12380), E2E_APISERVER_PORT (16443), E2E_S3_PORT (19000),
@@ -311,6 +315,25 @@ EOF
   chmod 600 "$STATE/kubeconfig"
 }
 
+# start_apiserver: start kube-apiserver (etcd and the PKI must exist) and wait for its /readyz; used by `up` and
+# `restart-apiserver`, so a restarted apiserver runs with exactly the arguments of the first one.
+start_apiserver() {
+  local p=$STATE/pki
+  log "starting kube-apiserver on https://127.0.0.1:$APISERVER_PORT"
+  start kube-apiserver "$APISERVER" --etcd-servers "http://127.0.0.1:$ETCD_PORT" \
+    --bind-address 127.0.0.1 --advertise-address 127.0.0.1 --secure-port "$APISERVER_PORT" \
+    --tls-cert-file "$p/apiserver.crt" --tls-private-key-file "$p/apiserver.key" --client-ca-file "$p/ca.crt" \
+    --service-account-issuer https://kubernetes.default.svc --service-account-key-file "$p/sa.key" \
+    --service-account-signing-key-file "$p/sa.key" --service-cluster-ip-range 10.0.0.0/24 \
+    --authorization-mode RBAC --allow-privileged=true --cert-dir "$STATE/apiserver-certs" \
+    --endpoint-reconciler-type none
+  # --endpoint-reconciler-type none: the default (lease) reconciler refuses the loopback advertise address
+  # ("may not be in the loopback range"); nothing in-cluster needs the kubernetes Service's endpoints.
+  local t0=$SECONDS
+  wait_for 120 kube-apiserver "kube-apiserver /readyz" apiserver_ready
+  log "kube-apiserver ready after $((SECONDS - t0))s"
+}
+
 # --- commands ------------------------------------------------------------------------------------
 
 UP_STARTED=0
@@ -386,19 +409,7 @@ cmd_up() {
     --unsafe-no-fsync --log-level warn
   wait_for 30 etcd "etcd health" "$ETCDCTL" --endpoints "http://127.0.0.1:$ETCD_PORT" endpoint health
 
-  log "starting kube-apiserver on https://127.0.0.1:$APISERVER_PORT"
-  start kube-apiserver "$APISERVER" --etcd-servers "http://127.0.0.1:$ETCD_PORT" \
-    --bind-address 127.0.0.1 --advertise-address 127.0.0.1 --secure-port "$APISERVER_PORT" \
-    --tls-cert-file "$p/apiserver.crt" --tls-private-key-file "$p/apiserver.key" --client-ca-file "$p/ca.crt" \
-    --service-account-issuer https://kubernetes.default.svc --service-account-key-file "$p/sa.key" \
-    --service-account-signing-key-file "$p/sa.key" --service-cluster-ip-range 10.0.0.0/24 \
-    --authorization-mode RBAC --allow-privileged=true --cert-dir "$STATE/apiserver-certs" \
-    --endpoint-reconciler-type none
-  # --endpoint-reconciler-type none: the default (lease) reconciler refuses the loopback advertise address
-  # ("may not be in the loopback range"); nothing in-cluster needs the kubernetes Service's endpoints.
-  local t0=$SECONDS
-  wait_for 120 kube-apiserver "kube-apiserver /readyz" apiserver_ready
-  log "kube-apiserver ready after $((SECONDS - t0))s"
+  start_apiserver
 
   local crds=()
   if [ -d "$REPO/crds" ]; then
@@ -475,6 +486,35 @@ cmd_status() {
   return 1
 }
 
+# cmd_restart_apiserver [DOWN_SECONDS]: a crash of kube-apiserver and its restart. Takes no lock (the cluster
+# lock is global and `up` holds it for minutes); the state directory's PID guard keeps it to this cluster.
+cmd_restart_apiserver() {
+  local down=${1:-3} pid i old_log
+  [[ $down =~ ^[0-9]+(\.[0-9]+)?$ ]] || die "restart-apiserver: down_seconds must be a number of seconds, not '$down'"
+  [ -f "$STATE/env" ] || die "the cluster is not up (no $STATE/env); run e2e/cluster.sh up"
+  pid_alive kube-apiserver || die "kube-apiserver of $STATE is not running"
+  pid_alive etcd || die "etcd of $STATE is not running: a restarted kube-apiserver would not become ready"
+  pid=$(cat "$STATE/kube-apiserver.pid")
+  log "killing kube-apiserver (pid $pid) with SIGKILL"
+  kill -KILL "$pid"
+  for ((i = 0; i < 100; i++)); do
+    pid_alive kube-apiserver || break
+    sleep 0.1
+  done
+  pid_alive kube-apiserver && die "kube-apiserver (pid $pid) still runs 10 s after SIGKILL"
+  for ((i = 0; i < 100; i++)); do
+    port_in_use "$APISERVER_PORT" || break
+    sleep 0.1
+  done
+  port_in_use "$APISERVER_PORT" && die "port $APISERVER_PORT still answers 10 s after the kill"
+  # Keep the killed process's log beside the new one.
+  old_log=$STATE/kube-apiserver.killed-$(date +%s%N).log
+  [ -f "$STATE/kube-apiserver.log" ] && mv "$STATE/kube-apiserver.log" "$old_log"
+  log "kube-apiserver down; starting it again in ${down}s"
+  sleep "$down"
+  start_apiserver
+}
+
 trap on_exit EXIT
 trap 'exit 130' INT
 trap 'exit 143' TERM
@@ -484,5 +524,7 @@ case "${1:-}" in
   down) cmd_down ;;
   env) cmd_env ;;
   status) cmd_status ;;
-  *) echo "usage: $0 up|down|env|status" >&2; exit 2 ;;
+  restart-apiserver) shift; [ "$#" -le 1 ] || { echo "usage: $0 restart-apiserver [down_seconds]" >&2; exit 2; }
+    cmd_restart_apiserver "$@" ;;
+  *) echo "usage: $0 up|down|env|status|restart-apiserver [down_seconds]" >&2; exit 2 ;;
 esac
