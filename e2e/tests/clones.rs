@@ -12,13 +12,18 @@ use std::time::Duration;
 
 pub(crate) const PARENT: &str = "prod/orders";
 
-fn condition(object: &DatabaseClone, type_: &str) -> Option<(String, String, String)> {
+pub(crate) fn condition(object: &DatabaseClone, type_: &str) -> Option<(String, String, String)> {
     let status = object.status.as_ref()?;
     let c = status.conditions.iter().find(|c| c.type_ == type_)?;
     Some((c.status.clone(), c.reason.clone(), c.message.clone()))
 }
 
-async fn wait_clone(env: &TestEnv, name: &str, type_: &str, timeout: Duration) -> DatabaseClone {
+pub(crate) async fn wait_clone(
+    env: &TestEnv,
+    name: &str,
+    type_: &str,
+    timeout: Duration,
+) -> DatabaseClone {
     let api = env.api::<DatabaseClone>();
     eventually(
         timeout,
@@ -31,7 +36,7 @@ async fn wait_clone(env: &TestEnv, name: &str, type_: &str, timeout: Duration) -
     .await
 }
 
-async fn create(env: &TestEnv, kind: &str, name: &str, spec: Value) {
+pub(crate) async fn create(env: &TestEnv, kind: &str, name: &str, spec: Value) {
     let object: kube::api::DynamicObject = serde_json::from_value(json!({
         "apiVersion": "slatedb.io/v1alpha1", "kind": kind, "metadata": {"name": name}, "spec": spec
     }))
@@ -135,7 +140,7 @@ async fn assert_rows(store: &TestStore, path: &str, range: std::ops::Range<usize
     db.close().await.unwrap();
 }
 
-async fn assert_all_rows(store: &TestStore, path: &str, keys: usize) {
+pub(crate) async fn assert_all_rows(store: &TestStore, path: &str, keys: usize) {
     assert_rows(store, path, 0..keys).await;
 }
 

@@ -12,4 +12,6 @@ mod checkpoints;
 mod cli;
 mod clones;
 mod crds;
+mod faults;
 mod operations;
+mod restarts;

@@ -3,7 +3,8 @@
 //! over to a standby that finishes an in-flight clone.
 
 use crate::support::{
-    eventually, repo_path, run_tool, write_sample_db, Operator, StoreKind, TestEnv, TestStore,
+    eventually, free_port, http_get, repo_path, run_tool, write_sample_db, Operator, StoreKind,
+    TestEnv, TestStore,
 };
 use k8s_openapi::api::coordination::v1::Lease;
 use kube::api::PostParams;
@@ -61,14 +62,6 @@ fn impersonating_kubeconfig(user: &str, path: &std::path::Path) {
         entry["user"]["as"] = serde_yaml::Value::from(user);
     }
     std::fs::write(path, serde_yaml::to_string(&config).unwrap()).unwrap();
-}
-
-fn free_port() -> u16 {
-    std::net::TcpListener::bind("127.0.0.1:0")
-        .unwrap()
-        .local_addr()
-        .unwrap()
-        .port()
 }
 
 #[tokio::test]
@@ -149,7 +142,7 @@ async fn the_chart_rbac_suffices_metrics_are_served_and_secrets_stay_out_of_the_
     })
     .await;
 
-    let metrics = reqwest_get(&format!("http://127.0.0.1:{port}/metrics")).await;
+    let metrics = http_get(&format!("http://127.0.0.1:{port}/metrics")).await;
     for series in [
         "slatedb_operator_reconciles_total{kind=\"DatabaseClone\"}",
         "slatedb_operator_leader 1",
@@ -159,7 +152,7 @@ async fn the_chart_rbac_suffices_metrics_are_served_and_secrets_stay_out_of_the_
     ] {
         assert!(metrics.contains(series), "missing {series} in:\n{metrics}");
     }
-    assert!(reqwest_get(&format!("http://127.0.0.1:{port}/readyz"))
+    assert!(http_get(&format!("http://127.0.0.1:{port}/readyz"))
         .await
         .starts_with("ready"));
 
@@ -195,24 +188,6 @@ async fn the_chart_rbac_suffices_metrics_are_served_and_secrets_stay_out_of_the_
     );
     assert!(uninstalled.status.success());
     env.cleanup().await;
-}
-
-/// A tiny HTTP GET over a TCP socket (the endpoint answers one request per connection).
-async fn reqwest_get(url: &str) -> String {
-    use tokio::io::{AsyncReadExt, AsyncWriteExt};
-    let rest = url.strip_prefix("http://").unwrap();
-    let (host, path) = rest.split_once('/').unwrap();
-    let mut stream = tokio::net::TcpStream::connect(host).await.unwrap();
-    stream
-        .write_all(format!("GET /{path} HTTP/1.1\r\nHost: {host}\r\n\r\n").as_bytes())
-        .await
-        .unwrap();
-    let mut response = String::new();
-    stream.read_to_string(&mut response).await.unwrap();
-    response
-        .split_once("\r\n\r\n")
-        .map(|(_, body)| body.to_string())
-        .unwrap_or_default()
 }
 
 #[tokio::test]
