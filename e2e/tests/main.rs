@@ -14,4 +14,3 @@ mod clones;
 mod crds;
 mod faults;
 mod operations;
-mod restarts;
