@@ -5,6 +5,8 @@ pub mod clone;
 mod conditions;
 pub mod metrics;
 pub mod operator;
+#[cfg(test)]
+mod properties;
 pub mod server;
 
 use crate::api::StoreSpec;
