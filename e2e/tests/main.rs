@@ -14,3 +14,4 @@ mod clones;
 mod crds;
 mod faults;
 mod operations;
+mod restarts;
