@@ -15,6 +15,7 @@ use crate::engine::{
 };
 use bytes::Bytes;
 use chrono::{DateTime, Utc};
+use futures::FutureExt;
 use futures::StreamExt;
 use k8s_openapi::api::core::v1::Secret;
 use kube::api::{DeleteParams, Patch, PatchParams};
@@ -92,11 +93,23 @@ impl ClonePool {
         let (progress_sink, outcome_sink) = (progress.clone(), outcome.clone());
         let handle = tokio::spawn(async move {
             let result = match slots.acquire_owned().await {
-                Ok(_permit) => initialize_clone(config, move |p| {
-                    *progress_sink.lock().unwrap_or_else(|e| e.into_inner()) = Some(p);
-                })
-                .await
-                .map_err(|e| Problem::from(&e)),
+                Ok(_permit) => {
+                    let work = initialize_clone(config, move |p| {
+                        *progress_sink.lock().unwrap_or_else(|e| e.into_inner()) = Some(p);
+                    });
+                    // A panic (a bug, ours or a library's) must still end the job with an outcome.
+                    match std::panic::AssertUnwindSafe(work).catch_unwind().await {
+                        Ok(result) => result.map_err(|e| Problem::from(&e)),
+                        Err(panic) => Err(Problem {
+                            fault: Fault::Permanent,
+                            reason: "InternalError".into(),
+                            message: format!(
+                                "clone work panicked: {}; please report this",
+                                panic_message(panic.as_ref())
+                            ),
+                        }),
+                    }
+                }
                 Err(_) => Err(Problem {
                     fault: Fault::Transient,
                     reason: "ShuttingDown".into(),
@@ -125,6 +138,14 @@ impl ClonePool {
     pub fn in_flight(&self) -> usize {
         self.jobs().len()
     }
+}
+
+fn panic_message(panic: &(dyn std::any::Any + Send)) -> &str {
+    panic
+        .downcast_ref::<&str>()
+        .copied()
+        .or_else(|| panic.downcast_ref::<String>().map(String::as_str))
+        .unwrap_or("unknown panic")
 }
 
 /// The state of clone work as one reconcile sees it.
@@ -269,7 +290,7 @@ pub fn decide(
         }
         Work::Startable => {
             effect = Effect::StartWork;
-            status.attempts = Some(previous.attempts.unwrap_or(0) + 1);
+            status.attempts = Some(previous.attempts.unwrap_or(0).saturating_add(1));
             status.start_time = previous.start_time.clone().or(Some(now_k8s.clone()));
             set_condition(
                 conditions,
@@ -438,10 +459,13 @@ pub fn decide(
                 .as_ref()
                 .and_then(|d| d.to_std().ok())
             {
-                let expires =
-                    now + chrono::TimeDelta::from_std(after).unwrap_or(chrono::TimeDelta::MAX);
+                // Far-future expiries (an object admitted by an older CRD) saturate.
+                let expires = chrono::TimeDelta::from_std(after)
+                    .ok()
+                    .and_then(|after| now.checked_add_signed(after))
+                    .unwrap_or(DateTime::<Utc>::MAX_UTC);
                 status.expiration_time = Some(to_k8s_time(expires));
-                requeue_after = Some(after + Duration::from_millis(200));
+                requeue_after = Some(after.saturating_add(Duration::from_millis(200)));
             }
             event = Some((EventType::Normal, "Ready".into(), message));
         }
@@ -620,6 +644,24 @@ async fn resolve(
                         checkpoint.spec.database.path.0.clone(),
                         CloneSourceCheckpoint::Id(id),
                     ),
+                    // Stalled until the checkpoint recovers; its changes trigger a reconcile.
+                    _ if is_true(&status.conditions, "Stalled") => {
+                        let why = status
+                            .conditions
+                            .iter()
+                            .find(|c| c.type_ == "Stalled")
+                            .map(|c| format!("{}: {}", c.reason, c.message))
+                            .unwrap_or_default();
+                        return problem(
+                            Fault::Permanent,
+                            "SourceStalled",
+                            format!(
+                                "DatabaseCheckpoint {namespace}/{} is Stalled ({why}); fix it \
+                                 and this clone proceeds",
+                                reference.name
+                            ),
+                        );
+                    }
                     _ => {
                         return problem(
                             Fault::Transient,
@@ -662,7 +704,19 @@ async fn resolve(
     let key_range = match &source.key_range {
         None => None,
         Some(range) => match (key_bound(&range.start, true), key_bound(&range.end, false)) {
-            (Ok(start), Ok(end)) => Some((start, end)),
+            (Ok(start), Ok(end)) => match (&start, &end) {
+                // Admission compares text bounds only; base64 ones are compared once decoded.
+                (Bound::Included(low), Bound::Excluded(high)) if low >= high => {
+                    return problem(
+                        Fault::Permanent,
+                        "InvalidKeyRange",
+                        "spec.source.keyRange is empty: start must sort before end (compared \
+                         as bytes, after base64 decoding)"
+                            .into(),
+                    )
+                }
+                _ => Some((start, end)),
+            },
             (Err(message), _) | (_, Err(message)) => {
                 return problem(Fault::Permanent, "InvalidKeyRange", message)
             }
