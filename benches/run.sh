@@ -1,29 +1,95 @@
 #!/usr/bin/env bash
-# Builds and runs the library benchmarks of issue 6 (clone cost, verification throughput) and
-# appends a section to benches/RESULTS.md: date, commit, machine facts, the exact command, and the
-# markdown the benches print (tables and goal verdicts).
+# Builds and runs the benchmarks of issue 6 and appends a section to benches/RESULTS.md: date, commit,
+# machine facts, the exact command, and the markdown the benches print (tables and goal verdicts).
 #
-#   benches/run.sh                 # 10 MiB and 100 MiB parents, 10 and 1 000 SSTs, ~100 MiB checkpoint
-#   BENCH_FULL=1 benches/run.sh    # adds the 1 GiB and 10 000-SST parents, ~1 GiB checkpoint
+#   benches/run.sh                 # every bench, the default sizes
+#   BENCH_FULL=1 benches/run.sh    # adds the 1 GiB and 10 000-SST parents, ~1 GiB checkpoint, 500 clones
+#   BENCH_ONLY=operator_scale,checkpoint_under_load benches/run.sh   # some of them
 #
-# Other knobs: BENCH_REPS (default 7 for clone_cost, 5 for verify_throughput, 3 with BENCH_FULL), BENCH_DEADLINE_SECS (per bench; each bench exits by itself
-# when it is reached), TMPDIR (where the parent databases are written).
+# The benches (all by default, in this order):
+#   clone_cost             library: copy-on-write clone vs `cp -r` (10 MiB and 100 MiB parents, 10 and 1 000 SSTs)
+#   verify_throughput      library: Content verification vs `sha256sum` (~100 MiB checkpoint)
+#   checkpoint_under_load  library: writer throughput with and without a checkpoint every N ms
+#   operator_scale         e2e control plane: 100 DatabaseClones at once (500 with BENCH_FULL=1) vs plain creates
+#
+# operator_scale needs the e2e control plane. When KUBECONFIG and E2E_KUBECTL are set and the API server
+# answers (e.g. after `source <(e2e/cluster.sh env)`), it uses that cluster; otherwise this script starts one
+# with e2e/cluster.sh on private ports (E2E_STATE_DIR default $TMPDIR/slatedb-bench-cluster, E2E_ETCD_PORT
+# 42379, E2E_ETCD_PEER_PORT 42380, E2E_APISERVER_PORT 46443, E2E_S3_PORT 49000; set them to move it) and
+# stops it at the end.
+#
+# Other knobs: BENCH_REPS (default 7 for clone_cost, 5 for verify_throughput, 3 with BENCH_FULL; 3 for
+# checkpoint_under_load), BENCH_DEADLINE_SECS (per bench; each bench exits by itself when it is reached),
+# TMPDIR (where the parent databases are written), and those at the top of each bench's source
+# (BENCH_CLONES, BENCH_STORES, BENCH_PHASE_SECS, BENCH_CHECKPOINT_INTERVALS_MS, …).
 set -euo pipefail
 cd "$(dirname "$0")/.."
 
+ALL_BENCHES=(clone_cost verify_throughput checkpoint_under_load operator_scale)
 results=benches/RESULTS.md
-command_line="$({ env | grep -E '^(BENCH_[A-Z_]+|TMPDIR)=' || true; } | sort | tr '\n' ' ')benches/run.sh"
-work=$(mktemp -d)
-trap 'rm -rf "$work"' EXIT
+command_line="$({ env | grep -E '^(BENCH_[A-Z_]+|TMPDIR|E2E_STATE_DIR|E2E_[A-Z_]*PORT)=' || true; } | sort | tr '\n' ' ')benches/run.sh"
 
-echo "run.sh: building the benches (cargo bench --no-run)" >&2
-cargo bench --no-run --bench clone_cost --bench verify_throughput >&2
+benches=()
+if [ -n "${BENCH_ONLY:-}" ]; then
+    IFS=', ' read -r -a wanted <<<"$BENCH_ONLY"
+    for b in "${wanted[@]}"; do
+        [ -n "$b" ] || continue
+        case " ${ALL_BENCHES[*]} " in
+            *" $b "*) benches+=("$b") ;;
+            *) echo "run.sh: unknown bench '$b' in BENCH_ONLY (known: ${ALL_BENCHES[*]})" >&2; exit 2 ;;
+        esac
+    done
+else
+    benches=("${ALL_BENCHES[@]}")
+fi
+[ "${#benches[@]}" -gt 0 ] || { echo "run.sh: BENCH_ONLY selects no bench" >&2; exit 2; }
+
+work=$(mktemp -d)
+owned_cluster=0
+cleanup() {
+    if [ "$owned_cluster" = 1 ]; then
+        echo "run.sh: stopping the bench cluster ($E2E_STATE_DIR)" >&2
+        e2e/cluster.sh down >&2 || true
+    fi
+    rm -rf "$work"
+}
+trap cleanup EXIT
+
+build_args=()
+for b in "${benches[@]}"; do build_args+=(--bench "$b"); done
+echo "run.sh: building the benches (cargo bench --no-run ${build_args[*]})" >&2
+cargo bench --no-run "${build_args[@]}" >&2
+
+case " ${benches[*]} " in
+    *" operator_scale "*)
+        # The operator binary cargo just built, copied: another build sharing target/ may replace it.
+        if [ -z "${BENCH_OPERATOR_BIN:-}" ]; then
+            cp target/release/slatedb-operator "$work/slatedb-operator"
+            export BENCH_OPERATOR_BIN=$work/slatedb-operator
+        fi
+        if [ -n "${KUBECONFIG:-}" ] && [ -n "${E2E_KUBECTL:-}" ] \
+            && [ "$("$E2E_KUBECTL" --request-timeout=5s get --raw /readyz 2>/dev/null)" = ok ]; then
+            echo "run.sh: operator_scale uses the cluster of KUBECONFIG=$KUBECONFIG" >&2
+        else
+            export E2E_STATE_DIR=${E2E_STATE_DIR:-${TMPDIR:-/tmp}/slatedb-bench-cluster}
+            export E2E_ETCD_PORT=${E2E_ETCD_PORT:-42379} E2E_ETCD_PEER_PORT=${E2E_ETCD_PEER_PORT:-42380}
+            export E2E_APISERVER_PORT=${E2E_APISERVER_PORT:-46443} E2E_S3_PORT=${E2E_S3_PORT:-49000}
+            echo "run.sh: starting a cluster for operator_scale in $E2E_STATE_DIR" >&2
+            owned_cluster=1
+            e2e/cluster.sh up >/dev/null
+            # shellcheck source=/dev/null
+            source <(e2e/cluster.sh env)
+            # The cluster is thrown away afterwards: no need to delete what the bench made.
+            export BENCH_SKIP_CLEANUP=${BENCH_SKIP_CLEANUP:-1}
+        fi
+        ;;
+esac
 
 started=$(date -u +%Y-%m-%dT%H:%M:%SZ)
 load_before=$(cut -d' ' -f1-3 /proc/loadavg)
 t0=$(date +%s)
 status=0
-for bench in clone_cost verify_throughput; do
+for bench in "${benches[@]}"; do
     echo "run.sh: cargo bench --bench $bench" >&2
     b0=$(date +%s)
     if cargo bench --bench "$bench" >"$work/$bench.md"; then
@@ -54,16 +120,17 @@ beside their baseline. Goals (issue 6): copy-on-write clone ≤ 1% of `cp -r` at
 HEADER
 fi
 
+ran=""
+for b in "${benches[@]}"; do ran="$ran${ran:+, }\`cargo bench --bench $b\`"; done
 {
     printf '\n## %s — %s\n\n' "$started" "$commit"
-    printf -- '- command: `%s` (from the repository root; it runs `cargo bench --no-run`, then `cargo bench --bench clone_cost` and `cargo bench --bench verify_throughput`)\n' "$command_line"
+    printf -- '- command: `%s` (from the repository root; it runs `cargo bench --no-run`, then %s)\n' "$command_line" "$ran"
     printf -- '- commit: %s\n' "$commit"
     printf -- '- machine: %s CPUs (`nproc`), %s memory, %s, Linux %s, %s\n' \
         "$(nproc)" "$mem_total" "$cpu_model" "$(uname -r)" "$(rustc --version)"
-    printf -- '- load average (1/5/15 min) before: %s, after: %s; both benches took %s s\n\n' \
+    printf -- '- load average (1/5/15 min) before: %s, after: %s; the benches took %s s\n\n' \
         "$load_before" "$load_after" "$elapsed"
-    cat "$work/clone_cost.md"
-    cat "$work/verify_throughput.md"
+    for b in "${benches[@]}"; do cat "$work/$b.md"; done
 } >>"$results"
 
 echo "run.sh: appended to $results" >&2

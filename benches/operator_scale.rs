@@ -1,0 +1,864 @@
+//! Issue 6, benchmark 3 (operator on the e2e control plane): N DatabaseClones of one checkpoint
+//! created at once, against the API server's own throughput measured in the same run (N plain
+//! ConfigMaps, and the same N DatabaseClone creates with no operator watching).
+//!
+//! Measures the time until all clones are Ready, clones/s, the API server's write requests per
+//! clone (deltas of `apiserver_request_total` from the API server's `/metrics`, broken down by
+//! resource, verb and code) and the operator's peak RSS (`VmHWM`) and CPU time.
+//!
+//! Needs the e2e cluster's environment (`source <(e2e/cluster.sh env)`: `KUBECONFIG`,
+//! `E2E_KUBECTL`, `E2E_S3_*`); `benches/run.sh` starts a private cluster when none is given.
+//! Prints markdown on stdout and progress on stderr.
+//!
+//! Knobs: `BENCH_CLONES` (default 100, 500 with `BENCH_FULL=1`), `BENCH_STORES` (`file,s3`),
+//! `BENCH_CREATE_CONCURRENCY` (creates in flight, default 16), `BENCH_CLONE_CONCURRENCY` (the
+//! operator's `--clone-concurrency`, default its own 8), `BENCH_READY_TIMEOUT_SECS` (default 900),
+//! `BENCH_OPERATOR_BIN` (default the release binary cargo built with the bench),
+//! `BENCH_SKIP_CLEANUP=1` (leave the namespaces; for a throw-away cluster), `BENCH_DEADLINE_SECS`.
+
+#[path = "common/mod.rs"]
+mod common;
+
+use common::*;
+use futures::{StreamExt, TryStreamExt};
+use k8s_openapi::api::core::v1::{ConfigMap, Namespace, Secret};
+use kube::api::{DeleteParams, ListParams, PostParams};
+use kube::runtime::watcher;
+use kube::{Api, Client, ResourceExt};
+use serde_json::json;
+use slatedb_operator::api::{DatabaseCheckpoint, DatabaseClone};
+use std::collections::{BTreeMap, HashMap};
+use std::process::{Child, Command, Stdio};
+use std::time::{Duration, Instant};
+
+const PARENT_PATH: &str = "prod/orders";
+const PARENT_KEYS: usize = 10_000;
+const PARENT_SSTS: usize = 5;
+const WRITE_VERBS: [&str; 6] = [
+    "POST",
+    "PUT",
+    "PATCH",
+    "DELETE",
+    "APPLY",
+    "DELETECOLLECTION",
+];
+
+fn required_env(name: &str) -> String {
+    std::env::var(name).unwrap_or_else(|_| {
+        panic!(
+            "{name} is not set: this bench needs the e2e control plane. Run it through \
+             benches/run.sh, or `e2e/cluster.sh up && source <(e2e/cluster.sh env)` first"
+        )
+    })
+}
+
+// ---- the API server's request counters ------------------------------------------------------
+
+/// `(resource[/subresource], verb, code)` → count, write verbs only.
+type Counters = BTreeMap<(String, String, String), u64>;
+
+fn scrape_writes() -> Counters {
+    let kubectl = required_env("E2E_KUBECTL");
+    let output = Command::new(&kubectl)
+        .args(["get", "--raw", "/metrics"])
+        .output()
+        .expect("running kubectl get --raw /metrics");
+    assert!(
+        output.status.success(),
+        "kubectl get --raw /metrics: {}",
+        String::from_utf8_lossy(&output.stderr)
+    );
+    let text = String::from_utf8_lossy(&output.stdout);
+    let mut counters = Counters::new();
+    for line in text.lines() {
+        let Some(rest) = line.strip_prefix("apiserver_request_total{") else {
+            continue;
+        };
+        let Some((labels, value)) = rest.rsplit_once("} ") else {
+            continue;
+        };
+        let mut map = HashMap::new();
+        for pair in labels.split("\",") {
+            if let Some((k, v)) = pair.split_once("=\"") {
+                map.insert(k, v.trim_end_matches('"'));
+            }
+        }
+        let verb = map.get("verb").copied().unwrap_or("");
+        if !WRITE_VERBS.contains(&verb) {
+            continue;
+        }
+        let mut resource = map.get("resource").copied().unwrap_or("").to_string();
+        if let Some(group) = map.get("group").filter(|g| !g.is_empty()) {
+            resource = format!("{resource}.{group}");
+        }
+        if let Some(sub) = map.get("subresource").filter(|s| !s.is_empty()) {
+            resource = format!("{resource}/{sub}");
+        }
+        let code = map.get("code").copied().unwrap_or("").to_string();
+        let value: f64 = value.trim().parse().unwrap_or(0.0);
+        *counters
+            .entry((resource, verb.to_string(), code))
+            .or_default() += value as u64;
+    }
+    counters
+}
+
+fn delta(before: &Counters, after: &Counters) -> Counters {
+    after
+        .iter()
+        .filter_map(|(k, v)| {
+            let d = v.saturating_sub(*before.get(k).unwrap_or(&0));
+            (d > 0).then(|| (k.clone(), d))
+        })
+        .collect()
+}
+
+/// Resources the clone workload writes (ours, and events); anything else (leases the API server
+/// renews, …) is background and listed apart.
+fn is_ours(resource: &str) -> bool {
+    [
+        "databaseclones",
+        "databasecheckpoints",
+        "events",
+        "configmaps",
+    ]
+    .iter()
+    .any(|r| resource.starts_with(r))
+}
+
+fn total(counters: &Counters, ours: bool) -> u64 {
+    counters
+        .iter()
+        .filter(|((r, _, _), _)| is_ours(r) == ours)
+        .map(|(_, v)| v)
+        .sum()
+}
+
+/// Scrapes until the write counters of our resources have not moved for `quiet`, at most `max`.
+fn scrape_when_quiet(quiet: Duration, max: Duration) -> (Counters, f64) {
+    let started = Instant::now();
+    let mut last = scrape_writes();
+    let mut last_change = Instant::now();
+    while started.elapsed() < max {
+        std::thread::sleep(Duration::from_millis(500));
+        let now = scrape_writes();
+        if total(&now, true) != total(&last, true) {
+            last_change = Instant::now();
+        }
+        last = now;
+        if last_change.elapsed() >= quiet {
+            break;
+        }
+    }
+    (last, started.elapsed().as_secs_f64())
+}
+
+// ---- the operator process --------------------------------------------------------------------
+
+struct Operator {
+    child: Child,
+    log: std::path::PathBuf,
+}
+
+impl Operator {
+    fn start(namespaces: &str, log: std::path::PathBuf) -> Operator {
+        let bin = std::env::var("BENCH_OPERATOR_BIN")
+            .unwrap_or_else(|_| env!("CARGO_BIN_EXE_slatedb-operator").to_string());
+        let file = std::fs::File::create(&log).expect("operator log");
+        let mut cmd = Command::new(&bin);
+        cmd.args(["--log-format", "json", "run", "--namespaces", namespaces])
+            .args(["--admin-timeout-seconds", "30", "--http-port", "0"]);
+        if let Ok(c) = std::env::var("BENCH_CLONE_CONCURRENCY") {
+            cmd.args(["--clone-concurrency", &c]);
+        }
+        let child = cmd
+            .env("RUST_LOG", "info,slatedb=warn,slatedb_operator=info")
+            .stdin(Stdio::null())
+            .stdout(file.try_clone().unwrap())
+            .stderr(file)
+            .spawn()
+            .unwrap_or_else(|e| panic!("starting {bin}: {e}"));
+        Operator { child, log }
+    }
+
+    fn status_kib(&self, field: &str) -> u64 {
+        let status = std::fs::read_to_string(format!("/proc/{}/status", self.child.id()))
+            .unwrap_or_default();
+        status
+            .lines()
+            .find_map(|l| l.strip_prefix(field))
+            .and_then(|v| v.trim().trim_end_matches("kB").trim().parse().ok())
+            .unwrap_or(0)
+    }
+
+    /// User + system CPU seconds of the operator so far (`/proc/<pid>/stat`, 100 Hz ticks).
+    fn cpu_secs(&self) -> f64 {
+        let stat =
+            std::fs::read_to_string(format!("/proc/{}/stat", self.child.id())).unwrap_or_default();
+        let after_name = stat.rsplit_once(')').map(|(_, r)| r).unwrap_or("");
+        let fields: Vec<&str> = after_name.split_whitespace().collect();
+        let ticks = |i: usize| -> f64 { fields.get(i).and_then(|v| v.parse().ok()).unwrap_or(0.0) };
+        // After the name: state is field 0, utime field 11, stime field 12.
+        (ticks(11) + ticks(12)) / 100.0
+    }
+
+    fn alive(&mut self) -> bool {
+        matches!(self.child.try_wait(), Ok(None))
+    }
+}
+
+impl Drop for Operator {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
+
+// ---- cluster helpers -------------------------------------------------------------------------
+
+async fn create_namespace(client: &Client, name: &str) {
+    let ns: Namespace = serde_json::from_value(json!({
+        "metadata": {"name": name, "labels": {"slatedb.io/bench": "operator-scale"}}
+    }))
+    .unwrap();
+    Api::<Namespace>::all(client.clone())
+        .create(&PostParams::default(), &ns)
+        .await
+        .unwrap_or_else(|e| panic!("creating namespace {name}: {e}"));
+}
+
+fn clone_object(name: &str) -> DatabaseClone {
+    serde_json::from_value(json!({
+        "apiVersion": "slatedb.io/v1alpha1", "kind": "DatabaseClone",
+        "metadata": {"name": name},
+        "spec": {"source": {"checkpointRef": {"name": "nightly"}}, "target": {"path": format!("clones/{name}")}}
+    }))
+    .unwrap()
+}
+
+fn is_condition(status: Option<&slatedb_operator::api::DatabaseCloneStatus>, type_: &str) -> bool {
+    status.is_some_and(|s| {
+        s.conditions
+            .iter()
+            .any(|c| c.type_ == type_ && c.status == "True")
+    })
+}
+
+/// Creates `n` objects with `make(i)` through `create`, `concurrency` in flight; returns the wall
+/// seconds and the instant each create returned.
+async fn create_all<K, F>(
+    api: &Api<K>,
+    n: usize,
+    concurrency: usize,
+    make: F,
+) -> (f64, Vec<Instant>)
+where
+    K: kube::Resource + Clone + serde::de::DeserializeOwned + serde::Serialize + std::fmt::Debug,
+    F: Fn(usize) -> K,
+{
+    let started = Instant::now();
+    let objects: Vec<K> = (0..n).map(make).collect();
+    let done: Vec<Instant> = futures::stream::iter(objects)
+        .map(|object| async move {
+            api.create(&PostParams::default(), &object)
+                .await
+                .unwrap_or_else(|e| panic!("create: {e}"));
+            Instant::now()
+        })
+        .buffer_unordered(concurrency)
+        .collect()
+        .await;
+    (started.elapsed().as_secs_f64(), done)
+}
+
+// ---- one measured run ------------------------------------------------------------------------
+
+struct Baseline {
+    label: String,
+    n: usize,
+    create_secs: f64,
+    writes: Counters,
+}
+
+struct OperatorRun {
+    store: &'static str,
+    n: usize,
+    create_secs: f64,
+    first_ready: f64,
+    all_ready: Option<f64>,
+    ready: usize,
+    stalled: Vec<String>,
+    latency: Option<(f64, f64, f64)>,
+    writes_at_ready: Counters,
+    writes: Counters,
+    settle_secs: f64,
+    idle_rss_mib: f64,
+    peak_rss_mib: f64,
+    cpu_secs: f64,
+    log: std::path::PathBuf,
+}
+
+fn pct(sorted: &[f64], p: f64) -> f64 {
+    let i = ((sorted.len() as f64 - 1.0) * p).round() as usize;
+    sorted[i.min(sorted.len() - 1)]
+}
+
+async fn baseline_configmaps(client: &Client, ns: &str, n: usize, conc: usize) -> Baseline {
+    create_namespace(client, ns).await;
+    tokio::time::sleep(Duration::from_secs(2)).await;
+    let before = scrape_writes();
+    let api: Api<ConfigMap> = Api::namespaced(client.clone(), ns);
+    let (secs, _) = create_all(&api, n, conc, |i| {
+        serde_json::from_value(
+            json!({"metadata": {"name": format!("cm-{i:04}")}, "data": {"k": "v"}}),
+        )
+        .unwrap()
+    })
+    .await;
+    let after = scrape_writes();
+    Baseline {
+        label: format!("{n} ConfigMap creates"),
+        n,
+        create_secs: secs,
+        writes: delta(&before, &after),
+    }
+}
+
+async fn baseline_clones(client: &Client, ns: &str, n: usize, conc: usize) -> Baseline {
+    create_namespace(client, ns).await;
+    tokio::time::sleep(Duration::from_secs(2)).await;
+    let before = scrape_writes();
+    let api: Api<DatabaseClone> = Api::namespaced(client.clone(), ns);
+    let (secs, _) = create_all(&api, n, conc, |i| clone_object(&format!("c-{i:04}"))).await;
+    let after = scrape_writes();
+    Baseline {
+        label: format!("{n} DatabaseClone creates, no operator"),
+        n,
+        create_secs: secs,
+        writes: delta(&before, &after),
+    }
+}
+
+async fn operator_run(
+    client: &Client,
+    ns: &str,
+    store_kind: &'static str,
+    n: usize,
+    conc: usize,
+    work: &std::path::Path,
+) -> OperatorRun {
+    create_namespace(client, ns).await;
+    // The store: a directory of its own, or a prefix of the S3 test server's bucket.
+    let (url, options) = match store_kind {
+        "file" => {
+            let dir = work.join(format!("store-{ns}"));
+            std::fs::create_dir_all(&dir).unwrap();
+            (format!("file://{}", dir.display()), BTreeMap::new())
+        }
+        _ => {
+            let options: BTreeMap<String, String> = [
+                ("AWS_ACCESS_KEY_ID", required_env("E2E_S3_ACCESS_KEY")),
+                ("AWS_SECRET_ACCESS_KEY", required_env("E2E_S3_SECRET_KEY")),
+                ("AWS_ENDPOINT", required_env("E2E_S3_ENDPOINT")),
+                ("AWS_ALLOW_HTTP", "true".to_string()),
+                ("AWS_REGION", "us-east-1".to_string()),
+            ]
+            .into_iter()
+            .map(|(k, v)| (k.to_string(), v))
+            .collect();
+            (
+                format!("s3://{}/{ns}", required_env("E2E_S3_BUCKET")),
+                options,
+            )
+        }
+    };
+    let store_spec = if options.is_empty() {
+        json!({"url": url})
+    } else {
+        let secret: Secret = serde_json::from_value(
+            json!({"metadata": {"name": "store-credentials"}, "stringData": options}),
+        )
+        .unwrap();
+        Api::<Secret>::namespaced(client.clone(), ns)
+            .create(&PostParams::default(), &secret)
+            .await
+            .expect("creating the store Secret");
+        json!({"url": url, "secretRef": {"name": "store-credentials"}})
+    };
+    let store = slatedb_operator::engine::Store::open(&slatedb_operator::engine::StoreConfig {
+        url: url.clone(),
+        options: options.clone(),
+        ..Default::default()
+    })
+    .expect("opening the store");
+    slatedb_operator::engine::sample::write_sample_db(
+        &store,
+        PARENT_PATH,
+        PARENT_KEYS,
+        PARENT_SSTS,
+    )
+    .await
+    .expect("writing the parent database");
+
+    let mut operator = Operator::start(ns, work.join(format!("operator-{ns}.log")));
+    let checkpoints: Api<DatabaseCheckpoint> = Api::namespaced(client.clone(), ns);
+    let checkpoint: DatabaseCheckpoint = serde_json::from_value(json!({
+        "apiVersion": "slatedb.io/v1alpha1", "kind": "DatabaseCheckpoint",
+        "metadata": {"name": "nightly"},
+        "spec": {"database": {"store": store_spec, "path": PARENT_PATH}}
+    }))
+    .unwrap();
+    checkpoints
+        .create(&PostParams::default(), &checkpoint)
+        .await
+        .expect("creating the checkpoint");
+    let deadline = Instant::now() + Duration::from_secs(120);
+    loop {
+        let cp = checkpoints.get("nightly").await.expect("get checkpoint");
+        let ready = cp.status.as_ref().is_some_and(|s| {
+            s.conditions
+                .iter()
+                .any(|c| c.type_ == "Ready" && c.status == "True")
+        });
+        if ready {
+            break;
+        }
+        assert!(
+            operator.alive(),
+            "the operator exited; see {}",
+            operator.log.display()
+        );
+        assert!(
+            Instant::now() < deadline,
+            "checkpoint nightly not Ready within 120 s; see {}",
+            operator.log.display()
+        );
+        tokio::time::sleep(Duration::from_millis(250)).await;
+    }
+    // Let the operator settle (its watches synced, the checkpoint's last status written).
+    let (before, _) = scrape_when_quiet(Duration::from_secs(3), Duration::from_secs(20));
+    let idle_rss_mib = operator.status_kib("VmRSS:") as f64 / 1024.0;
+    let cpu_before = operator.cpu_secs();
+
+    // Watch the clones, so Ready is seen when it is written (not at the next poll).
+    let clones: Api<DatabaseClone> = Api::namespaced(client.clone(), ns);
+    let (ready_tx, mut ready_rx) =
+        tokio::sync::mpsc::unbounded_channel::<(String, bool, Instant)>();
+    let watch_api = clones.clone();
+    let watch = tokio::spawn(async move {
+        let mut stream = watcher(watch_api, watcher::Config::default()).boxed();
+        while let Ok(Some(event)) = stream.try_next().await {
+            let object = match event {
+                watcher::Event::Apply(o) | watcher::Event::InitApply(o) => o,
+                _ => continue,
+            };
+            let status = object.status.as_ref();
+            if is_condition(status, "Ready") {
+                let _ = ready_tx.send((object.name_any(), true, Instant::now()));
+            } else if is_condition(status, "Stalled") {
+                let _ = ready_tx.send((object.name_any(), false, Instant::now()));
+            }
+        }
+    });
+    tokio::time::sleep(Duration::from_millis(500)).await;
+
+    eprintln!("operator_scale: {store_kind}: creating {n} DatabaseClones");
+    let started = Instant::now();
+    let (create_secs, created_at) =
+        create_all(&clones, n, conc, |i| clone_object(&format!("c-{i:04}"))).await;
+    // Creates complete in an unknown order: take each clone's creation as the median return.
+    let mut created_sorted: Vec<f64> = created_at
+        .iter()
+        .map(|t| t.duration_since(started).as_secs_f64())
+        .collect();
+    created_sorted.sort_by(|a, b| a.partial_cmp(b).unwrap());
+
+    let timeout = Duration::from_secs(env_usize("BENCH_READY_TIMEOUT_SECS", 900) as u64);
+    let mut ready_at: HashMap<String, f64> = HashMap::new();
+    let mut stalled: HashMap<String, f64> = HashMap::new();
+    while ready_at.len() + stalled.len() < n && started.elapsed() < timeout {
+        match tokio::time::timeout(Duration::from_secs(5), ready_rx.recv()).await {
+            Ok(Some((name, ok, at))) => {
+                let t = at.duration_since(started).as_secs_f64();
+                if ok {
+                    stalled.remove(&name);
+                    ready_at.entry(name).or_insert(t);
+                } else if !ready_at.contains_key(&name) {
+                    stalled.entry(name).or_insert(t);
+                }
+            }
+            Ok(None) => break,
+            Err(_) => {
+                if !operator.alive() {
+                    eprintln!("operator_scale: the operator exited");
+                    break;
+                }
+                eprintln!(
+                    "operator_scale: {store_kind}: {} Ready, {} Stalled after {:.0} s",
+                    ready_at.len(),
+                    stalled.len(),
+                    started.elapsed().as_secs_f64()
+                );
+            }
+        }
+    }
+    let writes_at_ready = delta(&before, &scrape_writes());
+    let all_ready = (ready_at.len() == n).then(|| ready_at.values().cloned().fold(0.0, f64::max));
+    let first_ready = ready_at.values().cloned().fold(f64::INFINITY, f64::min);
+    watch.abort();
+    eprintln!(
+        "operator_scale: {store_kind}: {} Ready, {} Stalled; waiting for the writes to stop",
+        ready_at.len(),
+        stalled.len()
+    );
+    let (after, settle_secs) = scrape_when_quiet(Duration::from_secs(10), Duration::from_secs(90));
+    let peak_rss_mib = operator.status_kib("VmHWM:") as f64 / 1024.0;
+    let cpu_secs = operator.cpu_secs() - cpu_before;
+
+    // Latency from creation to Ready: clone i's create returned at created_at[?]; the creates
+    // complete in an unknown order, so pair the k-th Ready with the k-th create return.
+    let mut ready_sorted: Vec<f64> = ready_at.values().cloned().collect();
+    ready_sorted.sort_by(|a, b| a.partial_cmp(b).unwrap());
+    let latency = (!ready_sorted.is_empty()).then(|| {
+        let mut per: Vec<f64> = ready_sorted
+            .iter()
+            .zip(created_sorted.iter())
+            .map(|(r, c)| (r - c).max(0.0))
+            .collect();
+        per.sort_by(|a, b| a.partial_cmp(b).unwrap());
+        (pct(&per, 0.5), pct(&per, 0.99), pct(&per, 1.0))
+    });
+    let mut stalled_names: Vec<String> = stalled.into_keys().collect();
+    stalled_names.sort();
+    if !stalled_names.is_empty() {
+        for name in stalled_names.iter().take(3) {
+            if let Ok(o) = clones.get(name).await {
+                eprintln!("operator_scale: stalled {name}: {:?}", o.status);
+            }
+        }
+    }
+    drop(operator);
+    let log = work.join(format!("operator-{ns}.log"));
+    OperatorRun {
+        store: store_kind,
+        n,
+        create_secs,
+        first_ready,
+        all_ready,
+        ready: ready_at.len(),
+        stalled: stalled_names,
+        latency,
+        writes_at_ready,
+        writes: delta(&before, &after),
+        settle_secs,
+        idle_rss_mib,
+        peak_rss_mib,
+        cpu_secs,
+        log,
+    }
+}
+
+// ---- report --------------------------------------------------------------------------------
+
+fn breakdown(counters: &Counters, per: usize) -> String {
+    let mut out = String::from(
+        "| resource | verb | code | requests | per clone |\n|---|---|---:|---:|---:|\n",
+    );
+    let mut rows: Vec<_> = counters.iter().collect();
+    rows.sort_by(|a, b| b.1.cmp(a.1).then(a.0.cmp(b.0)));
+    for ((resource, verb, code), count) in rows {
+        let note = if is_ours(resource) {
+            ""
+        } else {
+            " (background)"
+        };
+        out.push_str(&format!(
+            "| `{resource}`{note} | {verb} | {code} | {count} | {:.2} |\n",
+            *count as f64 / per as f64
+        ));
+    }
+    out
+}
+
+fn count(counters: &Counters, resource: &str, verb: &str) -> u64 {
+    counters
+        .iter()
+        .filter(|((r, v, _), _)| r == resource && v == verb)
+        .map(|(_, c)| c)
+        .sum()
+}
+
+fn main() {
+    start_watchdog(3 * 3600);
+    let _ = rustls::crypto::ring::default_provider().install_default();
+    let n = env_usize("BENCH_CLONES", if full() { 500 } else { 100 });
+    let conc = env_usize("BENCH_CREATE_CONCURRENCY", 16);
+    let s3_available = std::env::var("E2E_S3_ENDPOINT").is_ok();
+    let stores: Vec<&'static str> = std::env::var("BENCH_STORES")
+        .unwrap_or_else(|_| "file,s3".into())
+        .split(',')
+        .filter_map(|s| match s.trim() {
+            "file" => Some("file"),
+            "s3" if s3_available => Some("s3"),
+            _ => None,
+        })
+        .collect();
+    let rt = runtime();
+    let work = tempfile::Builder::new()
+        .prefix("slatedb-bench-scale-")
+        .tempdir()
+        .expect("tempdir");
+    let tag = format!("{}", std::process::id());
+    let ns = |what: &str| format!("bench-scale-{what}-{tag}");
+    let mut namespaces = Vec::new();
+
+    let (baselines, runs) = rt.block_on(async {
+        let client = Client::try_default()
+            .await
+            .expect("connecting to the kube-apiserver named by KUBECONFIG");
+        install_crds(&client).await;
+        let mut baselines = Vec::new();
+        eprintln!("operator_scale: baseline: {n} ConfigMaps");
+        namespaces.push(ns("cm"));
+        baselines.push(baseline_configmaps(&client, &ns("cm"), n, conc).await);
+        eprintln!("operator_scale: baseline: {n} DatabaseClones, no operator");
+        namespaces.push(ns("noop"));
+        baselines.push(baseline_clones(&client, &ns("noop"), n, conc).await);
+        let mut runs = Vec::new();
+        for store in &stores {
+            let name = ns(store);
+            namespaces.push(name.clone());
+            runs.push(operator_run(&client, &name, store, n, conc, work.path()).await);
+        }
+        if std::env::var("BENCH_SKIP_CLEANUP").as_deref() != Ok("1") {
+            cleanup(&client, &namespaces, work.path()).await;
+        }
+        (baselines, runs)
+    });
+    report(n, conc, &baselines, &runs);
+}
+
+/// Deletes the bench's namespaces, with an operator running so the finalizers are served: first the
+/// DatabaseClones and DatabaseCheckpoints (while the store Secret still exists — deleting the
+/// namespace first removes the Secret before the clones' cleanup can read it), then the namespaces.
+async fn cleanup(client: &Client, namespaces: &[String], work: &std::path::Path) {
+    eprintln!("operator_scale: deleting the namespaces {namespaces:?}");
+    let _operator = Operator::start(&namespaces.join(","), work.join("operator-cleanup.log"));
+    let deadline = Instant::now() + Duration::from_secs(300);
+    for name in namespaces {
+        let clones: Api<DatabaseClone> = Api::namespaced(client.clone(), name);
+        let checkpoints: Api<DatabaseCheckpoint> = Api::namespaced(client.clone(), name);
+        let _ = clones
+            .delete_collection(&DeleteParams::default(), &ListParams::default())
+            .await;
+        let _ = checkpoints
+            .delete_collection(&DeleteParams::default(), &ListParams::default())
+            .await;
+        while Instant::now() < deadline {
+            let left = clones
+                .list(&ListParams::default())
+                .await
+                .map(|l| l.items.len())
+                .unwrap_or(0)
+                + checkpoints
+                    .list(&ListParams::default())
+                    .await
+                    .map(|l| l.items.len())
+                    .unwrap_or(0);
+            if left == 0 {
+                break;
+            }
+            tokio::time::sleep(Duration::from_secs(1)).await;
+        }
+    }
+    let api = Api::<Namespace>::all(client.clone());
+    for name in namespaces {
+        let _ = api.delete(name, &DeleteParams::default()).await;
+    }
+    while Instant::now() < deadline {
+        let left = api
+            .list(&ListParams::default().labels("slatedb.io/bench=operator-scale"))
+            .await
+            .map(|l| {
+                l.items
+                    .iter()
+                    .filter(|n| namespaces.contains(&n.name_any()))
+                    .count()
+            })
+            .unwrap_or(usize::MAX);
+        if left == 0 {
+            return;
+        }
+        tokio::time::sleep(Duration::from_secs(1)).await;
+    }
+    eprintln!(
+        "operator_scale: bench objects or namespaces still present after 300 s; left as they are"
+    );
+}
+
+/// Server-side applies both CRDs generated from the Rust types, as the e2e suite does.
+async fn install_crds(client: &Client) {
+    use k8s_openapi::apiextensions_apiserver::pkg::apis::apiextensions::v1::CustomResourceDefinition;
+    use kube::api::{Patch, PatchParams};
+    use kube::runtime::wait::{await_condition, conditions};
+    use kube::CustomResourceExt;
+    let crds: Api<CustomResourceDefinition> = Api::all(client.clone());
+    for crd in [DatabaseCheckpoint::crd(), DatabaseClone::crd()] {
+        let name = crd.metadata.name.clone().unwrap();
+        crds.patch(
+            &name,
+            &PatchParams::apply("slatedb-operator-bench").force(),
+            &Patch::Apply(&crd),
+        )
+        .await
+        .unwrap_or_else(|e| panic!("applying CRD {name}: {e}"));
+        tokio::time::timeout(
+            Duration::from_secs(30),
+            await_condition(crds.clone(), &name, conditions::is_crd_established()),
+        )
+        .await
+        .unwrap_or_else(|_| panic!("CRD {name} not Established within 30 s"))
+        .unwrap();
+    }
+}
+
+fn report(n: usize, conc: usize, baselines: &[Baseline], runs: &[OperatorRun]) {
+    let cm = &baselines[0];
+    let cm_rate = cm.n as f64 / cm.create_secs;
+    println!("### Operator scale ({n} DatabaseClones at once, e2e control plane)\n");
+    println!(
+        "One DatabaseCheckpoint `nightly` of a sample parent ({PARENT_KEYS} keys in {PARENT_SSTS} SSTs); \
+         {n} DatabaseClones of it (`verify: Metadata`, the default) created through the API with {conc} creates in flight, \
+         then watched until every one is Ready. The operator is the release binary (`run --namespaces <ns> \
+         --admin-timeout-seconds 30`, clone concurrency {}), one process per store, started before the checkpoint. \
+         Baselines in the same run, same client and concurrency: {n} ConfigMap creates, and the same {n} \
+         DatabaseClone creates in a namespace no operator watches. Writes = the API server's \
+         `apiserver_request_total` (verbs POST, PUT, PATCH, DELETE, APPLY) after − before, read with \
+         `kubectl get --raw /metrics`; \"after\" is taken once no write on our resources has been seen for 10 s. \
+         The user's own {n} creates are counted in \"all\" and left out of \"by the operator\".\n",
+        std::env::var("BENCH_CLONE_CONCURRENCY").unwrap_or_else(|_| "8".into())
+    );
+    println!("| run | objects | creates wall s | creates/s | creates/s vs ConfigMaps | all Ready s | clones Ready/s | Ready/s vs ConfigMap creates/s | first Ready s | create→Ready p50 / p99 / max s | writes all (per object) | writes by the operator per clone | operator idle RSS MiB | operator peak RSS (VmHWM) MiB | operator CPU s |");
+    println!("|---|---:|---:|---:|---:|---:|---:|---:|---:|---|---:|---:|---:|---:|---:|");
+    for b in baselines {
+        let writes = total(&b.writes, true);
+        println!(
+            "| {} | {} | {:.2} | {:.0} | {:.2} | – | – | – | – | – | {} ({:.2}) | – | – | – | – |",
+            b.label,
+            b.n,
+            b.create_secs,
+            b.n as f64 / b.create_secs,
+            (b.n as f64 / b.create_secs) / cm_rate,
+            writes,
+            writes as f64 / b.n as f64
+        );
+    }
+    for r in runs {
+        let writes = total(&r.writes, true);
+        let by_operator =
+            writes.saturating_sub(count(&r.writes, "databaseclones.slatedb.io", "POST"));
+        let (all_ready, rate, ratio) = match r.all_ready {
+            Some(t) => (
+                format!("{t:.1}"),
+                format!("{:.1}", r.n as f64 / t),
+                format!("{:.3}", (r.n as f64 / t) / cm_rate),
+            ),
+            None => (
+                format!("not all ({} of {})", r.ready, r.n),
+                "–".into(),
+                "–".into(),
+            ),
+        };
+        let latency = r
+            .latency
+            .map(|(p50, p99, max)| format!("{p50:.1} / {p99:.1} / {max:.1}"))
+            .unwrap_or_else(|| "–".into());
+        println!(
+            "| operator, `{}` store | {} | {:.2} | {:.0} | {:.2} | {all_ready} | {rate} | {ratio} | {:.1} | {latency} | {writes} ({:.2}) | {:.2} | {:.1} | {:.1} | {:.1} |",
+            r.store,
+            r.n,
+            r.create_secs,
+            r.n as f64 / r.create_secs,
+            (r.n as f64 / r.create_secs) / cm_rate,
+            r.first_ready,
+            writes as f64 / r.n as f64,
+            by_operator as f64 / r.n as f64,
+            r.idle_rss_mib,
+            r.peak_rss_mib,
+            r.cpu_secs
+        );
+    }
+    println!();
+    for b in baselines {
+        let background = total(&b.writes, false);
+        println!(
+            "- {}: {} writes on the created resource, {} background writes (other resources) in the same window.",
+            b.label,
+            total(&b.writes, true),
+            background
+        );
+    }
+    println!();
+    for r in runs {
+        println!(
+            "Write requests during the `{}` run ({} clones; at all-Ready: {} on our resources; settled {:.0} s later: {}):\n",
+            r.store,
+            r.n,
+            total(&r.writes_at_ready, true),
+            r.settle_secs,
+            total(&r.writes, true)
+        );
+        println!("{}", breakdown(&r.writes, r.n));
+        if !r.stalled.is_empty() {
+            println!(
+                "Stalled: {} clones (first: {}); the operator's log was {}.\n",
+                r.stalled.len(),
+                r.stalled
+                    .iter()
+                    .take(5)
+                    .cloned()
+                    .collect::<Vec<_>>()
+                    .join(", "),
+                r.log.display()
+            );
+        }
+    }
+    for r in runs {
+        let by_operator = total(&r.writes, true).saturating_sub(count(
+            &r.writes,
+            "databaseclones.slatedb.io",
+            "POST",
+        )) as f64
+            / r.n as f64;
+        let all = r.ready == r.n;
+        println!(
+            "- **Goal (`{}` store): all {} Ready — {}.** {} Ready, {} Stalled{}.",
+            r.store,
+            r.n,
+            if all { "MET" } else { "MISSED" },
+            r.ready,
+            r.stalled.len(),
+            r.all_ready
+                .map(|t| format!(
+                    ", all within {t:.1} s ({:.1} clones/s; ConfigMap creates: {cm_rate:.0}/s)",
+                    r.n as f64 / t
+                ))
+                .unwrap_or_default()
+        );
+        println!(
+            "- **Goal (`{}` store): ≤ 6 writes per clone — {}.** {by_operator:.2} API-server writes per clone by the operator ({:.2} with the user's create); the ConfigMap baseline costs {:.2} per object.",
+            r.store,
+            if by_operator <= 6.0 { "MET" } else { "MISSED" },
+            total(&r.writes, true) as f64 / r.n as f64,
+            total(&cm.writes, true) as f64 / cm.n as f64
+        );
+        println!(
+            "- **Goal (`{}` store): operator RSS < 100 MiB — {}.** Peak (VmHWM) {:.1} MiB ({:.1} MiB idle before the burst).",
+            r.store,
+            if r.peak_rss_mib < 100.0 { "MET" } else { "MISSED" },
+            r.peak_rss_mib,
+            r.idle_rss_mib
+        );
+    }
+    println!();
+}
