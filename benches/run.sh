@@ -64,7 +64,7 @@ case " ${benches[*]} " in
     *" operator_scale "*)
         # The operator binary cargo just built, copied: another build sharing target/ may replace it.
         if [ -z "${BENCH_OPERATOR_BIN:-}" ]; then
-            cp target/release/slatedb-operator "$work/slatedb-operator"
+            cp "${CARGO_TARGET_DIR:-target}/release/slatedb-operator" "$work/slatedb-operator"
             export BENCH_OPERATOR_BIN=$work/slatedb-operator
         fi
         if [ -n "${KUBECONFIG:-}" ] && [ -n "${E2E_KUBECTL:-}" ] \
