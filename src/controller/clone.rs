@@ -815,9 +815,15 @@ async fn apply(object: Arc<DatabaseClone>, ctx: Arc<Context>) -> Result<Action, 
     };
     let uid = object.uid().unwrap_or_default();
     let status = object.status.clone().unwrap_or_default();
+    // A clone stalled on its source checkpoint looks again whenever the checkpoint changes.
+    let stalled_on_source = status
+        .conditions
+        .iter()
+        .any(|c| c.type_ == "Stalled" && c.reason == "SourceStalled");
     let settled = is_true(&status.conditions, "Ready")
         || is_true(&status.conditions, "Expired")
         || (is_true(&status.conditions, "Stalled")
+            && !stalled_on_source
             && status.observed_generation == object.metadata.generation);
     let mut resolved = None;
     let work = match ctx.clones.observe(&uid) {
