@@ -14,7 +14,7 @@ use k8s_openapi::api::core::v1::Namespace;
 use kube::api::{ListParams, PostParams};
 use kube::config::{KubeConfigOptions, Kubeconfig};
 use kube::{Api, Client};
-use slatedb_operator::api::DatabaseClone;
+use slatedb_operator::api::{ClonePhase, DatabaseClone};
 use slatedb_operator::engine::FAULTS_ENV;
 use std::collections::BTreeMap;
 use std::path::{Path, PathBuf};
@@ -221,9 +221,31 @@ async fn a_killed_and_restarted_apiserver_does_not_stop_the_clones() {
     for i in 0..CLONES_BEFORE {
         create_clone(&env, &format!("before-{i}")).await;
     }
+    // Kill once clone work runs (so the outage hits work in progress, not only reconciles).
+    let working = eventually(
+        Duration::from_secs(60),
+        "a clone Cloning or Verifying",
+        || async {
+            let list = env
+                .api::<DatabaseClone>()
+                .list(&ListParams::default())
+                .await
+                .ok()?;
+            let working = list
+                .items
+                .iter()
+                .filter(|c| {
+                    let phase = c.status.as_ref().and_then(|s| s.phase);
+                    matches!(phase, Some(ClonePhase::Cloning | ClonePhase::Verifying))
+                })
+                .count();
+            (working > 0).then_some(working)
+        },
+    )
+    .await;
     let in_flight = not_ready(&env).await.expect("listing the clones");
     eprintln!(
-        "restarts: {} of {CLONES_BEFORE} clones in flight when the apiserver is killed",
+        "restarts: {} of {CLONES_BEFORE} clones in flight ({working} working) when the apiserver is killed",
         in_flight.len()
     );
     assert!(
@@ -251,8 +273,10 @@ async fn a_killed_and_restarted_apiserver_does_not_stop_the_clones() {
         create_clone(&env, &format!("after-{i}")).await;
     }
     let total = CLONES_BEFORE + CLONES_AFTER;
+    // Generous: the operator's watches resume 25-65 s after the apiserver is back (each expired
+    // watch, 410 Gone, extends kube-runtime's shared trigger backoff, up to ~30 s a step).
     eventually(
-        Duration::from_secs(120),
+        Duration::from_secs(180),
         &format!("all {total} clones Ready after the apiserver restart"),
         || async {
             let pending = not_ready(&env).await?;
