@@ -655,7 +655,8 @@ pub async fn run(ctx: Arc<Context>, namespace: Option<String>) {
     let controller = Controller::new(
         ctx.scoped_api::<DatabaseCheckpoint>(namespace),
         watcher::Config::default().any_semantic(),
-    );
+    )
+    .trigger_backoff(super::WatchBackoff::default());
     let checkpoints = controller.store();
     ctx.controller_started(checkpoints.clone());
     controller

@@ -952,7 +952,8 @@ pub async fn run(ctx: Arc<Context>, namespace: Option<String>) {
     let controller = Controller::new(
         ctx.scoped_api::<DatabaseClone>(namespace),
         watcher::Config::default().any_semantic(),
-    );
+    )
+    .trigger_backoff(super::WatchBackoff::default());
     let clones = controller.store();
     ctx.controller_started(clones.clone());
     let clones_for_secrets = clones.clone();

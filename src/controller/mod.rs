@@ -338,8 +338,57 @@ pub fn to_k8s_time(
     k8s_openapi::apimachinery::pkg::apis::meta::v1::Time(timestamp)
 }
 
+/// Backoff of the controllers' watches after an error: doubling from 250 ms up to 3 s. kube's
+/// default grows to 30 s and resets only after 2 error-free minutes, so after an API-server restart
+/// (refused connections, then "too old resource version" on every resumed watch) new objects sat
+/// unseen for up to a minute.
+#[derive(Clone, Debug)]
+pub struct WatchBackoff {
+    next: Duration,
+}
+
+impl WatchBackoff {
+    const FIRST: Duration = Duration::from_millis(250);
+    const MAX: Duration = Duration::from_secs(3);
+}
+
+impl Default for WatchBackoff {
+    fn default() -> Self {
+        WatchBackoff { next: Self::FIRST }
+    }
+}
+
+impl Iterator for WatchBackoff {
+    type Item = Duration;
+
+    fn next(&mut self) -> Option<Duration> {
+        let delay = self.next;
+        self.next = (self.next * 2).min(Self::MAX);
+        Some(delay)
+    }
+}
+
+impl kube::runtime::utils::Backoff for WatchBackoff {
+    fn reset(&mut self) {
+        self.next = Self::FIRST;
+    }
+}
+
 #[cfg(test)]
 mod tests {
+    #[test]
+    fn watch_backoff_doubles_to_its_cap_and_resets() {
+        use kube::runtime::utils::Backoff;
+        let mut backoff = super::WatchBackoff::default();
+        let delays: Vec<u64> = (&mut backoff)
+            .take(6)
+            .map(|d| d.as_millis() as u64)
+            .collect();
+        assert_eq!(delays, [250, 500, 1000, 2000, 3000, 3000]);
+        backoff.reset();
+        assert_eq!(backoff.next().map(|d| d.as_millis()), Some(250));
+    }
+
     use super::*;
 
     #[test]
