@@ -17,7 +17,7 @@ use object_store::{
 use std::fmt;
 use std::future::Future;
 use std::sync::atomic::{AtomicU64, Ordering};
-use std::sync::{Arc, Mutex};
+use std::sync::Arc;
 use std::time::Duration;
 
 /// Test hook: a fault plan for every store the process opens, e.g.
@@ -172,28 +172,28 @@ impl FaultPlan {
 pub struct InstrumentedStore {
     inner: Arc<dyn ObjectStore>,
     faults: Option<Arc<FaultPlan>>,
-    /// xorshift state for the transient-fault draws.
-    rng: Arc<Mutex<u64>>,
 }
+
+/// Draws of the fault injector, numbered process-wide: stores are opened per reconcile, and each
+/// must not replay the same sequence.
+static DRAWS: AtomicU64 = AtomicU64::new(0);
 
 impl InstrumentedStore {
     pub fn new(inner: Arc<dyn ObjectStore>, faults: Option<FaultPlan>) -> InstrumentedStore {
-        let seed = faults.as_ref().map_or(0, |f| f.seed);
         InstrumentedStore {
             inner,
             faults: faults.map(Arc::new),
-            rng: Arc::new(Mutex::new((seed ^ 0x9E37_79B9_7F4A_7C15) | 1)),
         }
     }
 
-    fn draw(&self) -> f64 {
-        let mut state = self.rng.lock().unwrap_or_else(|e| e.into_inner());
-        let mut x = *state;
-        x ^= x << 13;
-        x ^= x >> 7;
-        x ^= x << 17;
-        *state = x;
-        (x >> 11) as f64 / (1u64 << 53) as f64
+    /// A uniform draw in [0, 1): splitmix64 of the seed and the draw's number.
+    fn draw(seed: u64) -> f64 {
+        let n = DRAWS.fetch_add(1, Ordering::Relaxed);
+        let mut z = seed ^ n.wrapping_mul(0x9E37_79B9_7F4A_7C15);
+        z = (z ^ (z >> 30)).wrapping_mul(0xBF58_476D_1CE4_E5B9);
+        z = (z ^ (z >> 27)).wrapping_mul(0x94D0_49BB_1331_11EB);
+        z ^= z >> 31;
+        (z >> 11) as f64 / (1u64 << 53) as f64
     }
 
     /// Counts one request and decides whether it fails.
@@ -216,7 +216,7 @@ impl InstrumentedStore {
                 source: "403 Forbidden (injected)".into(),
             });
         }
-        let draw = self.draw();
+        let draw = Self::draw(plan.seed);
         if draw < plan.transient_rate {
             STATS.injected_transient.fetch_add(1, Ordering::Relaxed);
             let kind = [
@@ -498,6 +498,28 @@ mod tests {
         for bad in ["transient=2", "latency=3s", "nope=1", "transient", "seed=x"] {
             assert!(FaultPlan::parse(bad).is_err(), "{bad}");
         }
+    }
+
+    #[tokio::test]
+    async fn fresh_stores_do_not_replay_the_same_faults() {
+        let plan = FaultPlan {
+            transient_rate: 0.2,
+            seed: 3,
+            ..Default::default()
+        };
+        let inner: Arc<dyn ObjectStore> = Arc::new(InMemory::new());
+        let mut failed = 0;
+        // One request per store, as when every reconcile opens its store anew.
+        for _ in 0..1000 {
+            let store = InstrumentedStore::new(inner.clone(), Some(plan.clone()));
+            if store.list_with_delimiter(None).await.is_err() {
+                failed += 1;
+            }
+        }
+        assert!(
+            (150..=250).contains(&failed),
+            "{failed} of 1000 failed at a 20% rate"
+        );
     }
 
     #[tokio::test]
