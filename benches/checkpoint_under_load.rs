@@ -26,10 +26,17 @@ use std::time::{Duration, Instant};
 
 /// The writer's settings: SlateDB's defaults, with small L0 SSTs so that memtable flushes (and so
 /// the writer's own manifest updates, which race the checkpoints' manifest writes) happen within
-/// a phase.
+/// a phase, and 64 MiB of unflushed data at most (default 1 GiB), so that the buffered writer is
+/// held to the rate at which SlateDB really flushes instead of filling memory (and then the disk
+/// at close).
 fn writer_settings() -> Settings {
     Settings {
         l0_sst_size_bytes: 4 * MIB as usize,
+        max_unflushed_bytes: 64 * MIB as usize,
+        // No compactor runs in this process (SlateDB 0.18 runs it only when asked to): with the
+        // default `l0_max_ssts` (8) the writer would stall for good after 8 L0 SSTs.
+        compactor_options: None,
+        l0_max_ssts: 1_000_000,
         ..Default::default()
     }
 }
@@ -125,7 +132,12 @@ async fn run_phase(
                 if mode == Mode::Durable {
                     handle.await_durable().await.expect("await durable");
                 }
-                latencies.push(t.elapsed().as_secs_f64());
+                // (end, latency) relative to the phase start: only commits that end within the
+                // phase count, so a put held by backpressure past the end is not stretched in.
+                latencies.push((
+                    t.duration_since(started).as_secs_f64() + t.elapsed().as_secs_f64(),
+                    t.elapsed().as_secs_f64(),
+                ));
                 i += 1;
             }
             latencies
@@ -167,12 +179,22 @@ async fn run_phase(
 
     tokio::time::sleep(Duration::from_secs_f64(secs)).await;
     stop.store(true, Ordering::Relaxed);
-    let mut latencies = Vec::new();
-    for task in tasks {
-        latencies.extend(task.await.expect("writer task"));
-    }
-    let elapsed = started.elapsed().as_secs_f64();
     let cpu_secs = self_cpu() - cpu0;
+    let mut ended = Vec::new();
+    for task in tasks {
+        ended.extend(task.await.expect("writer task"));
+    }
+    let tail_secs = started.elapsed().as_secs_f64() - secs;
+    let mut latencies: Vec<f64> = ended
+        .iter()
+        .filter(|(end, _)| *end <= secs)
+        .map(|(_, latency)| *latency)
+        .collect();
+    // A commit still blocked at the end counts with the latency it had reached by then.
+    let blocked = ended.iter().filter(|(end, _)| *end > secs).count();
+    latencies.extend(std::iter::repeat_n(tail_secs.max(0.0), blocked));
+    let commits = (latencies.len() - blocked) as u64;
+    let elapsed = secs;
     let (mut checkpoints, checkpoint_errors) = match checkpointer {
         Some(task) => task.await.expect("checkpoint task"),
         None => (Vec::new(), 0),
@@ -183,7 +205,7 @@ async fn run_phase(
     Phase {
         mode,
         interval,
-        commits: latencies.len() as u64,
+        commits,
         secs: elapsed,
         latencies,
         checkpoints,
@@ -250,6 +272,8 @@ fn main() {
                         phase.checkpoints.len()
                     );
                     phases.push(phase);
+                    // Bounds the disk used: the buffered writer writes hundreds of MiB a phase.
+                    let _ = std::fs::remove_dir_all(dir.path().join(&path));
                     sync();
                 }
             }
@@ -263,7 +287,8 @@ fn main() {
          `await_durable` (bounded by SlateDB's flush interval, {:?}); **buffered** — one task, a commit = `put` \
          returning once the write is in SlateDB's WAL buffer and memtable (bounded by CPU and SlateDB's backpressure). \
          SlateDB defaults except `l0_sst_size_bytes` = {} so that the writer flushes L0 SSTs, and so updates its \
-         manifest, during a phase (compactor on). With checkpoints, one task calls `Database::obtain_checkpoint` (probe + \
+         manifest, during a phase, and `max_unflushed_bytes` = {} so that the buffered writer is held to the rate \
+         SlateDB flushes at (no compactor, `l0_max_ssts` {}: nothing runs compaction here, and with the default 8 the writer stalls for good). With checkpoints, one task calls `Database::obtain_checkpoint` (probe + \
          list + `create_detached_checkpoint` + list, the call behind `slatedb-operator checkpoint create` and the \
          operator) with a new name every interval, one at a time, while the writer runs. {reps} phases of each kind per \
          writer, order rotated, a fresh database per phase; commits/s is the median over phases (min–max), latencies \
@@ -271,6 +296,8 @@ fn main() {
          CPU = this process (writer, checkpoints and SlateDB's background tasks).\n",
         settings.flush_interval,
         human_bytes(settings.l0_sst_size_bytes as u64),
+        human_bytes(settings.max_unflushed_bytes as u64),
+        settings.l0_max_ssts,
     );
     println!("| writer | checkpoints | phases | commits/s | vs baseline | commit p50 ms | commit p99 ms | p99 vs baseline | CPU ms per 1 000 commits | checkpoints taken | checkpoint p50 ms | checkpoint p99 ms | checkpoint max ms | failed |");
     println!("|---|---|---:|---|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|");
