@@ -499,3 +499,52 @@ async fn fifty_clones_at_once_all_become_ready_while_other_objects_are_served() 
     assert_all_rows(&store, "clones/pr-49", 1_000).await;
     env.cleanup().await;
 }
+
+/// Deleting a namespace deletes the store's Secret along with the clones and checkpoints that
+/// need it to delete their data: their cleanup waits a grace period for the Secret, then leaves
+/// the data behind (with a Warning event) rather than hang the namespace in Terminating.
+#[tokio::test]
+async fn deleting_the_namespace_with_the_store_secret_does_not_hang() {
+    use k8s_openapi::api::core::v1::Namespace;
+    let env = TestEnv::new("clone-nsdelete").await;
+    let store = TestStore::new(StoreKind::S3, &env.namespace);
+    store.create_secret(&env).await;
+    let _operator = Operator::start(&env.namespace, &[]);
+    parent_and_checkpoint(&env, &store, 200, 1).await;
+    for i in 0..3 {
+        let name = format!("pr-{i}");
+        create(
+            &env,
+            "DatabaseClone",
+            &name,
+            clone_spec(&format!("clones/{name}")),
+        )
+        .await;
+    }
+    for i in 0..3 {
+        wait_clone(&env, &format!("pr-{i}"), "Ready", Duration::from_secs(60)).await;
+    }
+    let namespaces = kube::Api::<Namespace>::all(env.client.clone());
+    let started = std::time::Instant::now();
+    namespaces
+        .delete(&env.namespace, &DeleteParams::default())
+        .await
+        .unwrap();
+    eventually(
+        Duration::from_secs(150),
+        "the namespace to be gone",
+        || async {
+            namespaces
+                .get_opt(&env.namespace)
+                .await
+                .ok()?
+                .is_none()
+                .then_some(())
+        },
+    )
+    .await;
+    println!(
+        "namespace with Secret-backed clones deleted in {:?}",
+        started.elapsed()
+    );
+}

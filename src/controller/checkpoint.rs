@@ -2,7 +2,7 @@
 //! tracks its expiry and dependants, and deletes it (per `deletionPolicy`) when the object goes.
 
 use super::conditions::{clear_condition, is_true, set_condition};
-use super::{open_store, to_k8s_time, Context, Error, Problem, FIELD_MANAGER};
+use super::{leave_data_behind, open_store, to_k8s_time, Context, Error, Problem, FIELD_MANAGER};
 use crate::api::{
     CheckpointPhase, CheckpointSourceMode, Checksum, ChecksumMode, DatabaseCheckpoint,
     DatabaseCheckpointStatus, DatabaseClone, DeletionPolicy,
@@ -565,6 +565,16 @@ async fn delete_slatedb_checkpoints(
 ) -> Result<(), Error> {
     let db = match open_database(object, ctx).await? {
         Ok(db) => db,
+        Err(problem) if leave_data_behind(&problem, &object.metadata, chrono::Utc::now()) => {
+            let message = format!(
+                "{}, so the SlateDB checkpoint is left in the database at {}; delete it with \
+                 `slatedb-operator checkpoint delete`",
+                problem.message, object.spec.database.path.0
+            );
+            ctx.publish(object, None, EventType::Warning, "DataLeftBehind", &message)
+                .await;
+            return Ok(());
+        }
         Err(Problem { message, .. }) => {
             ctx.publish(object, None, EventType::Warning, "DeleteFailed", &message)
                 .await;
@@ -634,7 +644,12 @@ pub async fn reconcile(
     let namespace = object.namespace().unwrap_or_default();
     let api = Api::<DatabaseCheckpoint>::namespaced(ctx.client.clone(), &namespace);
     let span = tracing::info_span!("reconcile", kind = "DatabaseCheckpoint", namespace = %namespace, name = %object.name_any());
-    finalizer(&api, CLEANUP_FINALIZER, object, |event| async {
+    // The watch cache may lag our own writes: a stale copy would make the finalizer patch fail
+    // its precondition.
+    let Some(object) = api.get_opt(&object.name_any()).await? else {
+        return Ok(Action::await_change());
+    };
+    finalizer(&api, CLEANUP_FINALIZER, Arc::new(object), |event| async {
         match event {
             FinalizerEvent::Apply(object) => apply(object, ctx.clone()).await,
             FinalizerEvent::Cleanup(object) => cleanup(object, ctx.clone()).await,

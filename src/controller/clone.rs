@@ -3,7 +3,7 @@
 //! verification, expires, and deletes the clone's data with the object.
 
 use super::conditions::{clear_condition, is_true, set_condition};
-use super::{open_store, to_k8s_time, Context, Error, Problem, FIELD_MANAGER};
+use super::{leave_data_behind, open_store, to_k8s_time, Context, Error, Problem, FIELD_MANAGER};
 use crate::api::{
     Checksum, ClonePhase, CloneProgress as StatusProgress, DatabaseCheckpoint, DatabaseClone,
     DatabaseCloneStatus, DeletionPolicy, ExpirationPolicy, Failure, KeyBound, StoreSpec,
@@ -769,19 +769,36 @@ impl ObjectRefFromName for DatabaseCheckpoint {
 }
 
 /// Deletes the clone's data, given the store recorded in its status.
-async fn delete_data(object: &DatabaseClone, ctx: &Context) -> Result<(), Error> {
+/// Deletes the clone's data; `Ok(false)` when it was left behind because the store's Secret
+/// stayed missing (see [`leave_data_behind`]).
+async fn delete_data(object: &DatabaseClone, ctx: &Context) -> Result<bool, Error> {
     let Some(store_spec) = object.status.as_ref().and_then(|s| s.store.clone()) else {
-        return Ok(()); // work never started, so there is nothing to delete
+        return Ok(true); // work never started, so there is nothing to delete
     };
     let namespace = object.namespace().unwrap_or_default();
-    let store = open_store(&ctx.client, &namespace, &store_spec)
-        .await?
-        .map_err(|p| {
-            Error::Blocked(format!(
+    let store = match open_store(&ctx.client, &namespace, &store_spec).await? {
+        Ok(store) => store,
+        Err(problem) if leave_data_behind(&problem, &object.metadata, Utc::now()) => {
+            ctx.publish(
+                object,
+                source_ref(object),
+                EventType::Warning,
+                "DataLeftBehind",
+                &format!(
+                    "{}, so the clone's data at {} under {} is left in the store; delete it by hand",
+                    problem.message, object.spec.target.path.0, store_spec.url.0
+                ),
+            )
+            .await;
+            return Ok(false);
+        }
+        Err(problem) => {
+            return Err(Error::Blocked(format!(
                 "cannot delete the clone's data: {}; fix it or set deletionPolicy: Retain",
-                p.message
-            ))
-        })?;
+                problem.message
+            )))
+        }
+    };
     let target = Database::new(
         store.clone(),
         &object.spec.target.path.0,
@@ -802,17 +819,14 @@ async fn delete_data(object: &DatabaseClone, ctx: &Context) -> Result<(), Error>
             }
         }
     }
-    Ok(())
+    Ok(true)
 }
 
 async fn apply(object: Arc<DatabaseClone>, ctx: Arc<Context>) -> Result<Action, Error> {
     let ctx = ctx.as_ref();
     let namespace = object.namespace().unwrap_or_default();
     let api = Api::<DatabaseClone>::namespaced(ctx.client.clone(), &namespace);
-    // The watch cache may lag our own last status write; decisions build on the stored status.
-    let Some(object) = api.get_opt(&object.name_any()).await? else {
-        return Ok(Action::await_change());
-    };
+    let object = object.as_ref().clone();
     let uid = object.uid().unwrap_or_default();
     let status = object.status.clone().unwrap_or_default();
     // A clone stalled on its source checkpoint looks again whenever the checkpoint changes.
@@ -877,7 +891,10 @@ async fn apply(object: Arc<DatabaseClone>, ctx: Arc<Context>) -> Result<Action, 
                 .await?;
             return Ok(Action::await_change());
         }
-        Effect::ExpireData => delete_data(&object, ctx).await?,
+        Effect::ExpireData => {
+            // Not deleting the object, so the data is never left behind here.
+            delete_data(&object, ctx).await?;
+        }
         Effect::StartWork | Effect::None => {}
     }
     if decision.status != status || object.status.is_none() {
@@ -903,16 +920,20 @@ async fn cleanup(object: Arc<DatabaseClone>, ctx: Arc<Context>) -> Result<Action
     let ctx = ctx.as_ref();
     ctx.clones.cancel(&object.uid().unwrap_or_default());
     if object.spec.deletion_policy == DeletionPolicy::Delete {
-        if let Err(error) = delete_data(&object, ctx).await {
-            ctx.publish(
-                &*object,
-                source_ref(&object),
-                EventType::Warning,
-                "DeleteFailed",
-                &error.to_string(),
-            )
-            .await;
-            return Err(error);
+        match delete_data(&object, ctx).await {
+            Ok(true) => {}
+            Ok(false) => return Ok(Action::await_change()),
+            Err(error) => {
+                ctx.publish(
+                    &*object,
+                    source_ref(&object),
+                    EventType::Warning,
+                    "DeleteFailed",
+                    &error.to_string(),
+                )
+                .await;
+                return Err(error);
+            }
         }
         ctx.publish(
             &*object,
@@ -931,7 +952,12 @@ pub async fn reconcile(object: Arc<DatabaseClone>, ctx: Arc<Context>) -> Result<
     let namespace = object.namespace().unwrap_or_default();
     let api = Api::<DatabaseClone>::namespaced(ctx.client.clone(), &namespace);
     let span = tracing::info_span!("reconcile", kind = "DatabaseClone", namespace = %namespace, name = %object.name_any());
-    finalizer(&api, CLEANUP_FINALIZER, object, |event| async {
+    // The watch cache may lag our own writes (the finalizer, the status): a stale copy would make
+    // the finalizer patch fail its precondition, and decisions must build on the stored status.
+    let Some(object) = api.get_opt(&object.name_any()).await? else {
+        return Ok(Action::await_change());
+    };
+    finalizer(&api, CLEANUP_FINALIZER, Arc::new(object), |event| async {
         match event {
             FinalizerEvent::Apply(object) => apply(object, ctx.clone()).await,
             FinalizerEvent::Cleanup(object) => cleanup(object, ctx.clone()).await,

@@ -338,6 +338,26 @@ pub fn to_k8s_time(
     k8s_openapi::apimachinery::pkg::apis::meta::v1::Time(timestamp)
 }
 
+/// How long the cleanup of a deleted object waits for its store's missing credentials Secret to
+/// come back before it leaves the data behind: deleting a namespace deletes its Secrets too, and
+/// must not hang on our finalizers.
+pub const SECRET_GONE_GRACE: Duration = Duration::from_secs(60);
+
+/// Whether cleanup stops waiting for the store and leaves the data (with a Warning event): the
+/// store's Secret is missing and the object has been deleting for longer than the grace.
+pub fn leave_data_behind(
+    problem: &Problem,
+    meta: &k8s_openapi::apimachinery::pkg::apis::meta::v1::ObjectMeta,
+    now: chrono::DateTime<chrono::Utc>,
+) -> bool {
+    let deleting_for = meta.deletion_timestamp.as_ref().map(|since| {
+        now.timestamp_millis()
+            .saturating_sub(since.0.as_millisecond())
+    });
+    problem.reason == "SecretNotFound"
+        && deleting_for.is_some_and(|ms| ms >= SECRET_GONE_GRACE.as_millis() as i64)
+}
+
 /// Backoff of the controllers' watches after an error: doubling from 250 ms up to 3 s. kube's
 /// default grows to 30 s and resets only after 2 error-free minutes, so after an API-server restart
 /// (refused connections, then "too old resource version" on every resumed watch) new objects sat
@@ -376,6 +396,43 @@ impl kube::runtime::utils::Backoff for WatchBackoff {
 
 #[cfg(test)]
 mod tests {
+    #[test]
+    fn data_is_left_behind_only_when_the_secret_stays_gone_past_the_grace() {
+        let missing = super::Problem {
+            fault: super::Fault::Transient,
+            reason: "SecretNotFound".into(),
+            message: "gone".into(),
+        };
+        let now = chrono::Utc::now();
+        let deleting_since =
+            |seconds: i64| k8s_openapi::apimachinery::pkg::apis::meta::v1::ObjectMeta {
+                deletion_timestamp: Some(super::to_k8s_time(
+                    now - chrono::TimeDelta::seconds(seconds),
+                )),
+                ..Default::default()
+            };
+        assert!(!super::leave_data_behind(
+            &missing,
+            &deleting_since(10),
+            now
+        ));
+        assert!(super::leave_data_behind(&missing, &deleting_since(61), now));
+        assert!(!super::leave_data_behind(
+            &missing,
+            &Default::default(),
+            now
+        ));
+        let denied = super::Problem {
+            reason: "CredentialsRejected".into(),
+            ..missing
+        };
+        assert!(!super::leave_data_behind(
+            &denied,
+            &deleting_since(600),
+            now
+        ));
+    }
+
     #[test]
     fn watch_backoff_doubles_to_its_cap_and_resets() {
         use kube::runtime::utils::Backoff;
