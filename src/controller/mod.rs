@@ -289,7 +289,30 @@ pub async fn open_store(
         wal_url: spec.wal_url.as_ref().map(|u| u.0.clone()),
         ignore_unknown_options: false,
     };
-    Ok(Store::open(&config).map_err(|e| Problem::from(&e)))
+    Ok(open_shared(config).map_err(|e| Problem::from(&e)))
+}
+
+/// Stores opened so far, by configuration. Each opened store is an HTTP client with its own TLS
+/// setup and connection pool; 500 clones of one parent share one instead of holding 500.
+static OPENED_STORES: std::sync::LazyLock<Mutex<HashMap<StoreConfig, Store>>> =
+    std::sync::LazyLock::new(Mutex::default);
+
+/// Bound on [`OPENED_STORES`]; past it (rotated credentials, many stores) it starts over.
+const OPENED_STORES_MAX: usize = 64;
+
+fn open_shared(config: StoreConfig) -> Result<Store, EngineError> {
+    let mut opened = OPENED_STORES
+        .lock()
+        .unwrap_or_else(|poisoned| poisoned.into_inner());
+    if let Some(store) = opened.get(&config) {
+        return Ok(store.clone());
+    }
+    let store = Store::open(&config)?;
+    if opened.len() >= OPENED_STORES_MAX {
+        opened.clear();
+    }
+    opened.insert(config, store.clone());
+    Ok(store)
 }
 
 /// Reads a Secret's keys as object-store options.

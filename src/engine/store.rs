@@ -15,7 +15,7 @@ use std::sync::Arc;
 use url::Url;
 
 /// Where a database's store is and how to reach it.
-#[derive(Clone, Debug, Default, PartialEq, Eq)]
+#[derive(Clone, Debug, Default, PartialEq, Eq, Hash)]
 pub struct StoreConfig {
     /// `file:///dir`, `s3://bucket[/prefix]`, `gs://bucket[/prefix]`, `az://container[/prefix]`, `memory:///`.
     pub url: String,
