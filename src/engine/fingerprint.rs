@@ -285,31 +285,10 @@ async fn check_object(
     let mib = ((object.size >> 20) + 1).min(u64::from(CONTENT_BUDGET_MIB)) as u32;
     // The semaphore is never closed, so acquiring only waits.
     let _permit = budget.acquire_many(mib).await.ok();
-    let content = match tokio::time::timeout(timeout, async {
+    let content = pinned_request("read pinned object", &object.path, timeout, async {
         store.get(&object.path).await?.bytes().await
     })
-    .await
-    {
-        Err(_) => {
-            return Err(EngineError::Timeout {
-                operation: "read pinned object",
-                after: timeout,
-            })
-        }
-        Ok(Err(object_store::Error::NotFound { .. })) => {
-            return Err(EngineError::Corrupt {
-                object: object.path.to_string(),
-                detail: "pinned by the checkpoint but missing from the store".into(),
-            })
-        }
-        Ok(Err(source)) => {
-            return Err(EngineError::Store {
-                operation: "read pinned object",
-                source,
-            })
-        }
-        Ok(Ok(content)) => content,
-    };
+    .await?;
     let for_hashing = content.clone();
     let hashing =
         tokio::task::spawn_blocking(move || -> [u8; 32] { Sha256::digest(&for_hashing).into() });
@@ -419,6 +398,28 @@ fn lock<T>(mutex: &Mutex<T>) -> std::sync::MutexGuard<'_, T> {
     mutex.lock().unwrap_or_else(|e| e.into_inner())
 }
 
+/// A store request about an object a checkpoint pins, under the timeout; a missing object is
+/// corruption (the checkpoint promised it).
+async fn pinned_request<T>(
+    operation: &'static str,
+    path: &Path,
+    timeout: Duration,
+    request: impl std::future::Future<Output = Result<T, object_store::Error>>,
+) -> Result<T, EngineError> {
+    match tokio::time::timeout(timeout, request).await {
+        Err(_) => Err(EngineError::Timeout {
+            operation,
+            after: timeout,
+        }),
+        Ok(Err(object_store::Error::NotFound { .. })) => Err(EngineError::Corrupt {
+            object: path.to_string(),
+            detail: "pinned by the checkpoint but missing from the store".into(),
+        }),
+        Ok(Err(source)) => Err(EngineError::Store { operation, source }),
+        Ok(Ok(value)) => Ok(value),
+    }
+}
+
 async fn head_pinned(
     store: Arc<dyn ObjectStore>,
     key: String,
@@ -426,27 +427,7 @@ async fn head_pinned(
     is_wal: bool,
     timeout: Duration,
 ) -> Result<PinnedObject, EngineError> {
-    let meta = match tokio::time::timeout(timeout, store.head(&path)).await {
-        Err(_) => {
-            return Err(EngineError::Timeout {
-                operation: "head pinned object",
-                after: timeout,
-            })
-        }
-        Ok(Err(object_store::Error::NotFound { .. })) => {
-            return Err(EngineError::Corrupt {
-                object: path.to_string(),
-                detail: "pinned by the checkpoint but missing from the store".into(),
-            })
-        }
-        Ok(Err(source)) => {
-            return Err(EngineError::Store {
-                operation: "head pinned object",
-                source,
-            })
-        }
-        Ok(Ok(meta)) => meta,
-    };
+    let meta = pinned_request("head pinned object", &path, timeout, store.head(&path)).await?;
     Ok(PinnedObject {
         key,
         path,

@@ -279,18 +279,13 @@ impl ObjectStore for InstrumentedStore {
         locations: BoxStream<'static, object_store::Result<Path>>,
     ) -> BoxStream<'static, object_store::Result<Path>> {
         let this = self.clone();
-        locations
-            .map(move |location| {
-                let this = this.clone();
-                async move {
-                    let location = location?;
-                    this.admit(Operation::Delete, &location).await?;
-                    this.inner.delete(&location).await?;
-                    Ok(location)
-                }
-            })
-            .buffered(8)
-            .boxed()
+        delete_each(locations, move |location| {
+            let this = this.clone();
+            async move {
+                this.admit(Operation::Delete, &location).await?;
+                this.inner.delete(&location).await
+            }
+        })
     }
 
     fn list(&self, prefix: Option<&Path>) -> BoxStream<'static, object_store::Result<ObjectMeta>> {
@@ -321,6 +316,29 @@ impl ObjectStore for InstrumentedStore {
         self.admit(Operation::Copy, to).await?;
         self.inner.copy_opts(from, to, options).await
     }
+}
+
+/// Deletes each location with `delete`, up to 8 at once, in order (the layers here act on every
+/// request, so a batch delete becomes single ones).
+fn delete_each<F, Fut>(
+    locations: BoxStream<'static, object_store::Result<Path>>,
+    delete: F,
+) -> BoxStream<'static, object_store::Result<Path>>
+where
+    F: Fn(Path) -> Fut + Send + 'static,
+    Fut: Future<Output = object_store::Result<()>> + Send + 'static,
+{
+    locations
+        .map(move |location| {
+            let deleted = location.map(|location| (delete(location.clone()), location));
+            async move {
+                let (deleting, location) = deleted?;
+                deleting.await?;
+                Ok(location)
+            }
+        })
+        .buffered(8)
+        .boxed()
 }
 
 /// How [`RetryingStore`] retries.
@@ -436,17 +454,10 @@ impl ObjectStore for RetryingStore {
         locations: BoxStream<'static, object_store::Result<Path>>,
     ) -> BoxStream<'static, object_store::Result<Path>> {
         let (inner, policy) = (self.inner.clone(), self.policy);
-        locations
-            .map(move |location| {
-                let inner = inner.clone();
-                async move {
-                    let location = location?;
-                    with_retries(policy, || inner.delete(&location)).await?;
-                    Ok(location)
-                }
-            })
-            .buffered(8)
-            .boxed()
+        delete_each(locations, move |location| {
+            let inner = inner.clone();
+            async move { with_retries(policy, || inner.delete(&location)).await }
+        })
     }
 
     /// Listings are gathered whole so that a failure part-way can be retried from the start.
@@ -555,6 +566,16 @@ mod tests {
                 .await
                 .unwrap();
             assert_eq!(listed.len(), 50);
+            let locations =
+                futures::stream::iter(listed.into_iter().map(|m| Ok(m.location))).boxed();
+            let deleted: Vec<Path> = store.delete_stream(locations).try_collect().await.unwrap();
+            assert_eq!(deleted.len(), 50);
+            let left: Vec<_> = store
+                .list(Some(&Path::from("data")))
+                .try_collect()
+                .await
+                .unwrap();
+            assert!(left.is_empty(), "{left:?}");
         })
         .await;
         assert!(
