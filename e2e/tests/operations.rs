@@ -2,12 +2,12 @@
 //! ServiceAccount), metrics are served, secrets never reach the log, and leader election fails
 //! over to a standby that finishes an in-flight clone.
 
+use crate::clones::create;
 use crate::support::{
     eventually, free_port, http_get, repo_path, run_tool, write_sample_db, Operator, StoreKind,
     TestEnv, TestStore,
 };
 use k8s_openapi::api::coordination::v1::Lease;
-use kube::api::PostParams;
 use serde_json::json;
 use slatedb_operator::api::{DatabaseCheckpoint, DatabaseClone};
 use slatedb_operator::engine::CRASH_POINT_ENV;
@@ -35,23 +35,6 @@ where
         ready(&object).then_some(())
     })
     .await;
-}
-
-async fn create(env: &TestEnv, manifest: serde_json::Value) {
-    let object: kube::api::DynamicObject = serde_json::from_value(manifest.clone()).unwrap();
-    let resource = if manifest["kind"] == "DatabaseClone" {
-        kube::api::ApiResource::erase::<DatabaseClone>(&())
-    } else {
-        kube::api::ApiResource::erase::<DatabaseCheckpoint>(&())
-    };
-    kube::Api::<kube::api::DynamicObject>::namespaced_with(
-        env.client.clone(),
-        &env.namespace,
-        &resource,
-    )
-    .create(&PostParams::default(), &object)
-    .await
-    .unwrap();
 }
 
 /// A kubeconfig like the test's own, but acting as `user` (the admin may impersonate anyone).
@@ -120,11 +103,21 @@ async fn the_chart_rbac_suffices_metrics_are_served_and_secrets_stay_out_of_the_
     );
 
     write_sample_db(&store, "prod", 2_000, 2).await;
-    create(&env, json!({"apiVersion": "slatedb.io/v1alpha1", "kind": "DatabaseCheckpoint", "metadata": {"name": "nightly"},
-        "spec": {"database": {"store": store.store_spec(), "path": "prod"}}})).await;
+    create(
+        &env,
+        "DatabaseCheckpoint",
+        "nightly",
+        json!({"database": {"store": store.store_spec(), "path": "prod"}}),
+    )
+    .await;
     wait_ready::<DatabaseCheckpoint>(&env, "nightly", Duration::from_secs(60)).await;
-    create(&env, json!({"apiVersion": "slatedb.io/v1alpha1", "kind": "DatabaseClone", "metadata": {"name": "pr-1"},
-        "spec": {"source": {"checkpointRef": {"name": "nightly"}}, "target": {"path": "clones/pr-1"}}})).await;
+    create(
+        &env,
+        "DatabaseClone",
+        "pr-1",
+        json!({"source": {"checkpointRef": {"name": "nightly"}}, "target": {"path": "clones/pr-1"}}),
+    )
+    .await;
     wait_ready::<DatabaseClone>(&env, "pr-1", Duration::from_secs(60)).await;
     // Deleting exercises the finalizers, events and the Secret read on the way out.
     env.api::<DatabaseClone>()
@@ -239,11 +232,21 @@ async fn a_standby_takes_over_within_the_lease_and_finishes_an_in_flight_clone()
         &election,
     );
 
-    create(&env, json!({"apiVersion": "slatedb.io/v1alpha1", "kind": "DatabaseCheckpoint", "metadata": {"name": "nightly"},
-        "spec": {"database": {"store": store.store_spec(), "path": "prod"}}})).await;
+    create(
+        &env,
+        "DatabaseCheckpoint",
+        "nightly",
+        json!({"database": {"store": store.store_spec(), "path": "prod"}}),
+    )
+    .await;
     wait_ready::<DatabaseCheckpoint>(&env, "nightly", Duration::from_secs(60)).await;
-    create(&env, json!({"apiVersion": "slatedb.io/v1alpha1", "kind": "DatabaseClone", "metadata": {"name": "pr-1"},
-        "spec": {"source": {"checkpointRef": {"name": "nightly"}}, "target": {"path": "clones/pr-1"}}})).await;
+    create(
+        &env,
+        "DatabaseClone",
+        "pr-1",
+        json!({"source": {"checkpointRef": {"name": "nightly"}}, "target": {"path": "clones/pr-1"}}),
+    )
+    .await;
     assert_eq!(
         first.wait_exit(Duration::from_secs(60)).await,
         Some(86),
