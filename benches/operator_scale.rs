@@ -10,6 +10,9 @@
 //! `E2E_KUBECTL`, `E2E_S3_*`); `benches/run.sh` starts a private cluster when none is given.
 //! Prints markdown on stdout and progress on stderr.
 //!
+//! First, benchmark 1 through the operator: one DatabaseClone at a time, create→Ready, against
+//! `cp -r` of the same parent (10 MiB and 100 MiB; 1 GiB with `BENCH_FULL=1`; `BENCH_APPLY_REPS`).
+//!
 //! Knobs: `BENCH_CLONES` (default 100, 500 with `BENCH_FULL=1`), `BENCH_STORES` (`file,s3`),
 //! `BENCH_CREATE_CONCURRENCY` (creates in flight, default 16), `BENCH_CLONE_CONCURRENCY` (the
 //! operator's `--clone-concurrency`, default its own 8), `BENCH_READY_TIMEOUT_SECS` (default 900),
@@ -612,7 +615,7 @@ fn main() {
     let ns = |what: &str| format!("bench-scale-{what}-{tag}");
     let mut namespaces = Vec::new();
 
-    let (baselines, runs) = rt.block_on(async {
+    let (baselines, runs, apply_rows) = rt.block_on(async {
         let client = Client::try_default()
             .await
             .expect("connecting to the kube-apiserver named by KUBECONFIG");
@@ -624,6 +627,9 @@ fn main() {
         eprintln!("operator_scale: baseline: {n} DatabaseClones, no operator");
         namespaces.push(ns("noop"));
         baselines.push(baseline_clones(&client, &ns("noop"), n, conc).await);
+        let apply_ns = ns("apply");
+        namespaces.push(apply_ns.clone());
+        let (apply_rows, parents) = apply_to_ready_vs_cp(&client, &apply_ns, work.path()).await;
         let mut runs = Vec::new();
         for store in &stores {
             let name = ns(store);
@@ -633,9 +639,166 @@ fn main() {
         if std::env::var("BENCH_SKIP_CLEANUP").as_deref() != Ok("1") {
             cleanup(&client, &namespaces, work.path()).await;
         }
-        (baselines, runs)
+        drop(parents);
+        (baselines, runs, apply_rows)
     });
+    report_apply_to_ready(&apply_rows);
     report(n, conc, &baselines, &runs);
+}
+
+/// Benchmark 1 through the operator: one DatabaseClone at a time, from the user's create until
+/// the operator reports Ready, against `cp -r` of the same parent directory in the same run.
+struct ApplyRow {
+    label: &'static str,
+    bytes: u64,
+    files: u64,
+    cp: Vec<f64>,
+    apply_to_ready: Vec<f64>,
+}
+
+async fn apply_to_ready_vs_cp(
+    client: &Client,
+    ns: &str,
+    work: &std::path::Path,
+) -> (Vec<ApplyRow>, Vec<Parent>) {
+    let mut sizes = vec![("10 MiB", 10 * MIB), ("100 MiB", 100 * MIB)];
+    if full() {
+        sizes.push(("1 GiB", GIB));
+    }
+    let reps = env_usize("BENCH_APPLY_REPS", 5);
+    create_namespace(client, ns).await;
+    let mut operator = Operator::start(ns, work.join(format!("operator-{ns}.log")));
+    let checkpoints: Api<DatabaseCheckpoint> = Api::namespaced(client.clone(), ns);
+    let clones: Api<DatabaseClone> = Api::namespaced(client.clone(), ns);
+    let wait_ready = |name: String| {
+        let clones = clones.clone();
+        async move {
+            let deadline = Instant::now() + Duration::from_secs(120);
+            loop {
+                if let Ok(clone) = clones.get(&name).await {
+                    if is_condition(clone.status.as_ref(), "Ready") {
+                        return;
+                    }
+                }
+                assert!(Instant::now() < deadline, "{name} not Ready within 120 s");
+                tokio::time::sleep(Duration::from_millis(10)).await;
+            }
+        }
+    };
+    let mut rows = Vec::new();
+    let mut parents = Vec::new();
+    for (index, (label, bytes)) in sizes.into_iter().enumerate() {
+        eprintln!("operator_scale: apply→Ready vs cp -r: building a {label} parent");
+        let parent = build_parent(bytes, 10).await;
+        let store_spec = json!({"url": format!("file://{}", parent.root().display())});
+        let checkpoint: DatabaseCheckpoint = serde_json::from_value(json!({
+            "apiVersion": "slatedb.io/v1alpha1", "kind": "DatabaseCheckpoint",
+            "metadata": {"name": format!("size-{index}")},
+            "spec": {"database": {"store": store_spec, "path": PARENT}}
+        }))
+        .unwrap();
+        checkpoints
+            .create(&PostParams::default(), &checkpoint)
+            .await
+            .expect("creating the checkpoint");
+        let deadline = Instant::now() + Duration::from_secs(120);
+        while !checkpoints
+            .get(&format!("size-{index}"))
+            .await
+            .ok()
+            .and_then(|c| c.status)
+            .is_some_and(|s| {
+                s.conditions
+                    .iter()
+                    .any(|c| c.type_ == "Ready" && c.status == "True")
+            })
+        {
+            assert!(
+                operator.alive() && Instant::now() < deadline,
+                "checkpoint size-{index} not Ready"
+            );
+            tokio::time::sleep(Duration::from_millis(100)).await;
+        }
+        let mut row = ApplyRow {
+            label,
+            bytes: parent.bytes,
+            files: parent.files,
+            cp: Vec::new(),
+            apply_to_ready: Vec::new(),
+        };
+        for rep in 0..reps {
+            let copy = parent.root().join("cp-copy");
+            row.cp.push(run_timed(
+                Command::new("cp")
+                    .arg("-r")
+                    .arg(parent.parent_dir())
+                    .arg(&copy),
+            ));
+            std::fs::remove_dir_all(&copy).expect("removing the copy");
+            sync();
+            let name = format!("size-{index}-{rep}");
+            let clone: DatabaseClone = serde_json::from_value(json!({
+                "apiVersion": "slatedb.io/v1alpha1", "kind": "DatabaseClone",
+                "metadata": {"name": name},
+                "spec": {"source": {"checkpointRef": {"name": format!("size-{index}")}},
+                         "target": {"path": format!("clones/{name}")}}
+            }))
+            .unwrap();
+            let started = Instant::now();
+            clones
+                .create(&PostParams::default(), &clone)
+                .await
+                .expect("creating the clone");
+            wait_ready(name).await;
+            row.apply_to_ready.push(started.elapsed().as_secs_f64());
+            sync();
+        }
+        eprintln!(
+            "operator_scale: {label}: cp -r {:.0} ms, apply→Ready {:.0} ms (medians)",
+            Stats::of(&row.cp).median * 1e3,
+            Stats::of(&row.apply_to_ready).median * 1e3
+        );
+        rows.push(row);
+        parents.push(parent);
+    }
+    (rows, parents)
+}
+
+fn report_apply_to_ready(rows: &[ApplyRow]) {
+    println!("### Clone cost through the operator: apply→Ready vs `cp -r` (e2e control plane, `file://` store)\n");
+    println!(
+        "One DatabaseClone at a time (`verify: Metadata`) of a checkpoint of a parent with 10 SSTs: \
+         from the create request until a 10 ms poll of the API server sees `Ready=True`, against `cp -r` \
+         of the parent's directory (warm page cache, `sync` untimed after each), alternating, {} \
+         repetitions; median (min–max) ms. The operator time includes the API server round trips, the \
+         watch event that wakes the operator, its status writes, and the poll's granularity.\n",
+        rows.first().map_or(0, |r| r.cp.len())
+    );
+    println!(
+        "| parent | bytes on disk | files | `cp -r` ms | apply→Ready ms | apply→Ready / `cp -r` |"
+    );
+    println!("|---|---:|---:|---:|---:|---:|");
+    for row in rows {
+        let (cp, apply) = (Stats::of(&row.cp), Stats::of(&row.apply_to_ready));
+        println!(
+            "| {} | {} | {} | {} | {} | {:.1}% |",
+            row.label,
+            human_bytes(row.bytes),
+            row.files,
+            cp.ms(),
+            apply.ms(),
+            apply.median / cp.median * 100.0
+        );
+    }
+    if let Some(largest) = rows.last() {
+        let ratio = Stats::of(&largest.apply_to_ready).median / Stats::of(&largest.cp).median;
+        println!(
+            "\n- **Apply→Ready vs `cp -r` at {}: {:.1}%** (the issue's 1% goal is stated for the library \
+             call; through the operator the fixed cost of API round trips and status writes dominates).\n",
+            largest.label,
+            ratio * 100.0
+        );
+    }
 }
 
 /// Deletes the bench's namespaces, with an operator running so the finalizers are served: first the
