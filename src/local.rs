@@ -8,6 +8,7 @@ use crate::engine::{
 };
 use bytes::Bytes;
 use serde_json::{json, Value};
+use slatedb::config::CompressionCodec;
 use std::collections::BTreeMap;
 use std::ops::Bound;
 use std::time::Duration;
@@ -176,7 +177,15 @@ pub async fn verify(
 }
 
 /// Writes a sample database (for the demo and for trying the commands).
-pub async fn sample(url: &str, path: &str, keys: usize, ssts: usize) -> Result<Value, EngineError> {
-    crate::engine::sample::write_sample_db(&store_from_env(url)?, path, keys, ssts).await?;
-    Ok(json!({"path": path, "keys": keys, "ssts": ssts}))
+pub async fn sample(
+    url: &str,
+    path: &str,
+    keys: usize,
+    ssts: usize,
+    compression: Option<CompressionCodec>,
+) -> Result<Value, EngineError> {
+    let store = store_from_env(url)?;
+    crate::engine::sample::write_compressed_sample_db(&store, path, keys, ssts, compression)
+        .await?;
+    Ok(json!({"path": path, "keys": keys, "ssts": ssts, "compression": format!("{compression:?}")}))
 }

@@ -87,6 +87,14 @@ enum ControllerKind {
     Clone,
 }
 
+/// An SST compression codec, or none.
+#[derive(Clone, Copy, Debug)]
+struct Compression(Option<slatedb::config::CompressionCodec>);
+
+fn parse_compression(name: &str) -> Result<Compression, String> {
+    slatedb_operator::engine::sample::codec_named(name).map(Compression)
+}
+
 #[derive(Subcommand)]
 enum Command {
     /// Write the CustomResourceDefinitions generated from the Rust types.
@@ -143,6 +151,9 @@ enum Command {
         keys: usize,
         #[arg(long, default_value_t = 5)]
         ssts: usize,
+        /// SST compression: none, snappy, zlib, lz4 or zstd.
+        #[arg(long, default_value = "none", value_parser = parse_compression)]
+        compression: Compression,
     },
     /// Run the controllers against the cluster of the current kubeconfig or service account.
     Run {
@@ -253,10 +264,15 @@ fn main() -> ExitCode {
                 slatedb_operator::local::verify(&db.store, &db.path, checkpoint, content),
             )
         }
-        Command::Sample { db, keys, ssts } => {
+        Command::Sample {
+            db,
+            keys,
+            ssts,
+            compression,
+        } => {
             return local(
                 output,
-                slatedb_operator::local::sample(&db.store, &db.path, keys, ssts),
+                slatedb_operator::local::sample(&db.store, &db.path, keys, ssts, compression.0),
             )
         }
         Command::Crdgen { out_dir, chart_dir } => {

@@ -108,6 +108,7 @@ impl Database {
         if let Some(found) = existing.into_iter().max_by_key(|c| c.create_time) {
             return Ok((found, Obtained::Adopted));
         }
+        self.ensure_manifest_preserved().await?;
         let options = CheckpointOptions {
             lifetime,
             source: None,
@@ -160,6 +161,7 @@ impl Database {
         id: Uuid,
         lifetime: Option<Duration>,
     ) -> Result<CheckpointInfo, EngineError> {
+        self.ensure_manifest_preserved().await?;
         self.bounded(
             "refresh_checkpoint",
             self.admin().refresh_checkpoint(id, lifetime),
@@ -177,6 +179,7 @@ impl Database {
             .iter()
             .any(|c| c.id == id);
         if exists {
+            self.ensure_manifest_preserved().await?;
             self.bounded("delete_checkpoint", self.admin().delete_checkpoint(id))
                 .await?;
         }

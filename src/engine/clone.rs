@@ -295,6 +295,9 @@ async fn clone_once(
     }
 
     if state != TargetState::Initialized {
+        // The builder writes the parent's manifest (the clone's final checkpoint) and derives the
+        // clone's manifest from the parent's as this build decodes it.
+        source.ensure_manifest_preserved().await?;
         run_clone_builder(config, target, &checkpoint, progress, wal_total, wal_bytes).await?;
     }
     crash_point(CloneStep::MarkInitialized);
@@ -632,7 +635,7 @@ impl Database {
     /// parents) and checks that nothing is left under its path. A path with nothing is fine.
     pub async fn delete_database(&self) -> Result<(), EngineError> {
         use futures::TryStreamExt;
-        let has_manifest = self.try_latest_manifest().await?.is_some();
+        let manifest = self.try_latest_manifest().await?;
         let has_marker = self
             .bounded_store("head .deleting", async {
                 match self
@@ -647,7 +650,17 @@ impl Database {
                 }
             })
             .await?;
-        if has_manifest || has_marker {
+        if let Some(manifest) = &manifest {
+            // delete_db removes this database's final checkpoints from its parents' manifests.
+            for parent in manifest.external_dbs() {
+                if parent.final_checkpoint_id.is_some() {
+                    Database::new(self.store.clone(), &parent.path, self.timeout)
+                        .ensure_manifest_preserved()
+                        .await?;
+                }
+            }
+        }
+        if manifest.is_some() || has_marker {
             self.bounded("delete_db", self.admin().delete_db(true))
                 .await?;
         }

@@ -54,6 +54,18 @@ pub enum EngineError {
         count: usize,
         example: String,
     },
+    #[error(
+        "refusing to write the manifest of the database at {path:?}: its manifest {manifest} holds \
+         {field} = {detail}, which this build of the operator (SlateDB 0.18) cannot carry over into \
+         the manifest it would write; nothing was written. Upgrade the operator to a release whose \
+         SlateDB knows this field"
+    )]
+    ManifestNotPreserved {
+        path: String,
+        manifest: String,
+        field: String,
+        detail: String,
+    },
     #[error("{object} is corrupt: {detail}")]
     Corrupt { object: String, detail: String },
     #[error("SlateDB {operation} failed: {source}")]
@@ -79,7 +91,8 @@ impl EngineError {
             | EngineError::CheckpointMissing { .. }
             | EngineError::CheckpointAmbiguous { .. }
             | EngineError::TargetNotEmpty { .. }
-            | EngineError::Corrupt { .. } => Fault::Permanent,
+            | EngineError::Corrupt { .. }
+            | EngineError::ManifestNotPreserved { .. } => Fault::Permanent,
             EngineError::Leftover { .. } => Fault::Transient,
         }
     }
@@ -99,6 +112,7 @@ impl EngineError {
             EngineError::CheckpointMissing { .. } => "CheckpointMissing",
             EngineError::CheckpointAmbiguous { .. } => "CheckpointAmbiguous",
             EngineError::Corrupt { .. } => "ChecksumMismatch",
+            EngineError::ManifestNotPreserved { .. } => "ManifestNotPreserved",
             EngineError::TargetNotEmpty { .. } => "TargetNotEmpty",
             EngineError::Leftover { .. } => "CleanupIncomplete",
             EngineError::SlateDb { source, .. } => match slatedb_fault(source) {

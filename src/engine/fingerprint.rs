@@ -52,7 +52,7 @@ pub struct Fingerprint {
     pub object_count: u64,
 }
 
-fn manifest_path(db: &Path, manifest_id: u64) -> Path {
+pub(super) fn manifest_path(db: &Path, manifest_id: u64) -> Path {
     db.clone()
         .join("manifest")
         .join(format!("{manifest_id:020}.manifest"))

@@ -6,7 +6,10 @@ mod clone;
 mod error;
 mod fingerprint;
 mod instrumented;
+pub mod manifest_guard;
 pub mod sample;
+#[cfg(test)]
+mod source_invariants;
 mod store;
 
 pub use checkpoint::{CheckpointInfo, CheckpointSelector, DbDescription, Obtained};

@@ -2,7 +2,7 @@
 
 use super::error::{from_slatedb, EngineError};
 use super::Store;
-use slatedb::config::{FlushOptions, FlushType, Settings};
+use slatedb::config::{CompressionCodec, FlushOptions, FlushType, Settings};
 
 /// The key and value of row `i` of a sample database.
 pub fn sample_row(i: usize) -> (String, String) {
@@ -17,9 +17,21 @@ pub async fn write_sample_db(
     keys: usize,
     ssts: usize,
 ) -> Result<(), EngineError> {
+    write_compressed_sample_db(store, path, keys, ssts, None).await
+}
+
+/// [`write_sample_db`] with its SSTs compressed by `codec`, as an application configured with
+/// `Settings { compression_codec, .. }` writes them.
+pub async fn write_compressed_sample_db(
+    store: &Store,
+    path: &str,
+    keys: usize,
+    ssts: usize,
+    codec: Option<CompressionCodec>,
+) -> Result<(), EngineError> {
     let err = |e| from_slatedb("write sample database", path, e);
     let db = slatedb::Db::builder(path, store.main.clone())
-        .with_settings(settings_without_compaction())
+        .with_settings(sample_settings(codec))
         .build()
         .await
         .map_err(err)?;
@@ -47,7 +59,7 @@ pub async fn write_sample_db(
     // Reopen, flush what the close left in the WAL into L0, and close again: the database is then
     // quiesced, with no data in its WAL tail (which projected clones require).
     let db = slatedb::Db::builder(path, store.main.clone())
-        .with_settings(settings_without_compaction())
+        .with_settings(sample_settings(codec))
         .build()
         .await
         .map_err(err)?;
@@ -59,9 +71,23 @@ pub async fn write_sample_db(
     db.close().await.map_err(err)
 }
 
-fn settings_without_compaction() -> Settings {
+/// The codec named `name` (`none`, `snappy`, `zlib`, `lz4`, `zstd`), for the CLI.
+pub fn codec_named(name: &str) -> Result<Option<CompressionCodec>, String> {
+    super::manifest_guard::CODECS
+        .iter()
+        .find(|(_, _, known)| known.eq_ignore_ascii_case(name))
+        .map(|(_, codec, _)| *codec)
+        .ok_or_else(|| {
+            let names: Vec<&str> = super::manifest_guard::CODECS.iter().map(|c| c.2).collect();
+            format!("unknown codec {name:?}; one of {}", names.join(", "))
+        })
+}
+
+/// The settings of the sample writer: no compaction, and the given codec.
+pub fn sample_settings(codec: Option<CompressionCodec>) -> Settings {
     Settings {
         compactor_options: None,
+        compression_codec: codec,
         ..Default::default()
     }
 }
