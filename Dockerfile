@@ -10,6 +10,8 @@ RUN apt-get update \
     && rm -rf /var/lib/apt/lists/*
 WORKDIR /src
 COPY . .
+# Every SlateDB compression codec comes with this build: Cargo.toml enables them on the slatedb dependency itself
+# (no feature flag of this crate can drop one) and the build fails to compile without any of them.
 # --locked: build exactly the dependency versions of Cargo.lock. The registry cache speeds up rebuilds; the target
 # directory is not a cache mount because the runtime stage copies the binary out of it.
 RUN --mount=type=cache,target=/usr/local/cargo/registry \

@@ -11,6 +11,7 @@ mod chart;
 mod checkpoints;
 mod cli;
 mod clones;
+mod compression;
 mod crds;
 mod faults;
 mod operations;

@@ -89,7 +89,15 @@ pub async fn run(client: Client, options: OperatorOptions) -> Result<(), String>
             tasks.push(Box::pin(clone::run(ctx.clone(), namespace)));
         }
     }
-    info!(controllers = tasks.len(), "slatedb-operator running");
+    let codecs: Vec<&str> = crate::engine::manifest_guard::CODECS
+        .iter()
+        .map(|c| c.2)
+        .collect();
+    info!(
+        controllers = tasks.len(),
+        compression_codecs = %codecs.join(","),
+        "slatedb-operator running"
+    );
     let controllers = join_all(tasks);
     match lost_leadership {
         Some(lost) => {
