@@ -1,7 +1,7 @@
 # syntax=docker/dockerfile:1
 # The slatedb-operator image: a release build on Debian bookworm, run on distroless (glibc, no shell, nonroot).
 #   docker build -t slatedb-operator .
-# e2e/tests/chart.rs checks that the build command, the binary path and the ENTRYPOINT match Cargo.toml.
+# e2e/tests/dockerfile.rs checks that the build command, the binary path and the ENTRYPOINT match Cargo.toml.
 
 FROM rust:1.95-bookworm AS builder
 # aws-lc-sys (through the object stores' TLS) falls back to a CMake build when its cc build is not possible.

@@ -30,6 +30,7 @@ use kube::runtime::watcher;
 use kube::{Api, Client, ResourceExt};
 use serde_json::json;
 use slatedb_operator::api::{DatabaseCheckpoint, DatabaseClone};
+use slatedb_operator::crds::install_crds;
 use std::collections::{BTreeMap, HashMap};
 use std::process::{Child, Command, Stdio};
 use std::time::{Duration, Instant};
@@ -619,7 +620,9 @@ fn main() {
         let client = Client::try_default()
             .await
             .expect("connecting to the kube-apiserver named by KUBECONFIG");
-        install_crds(&client).await;
+        install_crds(&client, "slatedb-operator-bench")
+            .await
+            .unwrap_or_else(|e| panic!("{e}"));
         let mut baselines = Vec::new();
         eprintln!("operator_scale: baseline: {n} ConfigMaps");
         namespaces.push(ns("cm"));
@@ -858,32 +861,6 @@ async fn cleanup(client: &Client, namespaces: &[String], work: &std::path::Path)
     eprintln!(
         "operator_scale: bench objects or namespaces still present after 300 s; left as they are"
     );
-}
-
-/// Server-side applies both CRDs generated from the Rust types, as the e2e suite does.
-async fn install_crds(client: &Client) {
-    use k8s_openapi::apiextensions_apiserver::pkg::apis::apiextensions::v1::CustomResourceDefinition;
-    use kube::api::{Patch, PatchParams};
-    use kube::runtime::wait::{await_condition, conditions};
-    use kube::CustomResourceExt;
-    let crds: Api<CustomResourceDefinition> = Api::all(client.clone());
-    for crd in [DatabaseCheckpoint::crd(), DatabaseClone::crd()] {
-        let name = crd.metadata.name.clone().unwrap();
-        crds.patch(
-            &name,
-            &PatchParams::apply("slatedb-operator-bench").force(),
-            &Patch::Apply(&crd),
-        )
-        .await
-        .unwrap_or_else(|e| panic!("applying CRD {name}: {e}"));
-        tokio::time::timeout(
-            Duration::from_secs(30),
-            await_condition(crds.clone(), &name, conditions::is_crd_established()),
-        )
-        .await
-        .unwrap_or_else(|_| panic!("CRD {name} not Established within 30 s"))
-        .unwrap();
-    }
 }
 
 fn report(n: usize, conc: usize, baselines: &[Baseline], runs: &[OperatorRun]) {

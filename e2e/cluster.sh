@@ -385,7 +385,7 @@ cmd_up() {
   mkdir -p "$STATE"
 
   need_cmd curl
-  need_cmd lua5.4   # runs the chart's Argo CD health.lua checks (e2e/tests/chart.rs)
+  need_cmd lua5.4   # runs the chart's Argo CD health.lua checks (e2e/tests/argocd.rs)
   install_kubectl_helm
   install_etcd
   build_k8s

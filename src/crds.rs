@@ -1,7 +1,15 @@
-//! The CustomResourceDefinitions generated from the types in [`crate::api`], as committed under `crds/`.
+//! The CustomResourceDefinitions generated from the types in [`crate::api`], as committed under `crds/`,
+//! and their installation into a cluster.
 
 use crate::api::{DatabaseCheckpoint, DatabaseClone};
-use kube::CustomResourceExt;
+use k8s_openapi::apiextensions_apiserver::pkg::apis::apiextensions::v1::CustomResourceDefinition;
+use kube::api::{Patch, PatchParams};
+use kube::runtime::wait::{await_condition, conditions};
+use kube::{Api, Client, CustomResourceExt, ResourceExt};
+use std::time::Duration;
+
+/// How long [`install_crds`] waits for each CRD to become Established.
+const ESTABLISHED_TIMEOUT: Duration = Duration::from_secs(30);
 
 /// Every CRD of the operator as `(file name, YAML)`, in a stable order.
 pub fn generated() -> Result<Vec<(&'static str, String)>, serde_yaml::Error> {
@@ -15,6 +23,55 @@ pub fn generated() -> Result<Vec<(&'static str, String)>, serde_yaml::Error> {
             serde_yaml::to_string(&DatabaseClone::crd())?,
         ),
     ])
+}
+
+/// Why [`install_crds`] failed.
+#[derive(Debug, thiserror::Error)]
+pub enum InstallError {
+    #[error("applying CRD {name}: {source}")]
+    Apply {
+        name: String,
+        #[source]
+        source: kube::Error,
+    },
+    #[error("watching CRD {name} until it is Established: {source}")]
+    Watch {
+        name: String,
+        #[source]
+        source: kube::runtime::wait::Error,
+    },
+    #[error("CRD {name} not Established within {timeout:?}")]
+    NotEstablished { name: String, timeout: Duration },
+}
+
+/// Server-side applies every CRD generated from the types, as `field_manager` and forcing
+/// conflicts, and waits until the API server reports each one Established (it serves the kind).
+pub async fn install_crds(client: &Client, field_manager: &str) -> Result<(), InstallError> {
+    let crds: Api<CustomResourceDefinition> = Api::all(client.clone());
+    for crd in [DatabaseCheckpoint::crd(), DatabaseClone::crd()] {
+        let name = crd.name_any();
+        crds.patch(
+            &name,
+            &PatchParams::apply(field_manager).force(),
+            &Patch::Apply(&crd),
+        )
+        .await
+        .map_err(|source| InstallError::Apply {
+            name: name.clone(),
+            source,
+        })?;
+        tokio::time::timeout(
+            ESTABLISHED_TIMEOUT,
+            await_condition(crds.clone(), &name, conditions::is_crd_established()),
+        )
+        .await
+        .map_err(|_| InstallError::NotEstablished {
+            name: name.clone(),
+            timeout: ESTABLISHED_TIMEOUT,
+        })?
+        .map_err(|source| InstallError::Watch { name, source })?;
+    }
+    Ok(())
 }
 
 #[cfg(test)]

@@ -20,6 +20,8 @@ enum Kind {
     Checkpoint,
     Clone,
 }
+// Short names keep the rows compact.
+use Kind::{Checkpoint as Cp, Clone as Cl};
 
 /// How the manifest reaches the API server.
 #[derive(Clone, Debug)]
@@ -84,27 +86,72 @@ fn manifest(kind: Kind, name: &str, spec: Value) -> Value {
 /// The table. `store` is the test's own store (with the sample database at [`PARENT`] and a ready
 /// checkpoint `nightly` of it); `namespace` is the test namespace.
 fn table(store: &TestStore, namespace: &str) -> Vec<Row> {
-    use Kind::{Checkpoint as Cp, Clone as Cl};
-    let store_spec = store.store_spec();
-    let db = |path: &str| json!({"store": store_spec, "path": path});
-    let parent = db(PARENT);
-    let of_nightly = |target: &str| json!({"source": {"checkpointRef": {"name": "nightly"}}, "target": {"path": target}});
-    let with = |mut spec: Value, pointer: &str, value: Value| {
-        let (parent_pointer, key) = pointer.rsplit_once('/').unwrap();
-        spec.pointer_mut(parent_pointer).unwrap()[key] = value;
-        spec
-    };
-    let clone_with = |pointer: &str, value: Value| with(of_nightly("clones/x"), pointer, value);
-    let checkpoint_with =
-        |pointer: &str, value: Value| with(json!({"database": parent.clone()}), pointer, value);
-    let range = |start: &str, end: &str| {
-        clone_with("/source/keyRange", json!({"start": start, "end": end}))
-    };
-    let huge_path = "d/".repeat(50 * 1024) + "x"; // 100 KiB
-    let long_name = "n".repeat(10_000);
+    [
+        clone_shape_rows(),
+        clone_source_rows(store),
+        clone_path_rows(store),
+        clone_oversized_rows(),
+        clone_key_range_rows(),
+        clone_duration_rows(),
+        checkpoint_shape_rows(store),
+        checkpoint_path_rows(store),
+        checkpoint_adopt_rows(store),
+        checkpoint_lifetime_rows(store),
+        other_namespace_rows(namespace),
+        stalled_rows(store),
+        reference_rows(store, namespace),
+        empty_decoded_range_rows(),
+    ]
+    .into_iter()
+    .flatten()
+    .collect()
+}
 
-    let mut rows = vec![
-        // --- DatabaseClone: shape and types --------------------------------------------------
+/// `spec.database` (or `spec.source.database`): `path` on the test's store.
+fn database(store: &TestStore, path: &str) -> Value {
+    json!({"store": store.store_spec(), "path": path})
+}
+
+/// A clone spec of the checkpoint `nightly` into `target`.
+fn of_nightly(target: &str) -> Value {
+    json!({"source": {"checkpointRef": {"name": "nightly"}}, "target": {"path": target}})
+}
+
+/// `spec` with the field at the JSON pointer `pointer` set to `value` (its parent must exist).
+fn with(mut spec: Value, pointer: &str, value: Value) -> Value {
+    let (parent_pointer, key) = pointer.rsplit_once('/').unwrap();
+    spec.pointer_mut(parent_pointer).unwrap()[key] = value;
+    spec
+}
+
+/// A valid clone spec (of `nightly` into `clones/x`) with one field set to `value`.
+fn clone_with(pointer: &str, value: Value) -> Value {
+    with(of_nightly("clones/x"), pointer, value)
+}
+
+/// A valid checkpoint spec (of the parent database) with one field set to `value`.
+fn checkpoint_with(store: &TestStore, pointer: &str, value: Value) -> Value {
+    with(json!({"database": database(store, PARENT)}), pointer, value)
+}
+
+/// A clone spec of `nightly` restricted to the key range `[start, end)`.
+fn key_range(start: &str, end: &str) -> Value {
+    clone_with("/source/keyRange", json!({"start": start, "end": end}))
+}
+
+/// A 100 KiB path.
+fn huge_path() -> String {
+    "d/".repeat(50 * 1024) + "x"
+}
+
+/// A name far longer than any limit.
+fn long_name() -> String {
+    "n".repeat(10_000)
+}
+
+/// DatabaseClones of the wrong shape or with fields of the wrong type.
+fn clone_shape_rows() -> Vec<Row> {
+    vec![
         rejected("clone-no-spec", Cl, Value::Null, "spec: Required value"),
         rejected(
             "clone-spec-string",
@@ -178,11 +225,16 @@ fn table(store: &TestStore, namespace: &str) -> Vec<Row> {
             clone_with("/deletionPolicy", json!(["Delete"])),
             "spec.deletionPolicy in body must be of type string",
         ),
-        // --- DatabaseClone: sources ----------------------------------------------------------
+    ]
+}
+
+/// DatabaseClones with no source or two, a store URL that is not one, or the source as the target.
+fn clone_source_rows(store: &TestStore) -> Vec<Row> {
+    vec![
         rejected(
             "clone-both-sources",
             Cl,
-            clone_with("/source/database", parent.clone()),
+            clone_with("/source/database", database(store, PARENT)),
             "spec.source needs exactly one of checkpointRef or database",
         ),
         rejected(
@@ -200,7 +252,7 @@ fn table(store: &TestStore, namespace: &str) -> Vec<Row> {
         rejected(
             "clone-same-path",
             Cl,
-            json!({"source": {"database": parent}, "target": {"path": PARENT}}),
+            json!({"source": {"database": database(store, PARENT)}, "target": {"path": PARENT}}),
             "spec.target.path must differ from the source database path",
         ),
         rejected(
@@ -221,7 +273,12 @@ fn table(store: &TestStore, namespace: &str) -> Vec<Row> {
             json!({"source": {"database": {"store": {"url": "/var/data"}, "path": "p"}}, "target": {"path": "q"}}),
             "must be an object-store URL",
         ),
-        // --- DatabaseClone: paths -------------------------------------------------------------
+    ]
+}
+
+/// DatabaseClones whose target or source path escapes, is absolute, empty or too long.
+fn clone_path_rows(store: &TestStore) -> Vec<Row> {
+    vec![
         rejected(
             "clone-dotdot",
             Cl,
@@ -267,26 +324,34 @@ fn table(store: &TestStore, namespace: &str) -> Vec<Row> {
         rejected(
             "clone-huge-path",
             Cl,
-            of_nightly(&huge_path),
+            of_nightly(&huge_path()),
             "Too long: may not be more than 1024 bytes",
         ),
         rejected(
             "clone-source-dotdot",
             Cl,
-            json!({"source": {"database": db("../prod/orders")}, "target": {"path": "clones/x"}}),
+            json!({"source": {"database": database(store, "../prod/orders")}, "target": {"path": "clones/x"}}),
             "path must not contain '..' segments",
         ),
-        // --- DatabaseClone: names and huge strings --------------------------------------------
+    ]
+}
+
+/// DatabaseClones with names and strings beyond their limits, up to a manifest bigger than the API
+/// server takes in one request.
+fn clone_oversized_rows() -> Vec<Row> {
+    let mut huge_name = manifest(Cl, "x", of_nightly("clones/x"));
+    huge_name["metadata"]["name"] = json!(long_name());
+    vec![
         rejected(
             "clone-huge-ref-name",
             Cl,
-            clone_with("/source/checkpointRef/name", json!(long_name)),
+            clone_with("/source/checkpointRef/name", json!(long_name())),
             "Too long: may not be more than 253 bytes",
         ),
         rejected(
             "clone-huge-key",
             Cl,
-            range(&"k".repeat(100 * 1024), "z"),
+            key_range(&"k".repeat(100 * 1024), "z"),
             "Too long: may not be more than 4096 bytes",
         ),
         rejected(
@@ -295,62 +360,99 @@ fn table(store: &TestStore, namespace: &str) -> Vec<Row> {
             json!({"source": {"database": {"store": {"url": format!("s3://{}", "b".repeat(100 * 1024))}, "path": "p"}}, "target": {"path": "q"}}),
             "Too long: may not be more than 2048 bytes",
         ),
-        // --- DatabaseClone: key ranges --------------------------------------------------------
+        // A manifest bigger than the API server takes in one request.
+        rejected(
+            "clone-over-request-limit",
+            Cl,
+            key_range(&"k".repeat(4 << 20), "z"),
+            "Request entity too large",
+        ),
+        Row {
+            label: "clone-huge-metadata-name",
+            kind: Cl,
+            manifest: huge_name,
+            via: Via::Create,
+            expect: Outcome::Rejected {
+                contains: "must be no more than 253 characters",
+            },
+        },
+    ]
+}
+
+/// DatabaseClones with key ranges that are empty or inverted, or keys that are not valid `base64:`.
+fn clone_key_range_rows() -> Vec<Row> {
+    vec![
         rejected(
             "clone-range-inverted",
             Cl,
-            range("m", "a"),
+            key_range("m", "a"),
             "keyRange.start must sort before keyRange.end",
         ),
         rejected(
             "clone-range-empty",
             Cl,
-            range("k", "k"),
+            key_range("k", "k"),
             "keyRange.start must sort before keyRange.end",
         ),
         rejected(
             "clone-key-empty",
             Cl,
-            range("", "z"),
+            key_range("", "z"),
             "should be at least 1 chars long",
         ),
         rejected(
             "clone-key-number",
             Cl,
-            range("a", "z").pipe(|s| with(s, "/source/keyRange/end", json!(7))),
+            with(key_range("a", "z"), "/source/keyRange/end", json!(7)),
             "spec.source.keyRange.end in body must be of type string",
         ),
         rejected(
             "clone-base64-not-base64",
             Cl,
-            range("base64:not base64!", "z"),
+            key_range("base64:not base64!", "z"),
             "a key starting with 'base64:' must continue with standard padded base64",
         ),
         rejected(
             "clone-base64-unpadded",
             Cl,
-            range("base64:AAE", "z"),
+            key_range("base64:AAE", "z"),
             "standard padded base64",
         ),
         rejected(
             "clone-base64-urlsafe",
             Cl,
-            range("a", "base64:-_-_"),
+            key_range("a", "base64:-_-_"),
             "standard padded base64",
         ),
         rejected(
             "clone-base64-empty-ish",
             Cl,
-            range("base64:=", "z"),
+            key_range("base64:=", "z"),
             "standard padded base64",
         ),
         rejected(
             "clone-base64-non-ascii",
             Cl,
-            range("base64:ÿÿÿÿ", "z"),
+            key_range("base64:ÿÿÿÿ", "z"),
             "standard padded base64",
         ),
-        // --- DatabaseClone: durations ---------------------------------------------------------
+        // Invalid UTF-8 bytes in a `base64:` key bound (JSON cannot carry them; the API server replaces
+        // them with U+FFFD, which is not base64).
+        Row {
+            label: "clone-base64-invalid-utf8",
+            kind: Cl,
+            manifest: manifest(Cl, "clone-base64-invalid-utf8", key_range("base64:@@", "z")),
+            via: Via::RawBytes(vec![0xff, 0xfe, 0xc3, 0x28]),
+            expect: Outcome::Rejected {
+                contains: "standard padded base64",
+            },
+        },
+    ]
+}
+
+/// DatabaseClones whose `expireAfter` is not a duration or out of range.
+fn clone_duration_rows() -> Vec<Row> {
+    vec![
         rejected(
             "clone-duration-words",
             Cl,
@@ -405,7 +507,14 @@ fn table(store: &TestStore, namespace: &str) -> Vec<Row> {
             clone_with("/expireAfter", json!("")),
             "must be a duration such as 30m, 24h or 1h30m",
         ),
-        // --- DatabaseCheckpoint: shape and types ----------------------------------------------
+    ]
+}
+
+/// DatabaseCheckpoints of the wrong shape, with fields of the wrong type or an invalid name.
+fn checkpoint_shape_rows(store: &TestStore) -> Vec<Row> {
+    let mut bad_name = manifest(Cp, "x", json!({"database": database(store, PARENT)}));
+    bad_name["metadata"]["name"] = json!("Nightly_Backup");
+    vec![
         rejected("cp-no-spec", Cp, Value::Null, "spec: Required value"),
         rejected(
             "cp-no-database",
@@ -422,7 +531,7 @@ fn table(store: &TestStore, namespace: &str) -> Vec<Row> {
         rejected(
             "cp-no-path",
             Cp,
-            json!({"database": {"store": store_spec}}),
+            json!({"database": {"store": store.store_spec()}}),
             "spec.database.path: Required value",
         ),
         rejected(
@@ -458,63 +567,87 @@ fn table(store: &TestStore, namespace: &str) -> Vec<Row> {
         rejected(
             "cp-checksum-unknown",
             Cp,
-            checkpoint_with("/checksum", json!("Full")),
+            checkpoint_with(store, "/checksum", json!("Full")),
             "Unsupported value: \"Full\"",
         ),
         rejected(
             "cp-policy-unknown",
             Cp,
-            checkpoint_with("/deletionPolicy", json!("Keep")),
+            checkpoint_with(store, "/deletionPolicy", json!("Keep")),
             "Unsupported value: \"Keep\"",
         ),
         rejected(
             "cp-mode-unknown",
             Cp,
-            checkpoint_with("/source", json!({"mode": "Copy"})),
+            checkpoint_with(store, "/source", json!({"mode": "Copy"})),
             "Unsupported value: \"Copy\"",
         ),
-        // --- DatabaseCheckpoint: paths --------------------------------------------------------
+        Row {
+            label: "cp-invalid-metadata-name",
+            kind: Cp,
+            manifest: bad_name,
+            via: Via::Create,
+            expect: Outcome::Rejected {
+                contains: "a lowercase RFC 1123 subdomain",
+            },
+        },
+    ]
+}
+
+/// DatabaseCheckpoints whose database path escapes, is absolute or too long.
+fn checkpoint_path_rows(store: &TestStore) -> Vec<Row> {
+    vec![
         rejected(
             "cp-dotdot",
             Cp,
-            json!({"database": db("prod/../etc")}),
+            json!({"database": database(store, "prod/../etc")}),
             "path must not contain '..' segments",
         ),
         rejected(
             "cp-absolute",
             Cp,
-            json!({"database": db("/etc/passwd")}),
+            json!({"database": database(store, "/etc/passwd")}),
             "no leading '/'",
         ),
         rejected(
             "cp-empty-segment",
             Cp,
-            json!({"database": db("prod//orders")}),
+            json!({"database": database(store, "prod//orders")}),
             "must not contain empty segments",
         ),
         rejected(
             "cp-huge-path",
             Cp,
-            json!({"database": db(&huge_path)}),
+            json!({"database": database(store, &huge_path())}),
             "Too long: may not be more than 1024 bytes",
         ),
-        // --- DatabaseCheckpoint: adopt --------------------------------------------------------
+    ]
+}
+
+/// DatabaseCheckpoints that adopt an application checkpoint inconsistently.
+fn checkpoint_adopt_rows(store: &TestStore) -> Vec<Row> {
+    vec![
         rejected(
             "cp-adopt-missing",
             Cp,
-            checkpoint_with("/source", json!({"mode": "Adopt"})),
+            checkpoint_with(store, "/source", json!({"mode": "Adopt"})),
             "source.adopt must be set when, and only when, source.mode is Adopt",
         ),
         rejected(
             "cp-adopt-with-create",
             Cp,
-            checkpoint_with("/source", json!({"mode": "Create", "adopt": {"name": "n"}})),
+            checkpoint_with(
+                store,
+                "/source",
+                json!({"mode": "Create", "adopt": {"name": "n"}}),
+            ),
             "source.adopt must be set when, and only when, source.mode is Adopt",
         ),
         rejected(
             "cp-adopt-both",
             Cp,
             checkpoint_with(
+                store,
                 "/source",
                 json!({"mode": "Adopt", "adopt": {"id": "0195d7a2-3c4f-7e21-9a0b-1c2d3e4f5a6b", "name": "n"}}),
             ),
@@ -523,13 +656,14 @@ fn table(store: &TestStore, namespace: &str) -> Vec<Row> {
         rejected(
             "cp-adopt-neither",
             Cp,
-            checkpoint_with("/source", json!({"mode": "Adopt", "adopt": {}})),
+            checkpoint_with(store, "/source", json!({"mode": "Adopt", "adopt": {}})),
             "source.adopt needs exactly one of id or name",
         ),
         rejected(
             "cp-adopt-bad-uuid",
             Cp,
             checkpoint_with(
+                store,
                 "/source",
                 json!({"mode": "Adopt", "adopt": {"id": "not-a-uuid"}}),
             ),
@@ -539,200 +673,243 @@ fn table(store: &TestStore, namespace: &str) -> Vec<Row> {
             "cp-adopt-huge-name",
             Cp,
             checkpoint_with(
+                store,
                 "/source",
-                json!({"mode": "Adopt", "adopt": {"name": long_name}}),
+                json!({"mode": "Adopt", "adopt": {"name": long_name()}}),
             ),
             "Too long: may not be more than 512 bytes",
         ),
-        // --- DatabaseCheckpoint: durations ----------------------------------------------------
+    ]
+}
+
+/// DatabaseCheckpoints whose `lifetime` is not a duration or out of range.
+fn checkpoint_lifetime_rows(store: &TestStore) -> Vec<Row> {
+    vec![
         rejected(
             "cp-lifetime-years",
             Cp,
-            checkpoint_with("/lifetime", json!("1y")),
+            checkpoint_with(store, "/lifetime", json!("1y")),
             "must be a duration such as 30m, 24h or 1h30m",
         ),
         rejected(
             "cp-lifetime-too-long",
             Cp,
-            checkpoint_with("/lifetime", json!("100000h")),
+            checkpoint_with(store, "/lifetime", json!("100000h")),
             "between 1s and 87600h",
         ),
         rejected(
             "cp-lifetime-fraction-short",
             Cp,
-            checkpoint_with("/lifetime", json!("0.5s")),
+            checkpoint_with(store, "/lifetime", json!("0.5s")),
             "between 1s and 87600h",
         ),
         rejected(
             "cp-lifetime-object",
             Cp,
-            checkpoint_with("/lifetime", json!({"hours": 1})),
+            checkpoint_with(store, "/lifetime", json!({"hours": 1})),
             "spec.lifetime in body must be of type string",
         ),
-    ];
+    ]
+}
 
-    // Names: a 10k-character metadata.name, and one that is not a DNS subdomain.
-    let mut huge_name = manifest(Cl, "x", of_nightly("clones/x"));
-    huge_name["metadata"]["name"] = json!(long_name);
-    rows.push(Row {
-        label: "clone-huge-metadata-name",
-        kind: Cl,
-        manifest: huge_name,
-        via: Via::Create,
-        expect: Outcome::Rejected {
-            contains: "must be no more than 253 characters",
-        },
-    });
-    let mut bad_name = manifest(Cp, "x", json!({"database": parent}));
-    bad_name["metadata"]["name"] = json!("Nightly_Backup");
-    rows.push(Row {
-        label: "cp-invalid-metadata-name",
-        kind: Cp,
-        manifest: bad_name,
-        via: Via::Create,
-        expect: Outcome::Rejected {
-            contains: "a lowercase RFC 1123 subdomain",
-        },
-    });
-    // A manifest bigger than the API server takes in one request.
-    rows.push(rejected(
-        "clone-over-request-limit",
-        Cl,
-        range(&"k".repeat(4 << 20), "z"),
-        "Request entity too large",
-    ));
-    // Invalid UTF-8 bytes in a `base64:` key bound (JSON cannot carry them; the API server replaces
-    // them with U+FFFD, which is not base64).
-    rows.push(Row {
-        label: "clone-base64-invalid-utf8",
-        kind: Cl,
-        manifest: manifest(Cl, "clone-base64-invalid-utf8", range("base64:@@", "z")),
-        via: Via::RawBytes(vec![0xff, 0xfe, 0xc3, 0x28]),
-        expect: Outcome::Rejected {
-            contains: "standard padded base64",
-        },
-    });
-    // A reference to another namespace: the schema has no namespace field, so a strict apply
-    // refuses it, and a lenient create prunes it and the reference stays in this namespace.
+/// References to another namespace: the schema has no namespace field, so a strict apply refuses
+/// them, and a lenient create prunes them and the reference stays in this namespace.
+fn other_namespace_rows(namespace: &str) -> Vec<Row> {
     let elsewhere = clone_with(
         "/source/checkpointRef",
         json!({"name": "elsewhere", "namespace": "kube-system"}),
     );
-    rows.push(Row {
-        label: "clone-ref-namespace-strict",
-        kind: Cl,
-        manifest: manifest(Cl, "clone-ref-namespace-strict", elsewhere.clone()),
-        via: Via::StrictCreate,
-        expect: Outcome::Rejected {
-            contains: "unknown field \"spec.source.checkpointRef.namespace\"",
+    vec![
+        Row {
+            label: "clone-ref-namespace-strict",
+            kind: Cl,
+            manifest: manifest(Cl, "clone-ref-namespace-strict", elsewhere.clone()),
+            via: Via::StrictCreate,
+            expect: Outcome::Rejected {
+                contains: "unknown field \"spec.source.checkpointRef.namespace\"",
+            },
         },
-    });
-    rows.push(Row {
-        label: "clone-ref-namespace-pruned",
-        kind: Cl,
-        manifest: manifest(Cl, "clone-ref-namespace-pruned", elsewhere),
-        via: Via::Create,
-        expect: Outcome::Reconciling {
-            reason: "SourceNotFound",
-            contains: format!("DatabaseCheckpoint {namespace}/elsewhere does not exist"),
+        Row {
+            label: "clone-ref-namespace-pruned",
+            kind: Cl,
+            manifest: manifest(Cl, "clone-ref-namespace-pruned", elsewhere),
+            via: Via::Create,
+            expect: Outcome::Reconciling {
+                reason: "SourceNotFound",
+                contains: format!("DatabaseCheckpoint {namespace}/elsewhere does not exist"),
+            },
         },
-    });
-    rows.push(Row {
-        label: "cp-secret-namespace-strict",
-        kind: Cp,
-        manifest: manifest(
-            Cp,
-            "cp-secret-namespace-strict",
-            json!({"database": {"store": {"url": "s3://b", "secretRef": {"name": "s", "namespace": "kube-system"}}, "path": PARENT}}),
-        ),
-        via: Via::StrictCreate,
-        expect: Outcome::Rejected {
-            contains: "unknown field \"spec.database.store.secretRef.namespace\"",
+        Row {
+            label: "cp-secret-namespace-strict",
+            kind: Cp,
+            manifest: manifest(
+                Cp,
+                "cp-secret-namespace-strict",
+                json!({"database": {"store": {"url": "s3://b", "secretRef": {"name": "s", "namespace": "kube-system"}}, "path": PARENT}}),
+            ),
+            via: Via::StrictCreate,
+            expect: Outcome::Rejected {
+                contains: "unknown field \"spec.database.store.secretRef.namespace\"",
+            },
         },
-    });
+    ]
+}
 
-    // --- Admitted, then stalled by the operator ------------------------------------------------
-    rows.extend([
-        stalled("cp-not-a-database", Cp, json!({"database": db("nothing/here")}), "NotADatabase"),
-        stalled("cp-bad-bucket", Cp, json!({"database": {"store": {"url": "s3://bad bucket/x"}, "path": PARENT}}), "InvalidStoreUrl"),
-        stalled("cp-dot-segment", Cp, json!({"database": db("prod/./orders")}), "NotADatabase"),
-        stalled("cp-adopt-unknown-id", Cp, checkpoint_with("/source", json!({"mode": "Adopt", "adopt": {"id": "0195d7a2-3c4f-7e21-9a0b-1c2d3e4f5a6b"}})), "CheckpointMissing"),
-        stalled("cp-adopt-unknown-name", Cp, checkpoint_with("/source", json!({"mode": "Adopt", "adopt": {"name": "no-such-checkpoint"}})), "CheckpointMissing"),
-        stalled("cp-of-a-clone-target-dir", Cp, json!({"database": db("other")}), "NotADatabase"),
-        stalled("clone-target-holds-db", Cl, of_nightly(OTHER_DB), "TargetNotEmpty"),
-        stalled("clone-latest-target-holds-db", Cl, json!({"source": {"database": parent}, "target": {"path": OTHER_DB}}), "TargetNotEmpty"),
-        stalled("clone-target-is-parent-dir", Cl, of_nightly("prod"), "TargetNotEmpty"),
-        stalled("clone-target-is-source", Cl, of_nightly(PARENT), "InvalidSpec"),
-        stalled("clone-source-not-a-db", Cl, json!({"source": {"database": db("nothing/here")}, "target": {"path": "clones/none"}}), "NotADatabase"),
-        stalled("clone-source-bad-bucket", Cl, json!({"source": {"database": {"store": {"url": "s3://bad bucket/x"}, "path": PARENT}}, "target": {"path": "clones/bb"}}), "InvalidStoreUrl"),
-    ]);
-    // References to objects that do not exist (yet): transient by design, so that applying a set of
-    // manifests in any order converges.
-    rows.push(Row {
-        label: "clone-missing-checkpoint",
-        kind: Cl,
-        manifest: manifest(
-            Cl,
-            "clone-missing-checkpoint",
-            clone_with("/source/checkpointRef/name", json!("no-such-checkpoint")),
-        ),
-        via: Via::Create,
-        expect: Outcome::Reconciling {
-            reason: "SourceNotFound",
-            contains: format!("DatabaseCheckpoint {namespace}/no-such-checkpoint does not exist"),
-        },
-    });
-    rows.push(Row {
-        label: "clone-missing-secret",
-        kind: Cl,
-        manifest: manifest(
-            Cl,
-            "clone-missing-secret",
-            json!({"source": {"database": {"store": {"url": store.url, "secretRef": {"name": "no-such-secret"}}, "path": PARENT}},
-                   "target": {"path": "clones/ms"}}),
-        ),
-        via: Via::Create,
-        expect: Outcome::Reconciling {
-            reason: "SecretNotFound",
-            contains: "no-such-secret".into(),
-        },
-    });
-    rows.push(Row {
-        label: "cp-missing-secret",
-        kind: Cp,
-        manifest: manifest(
+/// Manifests the API server admits and the operator then stalls with a reason.
+fn stalled_rows(store: &TestStore) -> Vec<Row> {
+    vec![
+        stalled(
+            "cp-not-a-database",
             Cp,
-            "cp-missing-secret",
-            json!({"database": {"store": {"url": store.url, "secretRef": {"name": "no-such-secret"}}, "path": PARENT}}),
+            json!({"database": database(store, "nothing/here")}),
+            "NotADatabase",
         ),
-        via: Via::Create,
-        expect: Outcome::Reconciling {
-            reason: "SecretNotFound",
-            contains: "no-such-secret".into(),
-        },
-    });
-    rows.push(Row {
-        label: "clone-of-stalled-checkpoint",
-        kind: Cl,
-        manifest: manifest(
+        stalled(
+            "cp-bad-bucket",
+            Cp,
+            json!({"database": {"store": {"url": "s3://bad bucket/x"}, "path": PARENT}}),
+            "InvalidStoreUrl",
+        ),
+        stalled(
+            "cp-dot-segment",
+            Cp,
+            json!({"database": database(store, "prod/./orders")}),
+            "NotADatabase",
+        ),
+        stalled(
+            "cp-adopt-unknown-id",
+            Cp,
+            checkpoint_with(
+                store,
+                "/source",
+                json!({"mode": "Adopt", "adopt": {"id": "0195d7a2-3c4f-7e21-9a0b-1c2d3e4f5a6b"}}),
+            ),
+            "CheckpointMissing",
+        ),
+        stalled(
+            "cp-adopt-unknown-name",
+            Cp,
+            checkpoint_with(
+                store,
+                "/source",
+                json!({"mode": "Adopt", "adopt": {"name": "no-such-checkpoint"}}),
+            ),
+            "CheckpointMissing",
+        ),
+        stalled(
+            "cp-of-a-clone-target-dir",
+            Cp,
+            json!({"database": database(store, "other")}),
+            "NotADatabase",
+        ),
+        stalled(
+            "clone-target-holds-db",
             Cl,
-            "clone-of-stalled-checkpoint",
-            clone_with("/source/checkpointRef/name", json!("cp-not-a-database")),
+            of_nightly(OTHER_DB),
+            "TargetNotEmpty",
         ),
-        via: Via::Create,
-        expect: Outcome::Stalled {
-            reason: "SourceStalled",
+        stalled(
+            "clone-latest-target-holds-db",
+            Cl,
+            json!({"source": {"database": database(store, PARENT)}, "target": {"path": OTHER_DB}}),
+            "TargetNotEmpty",
+        ),
+        stalled(
+            "clone-target-is-parent-dir",
+            Cl,
+            of_nightly("prod"),
+            "TargetNotEmpty",
+        ),
+        stalled(
+            "clone-target-is-source",
+            Cl,
+            of_nightly(PARENT),
+            "InvalidSpec",
+        ),
+        stalled(
+            "clone-source-not-a-db",
+            Cl,
+            json!({"source": {"database": database(store, "nothing/here")}, "target": {"path": "clones/none"}}),
+            "NotADatabase",
+        ),
+        stalled(
+            "clone-source-bad-bucket",
+            Cl,
+            json!({"source": {"database": {"store": {"url": "s3://bad bucket/x"}, "path": PARENT}}, "target": {"path": "clones/bb"}}),
+            "InvalidStoreUrl",
+        ),
+    ]
+}
+
+/// References to objects that do not exist (yet), transient by design so that applying a set of
+/// manifests in any order converges, and a clone of a stalled checkpoint, which stalls too.
+fn reference_rows(store: &TestStore, namespace: &str) -> Vec<Row> {
+    vec![
+        Row {
+            label: "clone-missing-checkpoint",
+            kind: Cl,
+            manifest: manifest(
+                Cl,
+                "clone-missing-checkpoint",
+                clone_with("/source/checkpointRef/name", json!("no-such-checkpoint")),
+            ),
+            via: Via::Create,
+            expect: Outcome::Reconciling {
+                reason: "SourceNotFound",
+                contains: format!(
+                    "DatabaseCheckpoint {namespace}/no-such-checkpoint does not exist"
+                ),
+            },
         },
-    });
-    rows.extend(empty_decoded_ranges());
-    rows
+        Row {
+            label: "clone-missing-secret",
+            kind: Cl,
+            manifest: manifest(
+                Cl,
+                "clone-missing-secret",
+                json!({"source": {"database": {"store": {"url": store.url, "secretRef": {"name": "no-such-secret"}}, "path": PARENT}},
+                       "target": {"path": "clones/ms"}}),
+            ),
+            via: Via::Create,
+            expect: Outcome::Reconciling {
+                reason: "SecretNotFound",
+                contains: "no-such-secret".into(),
+            },
+        },
+        Row {
+            label: "cp-missing-secret",
+            kind: Cp,
+            manifest: manifest(
+                Cp,
+                "cp-missing-secret",
+                json!({"database": {"store": {"url": store.url, "secretRef": {"name": "no-such-secret"}}, "path": PARENT}}),
+            ),
+            via: Via::Create,
+            expect: Outcome::Reconciling {
+                reason: "SecretNotFound",
+                contains: "no-such-secret".into(),
+            },
+        },
+        Row {
+            label: "clone-of-stalled-checkpoint",
+            kind: Cl,
+            manifest: manifest(
+                Cl,
+                "clone-of-stalled-checkpoint",
+                clone_with("/source/checkpointRef/name", json!("cp-not-a-database")),
+            ),
+            via: Via::Create,
+            expect: Outcome::Stalled {
+                reason: "SourceStalled",
+            },
+        },
+    ]
 }
 
 /// Key ranges that only the decoded bytes show to be empty: the CRD's rule compares text bounds
 /// only, so the operator checks the decoded range (SlateDB would panic on an empty one).
-fn empty_decoded_ranges() -> Vec<Row> {
-    use Kind::Clone as Cl;
-    let of_nightly = |target: &str, start: &str, end: &str| {
+fn empty_decoded_range_rows() -> Vec<Row> {
+    let ranged_of_nightly = |target: &str, start: &str, end: &str| {
         json!({"source": {"checkpointRef": {"name": "nightly"}, "keyRange": {"start": start, "end": end}},
                "target": {"path": target}})
     };
@@ -740,25 +917,17 @@ fn empty_decoded_ranges() -> Vec<Row> {
         stalled(
             "clone-base64-inverted",
             Cl,
-            of_nightly("clones/inverted", "base64:eg==", "base64:YQ=="),
+            ranged_of_nightly("clones/inverted", "base64:eg==", "base64:YQ=="),
             "InvalidKeyRange",
         ),
         stalled(
             "clone-base64-empty-range",
             Cl,
-            of_nightly("clones/empty-range", "base64:YQ==", "a"),
+            ranged_of_nightly("clones/empty-range", "base64:YQ==", "a"),
             "InvalidKeyRange",
         ),
     ]
 }
-
-/// `value.pipe(f)`: lets a row's spec be built in one expression.
-trait Pipe: Sized {
-    fn pipe<T>(self, f: impl FnOnce(Self) -> T) -> T {
-        f(self)
-    }
-}
-impl Pipe for Value {}
 
 fn api_for(env: &TestEnv, kind: Kind) -> Api<DynamicObject> {
     match kind {

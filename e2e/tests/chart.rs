@@ -1,19 +1,20 @@
-//! The Helm chart, the Dockerfile, the Argo CD health checks and the examples: rendered with the
-//! cluster's helm, validated by the real kube-apiserver (`kubectl apply --dry-run=server`), and
-//! cross-checked against the crate so that none of them can silently rot.
+//! The Helm chart: its CRD copies match `crds/`, it passes `helm lint` and its values schema, it renders
+//! what each set of values asks for, the operator accepts every flag it passes, and its output passes a
+//! server-side dry run (`kubectl apply --dry-run=server`) against the real kube-apiserver.
 
-use crate::support::{repo_path, run_tool, TestEnv};
+use crate::support::{
+    describe, documents, find, get, repo_path, run_tool, server_dry_run, yaml_files, TestEnv,
+};
 use k8s_openapi::apiextensions_apiserver::pkg::apis::apiextensions::v1::CustomResourceDefinition;
 use kube::api::PostParams;
 use kube::runtime::wait::{await_condition, conditions};
 use kube::Api;
 use serde_json::{json, Value};
-use std::collections::{BTreeMap, BTreeSet};
-use std::path::{Path, PathBuf};
+use std::collections::BTreeMap;
 use std::process::Output;
 use std::time::Duration;
 
-const CHART: &str = "charts/slatedb-operator";
+pub(crate) const CHART: &str = "charts/slatedb-operator";
 const ALL_OPTIONS: &str = "charts/slatedb-operator/ci/all-options-values.yaml";
 
 fn chart_dir() -> String {
@@ -22,15 +23,6 @@ fn chart_dir() -> String {
 
 fn all_options_values() -> String {
     repo_path(ALL_OPTIONS).display().to_string()
-}
-
-fn describe(what: &str, output: &Output) -> String {
-    format!(
-        "{what}: exit {:?}\n--- stdout\n{}\n--- stderr\n{}",
-        output.status.code(),
-        String::from_utf8_lossy(&output.stdout),
-        String::from_utf8_lossy(&output.stderr)
-    )
 }
 
 /// `helm template <release> <chart> --namespace <namespace> <extra...>`, whatever its outcome.
@@ -58,35 +50,8 @@ fn helm_template(namespace: &str, extra: &[&str]) -> String {
     String::from_utf8(output.stdout).unwrap()
 }
 
-/// The documents of a multi-document YAML stream, as JSON values (empty documents dropped).
-fn documents(yaml: &str) -> Vec<Value> {
-    serde_yaml::Deserializer::from_str(yaml)
-        .map(|document| {
-            let value: serde_yaml::Value = serde::Deserialize::deserialize(document)
-                .unwrap_or_else(|e| panic!("parsing YAML: {e}\n{yaml}"));
-            serde_json::to_value(value).unwrap()
-        })
-        .filter(|value| !value.is_null())
-        .collect()
-}
-
 fn render(namespace: &str, extra: &[&str]) -> Vec<Value> {
     documents(&helm_template(namespace, extra))
-}
-
-fn find<'a>(docs: &'a [Value], kind: &str, name: &str) -> Option<&'a Value> {
-    docs.iter()
-        .find(|d| d["kind"] == kind && d["metadata"]["name"] == name)
-}
-
-fn get<'a>(docs: &'a [Value], kind: &str, name: &str) -> &'a Value {
-    find(docs, kind, name).unwrap_or_else(|| {
-        let present: Vec<String> = docs
-            .iter()
-            .map(|d| format!("{}/{}", d["kind"], d["metadata"]["name"]))
-            .collect();
-        panic!("no {kind} {name} in the rendered chart; it has {present:?}")
-    })
 }
 
 fn kinds(docs: &[Value]) -> BTreeMap<String, usize> {
@@ -106,25 +71,6 @@ fn container_args(docs: &[Value], deployment: &str) -> Vec<String> {
         .iter()
         .map(|a| a.as_str().unwrap().to_string())
         .collect()
-}
-
-/// `kubectl apply --dry-run=server -f -` of `yaml`, in `namespace` when given (kubectl refuses objects
-/// of other namespaces then); returns stderr (warnings).
-fn server_dry_run(namespace: Option<&str>, yaml: &str, what: &str) -> String {
-    let mut args = vec!["apply", "--dry-run=server", "-f", "-"];
-    if let Some(namespace) = namespace {
-        args.extend(["--namespace", namespace]);
-    }
-    let output = run_tool("E2E_KUBECTL", &args, Some(yaml.as_bytes()));
-    assert!(
-        output.status.success(),
-        "{}",
-        describe(
-            &format!("kubectl apply --dry-run=server of {what}"),
-            &output
-        )
-    );
-    String::from_utf8_lossy(&output.stderr).into_owned()
 }
 
 /// Every namespaced object the chart renders names its namespace, so `helm template | kubectl apply`
@@ -175,20 +121,6 @@ fn assert_no_pod_security_warnings(stderr: &str, what: &str) {
 }
 
 // --- CRD copies ----------------------------------------------------------------------------------
-
-fn yaml_files(dir: &Path) -> BTreeMap<String, Vec<u8>> {
-    std::fs::read_dir(dir)
-        .unwrap_or_else(|e| panic!("reading {}: {e}", dir.display()))
-        .map(|entry| entry.unwrap().path())
-        .filter(|path| path.extension().is_some_and(|e| e == "yaml" || e == "yml"))
-        .map(|path| {
-            (
-                path.file_name().unwrap().to_string_lossy().into_owned(),
-                std::fs::read(&path).unwrap(),
-            )
-        })
-        .collect()
-}
 
 #[test]
 fn chart_crd_copies_are_byte_identical_to_crds_dir() {
@@ -815,429 +747,5 @@ async fn all_options_values_pass_server_side_dry_run() {
 
     watched_a.cleanup().await;
     watched_b.cleanup().await;
-    env.cleanup().await;
-}
-
-// --- Dockerfile ----------------------------------------------------------------------------------
-
-/// The crate's binary name: the first `[[bin]]` table's `name`, else `[package]`'s.
-fn cargo_bin_name(cargo_toml: &str) -> String {
-    let mut section = String::new();
-    let mut package_name = None;
-    for line in cargo_toml.lines().map(str::trim) {
-        if line.starts_with('[') {
-            section = line.to_string();
-            continue;
-        }
-        let Some((key, value)) = line.split_once('=') else {
-            continue;
-        };
-        if key.trim() != "name" {
-            continue;
-        }
-        let value = value.trim().trim_matches('"').to_string();
-        match section.as_str() {
-            "[[bin]]" => return value,
-            "[package]" => package_name = Some(value),
-            _ => {}
-        }
-    }
-    package_name.expect("Cargo.toml names its package")
-}
-
-fn cargo_rust_version(cargo_toml: &str) -> Option<(u32, u32)> {
-    cargo_toml.lines().find_map(|line| {
-        let (key, value) = line.split_once('=')?;
-        (key.trim() == "rust-version").then(|| major_minor(value.trim().trim_matches('"')))?
-    })
-}
-
-fn major_minor(version: &str) -> Option<(u32, u32)> {
-    let mut parts = version.split('.');
-    Some((parts.next()?.parse().ok()?, parts.next()?.parse().ok()?))
-}
-
-/// Dockerfile instructions as (INSTRUCTION, arguments), continuation lines joined, comments dropped.
-fn dockerfile_instructions(text: &str) -> Vec<(String, String)> {
-    let mut instructions = vec![];
-    let mut current = String::new();
-    for line in text.lines() {
-        let trimmed = line.trim();
-        if trimmed.starts_with('#') || (trimmed.is_empty() && current.is_empty()) {
-            continue;
-        }
-        if let Some(stripped) = trimmed.strip_suffix('\\') {
-            current.push_str(stripped);
-            current.push(' ');
-            continue;
-        }
-        current.push_str(trimmed);
-        let (instruction, rest) = current
-            .split_once(char::is_whitespace)
-            .unwrap_or((&current, ""));
-        instructions.push((instruction.to_uppercase(), rest.trim().to_string()));
-        current.clear();
-    }
-    instructions
-}
-
-#[test]
-fn dockerfile_builds_and_runs_the_crates_binary() {
-    let cargo_toml = std::fs::read_to_string(repo_path("Cargo.toml")).unwrap();
-    let bin = cargo_bin_name(&cargo_toml);
-    assert_eq!(
-        bin, "slatedb-operator",
-        "the chart and docs expect this binary name"
-    );
-    let dockerfile = std::fs::read_to_string(repo_path("Dockerfile")).unwrap();
-    let instructions = dockerfile_instructions(&dockerfile);
-
-    // Stages: the last FROM starts the runtime stage.
-    let froms: Vec<usize> = instructions
-        .iter()
-        .enumerate()
-        .filter(|(_, (i, _))| i == "FROM")
-        .map(|(n, _)| n)
-        .collect();
-    assert!(froms.len() >= 2, "a multi-stage build");
-    let (builder, runtime) = (
-        &instructions[froms[0]..*froms.last().unwrap()],
-        &instructions[*froms.last().unwrap()..],
-    );
-
-    // Builder: a Rust image at least as new as the crate's rust-version, `cargo build --release --locked`.
-    let from_builder: Vec<&str> = builder[0].1.split_whitespace().collect();
-    assert!(
-        from_builder.len() == 3 && from_builder[1].eq_ignore_ascii_case("AS"),
-        "the first stage is named: {:?}",
-        builder[0]
-    );
-    let (builder_image, stage) = (from_builder[0], from_builder[2]);
-    let tag = builder_image
-        .strip_prefix("rust:")
-        .unwrap_or_else(|| panic!("the builder is an official rust image: {builder_image}"));
-    if let (Some(needed), Some(have)) = (cargo_rust_version(&cargo_toml), major_minor(tag)) {
-        assert!(
-            have >= needed,
-            "{builder_image} is older than rust-version {needed:?}"
-        );
-    }
-    let builds: Vec<&String> = builder
-        .iter()
-        .filter(|(i, args)| i == "RUN" && args.contains("cargo build"))
-        .map(|(_, args)| args)
-        .collect();
-    assert_eq!(builds.len(), 1, "one cargo build: {builds:?}");
-    let build: Vec<&str> = builds[0].split_whitespace().collect();
-    assert!(
-        build.contains(&"--release") && build.contains(&"--locked"),
-        "{}",
-        builds[0]
-    );
-    if let Some(at) = build.iter().position(|a| *a == "--bin") {
-        assert_eq!(build.get(at + 1), Some(&bin.as_str()), "{}", builds[0]);
-    }
-    let workdir = builder
-        .iter()
-        .rev()
-        .filter(|(i, _)| i == "WORKDIR")
-        .map(|(_, dir)| dir.trim_end_matches('/'))
-        .next()
-        .expect("the builder sets WORKDIR");
-
-    // Runtime: distroless with glibc (the binary links it dynamically), the binary, nonroot, `<bin> run`.
-    assert_eq!(runtime[0].1, "gcr.io/distroless/cc-debian12:nonroot");
-    let copy = format!("--from={stage} {workdir}/target/release/{bin} /usr/local/bin/{bin}");
-    assert!(
-        runtime.iter().any(|(i, args)| i == "COPY" && *args == copy),
-        "the runtime stage should `COPY {copy}`"
-    );
-    let user = runtime
-        .iter()
-        .rev()
-        .filter(|(i, _)| i == "USER")
-        .map(|(_, user)| user.as_str())
-        .next()
-        .expect("the runtime stage sets USER");
-    assert_eq!(user, "65532:65532");
-    let entrypoint = runtime
-        .iter()
-        .rev()
-        .filter(|(i, _)| i == "ENTRYPOINT")
-        .map(|(_, args)| args.as_str())
-        .next()
-        .expect("the runtime stage sets ENTRYPOINT");
-    let entrypoint: Vec<String> = serde_json::from_str(entrypoint).unwrap_or_else(|e| {
-        panic!("ENTRYPOINT is not an exec-form JSON array ({e}): {entrypoint}")
-    });
-    assert_eq!(entrypoint, vec![bin.clone(), "run".to_string()]);
-
-    // The chart runs the image as the same non-root user.
-    let values: serde_yaml::Value = serde_yaml::from_str(
-        &std::fs::read_to_string(repo_path(&format!("{CHART}/values.yaml"))).unwrap(),
-    )
-    .unwrap();
-    let uid = user.split(':').next().unwrap();
-    assert_eq!(
-        values["podSecurityContext"]["runAsUser"]
-            .as_u64()
-            .map(|u| u.to_string())
-            .as_deref(),
-        Some(uid),
-        "values.yaml podSecurityContext.runAsUser should match the image's USER"
-    );
-
-    let dockerignore = std::fs::read_to_string(repo_path(".dockerignore")).unwrap();
-    let ignored: BTreeSet<&str> = dockerignore
-        .lines()
-        .map(|l| l.trim().trim_end_matches('/'))
-        .collect();
-    assert!(
-        ignored.contains("target") && ignored.contains(".git"),
-        "{dockerignore}"
-    );
-}
-
-// --- Argo CD health checks -----------------------------------------------------------------------
-
-/// A Lua literal for a JSON value: objects become tables keyed by string, arrays sequences.
-fn lua_literal(value: &Value) -> String {
-    match value {
-        Value::Null => "nil".into(),
-        Value::Bool(b) => b.to_string(),
-        Value::Number(n) => match (n.as_i64(), n.as_u64(), n.as_f64()) {
-            (Some(i), _, _) => i.to_string(),
-            (None, Some(u), _) => u.to_string(),
-            (_, _, Some(f)) => format!("{f:?}"),
-            _ => unreachable!(),
-        },
-        Value::String(s) => lua_string(s),
-        Value::Array(items) => format!(
-            "{{{}}}",
-            items.iter().map(lua_literal).collect::<Vec<_>>().join(", ")
-        ),
-        Value::Object(map) => format!(
-            "{{{}}}",
-            map.iter()
-                .filter(|(_, v)| !v.is_null())
-                .map(|(k, v)| format!("[{}] = {}", lua_string(k), lua_literal(v)))
-                .collect::<Vec<_>>()
-                .join(", ")
-        ),
-    }
-}
-
-/// A double-quoted Lua string; quotes, backslashes and control bytes as three-digit decimal escapes.
-fn lua_string(s: &str) -> String {
-    let mut out = String::from("\"");
-    for c in s.chars() {
-        if c == '"' || c == '\\' || (c as u32) < 0x20 || c == '\u{7f}' {
-            out.push_str(&format!("\\{:03}", c as u32));
-        } else {
-            out.push(c);
-        }
-    }
-    out.push('"');
-    out
-}
-
-/// Runs `health.lua` the way Argo CD does (the object in the global `obj`, the script returns a table)
-/// and returns (status, message).
-fn run_health_check(script: &Path, object: &Value) -> (String, String) {
-    let harness = format!(
-        "obj = {}\nlocal check = assert(loadfile({}))\nlocal hs = check()\n\
-         io.write(tostring(hs.status), \"\\n\", tostring(hs.message))\n",
-        lua_literal(object),
-        lua_string(&script.display().to_string())
-    );
-    let output = run_tool("E2E_LUA", &["-"], Some(harness.as_bytes()));
-    assert!(
-        output.status.success(),
-        "{}\n--- harness\n{harness}",
-        describe(&format!("lua {}", script.display()), &output)
-    );
-    let stdout = String::from_utf8(output.stdout).unwrap();
-    let (status, message) = stdout.split_once('\n').expect("status and message");
-    (status.to_string(), message.to_string())
-}
-
-#[test]
-fn lua_literals_round_trip_awkward_strings() {
-    let value = json!({"s": "quote \" backslash \\ newline \n tab \t 9 after escape \u{1}1", "n": [1, -2, 2.5], "b": true, "z": null});
-    let harness = format!(
-        "local v = {}\nio.write(v.s, '|', v.n[1] + v.n[2], '|', v.n[3], '|', tostring(v.b), '|', tostring(v.z))",
-        lua_literal(&value)
-    );
-    let output = run_tool("E2E_LUA", &["-"], Some(harness.as_bytes()));
-    assert!(output.status.success(), "{}", describe("lua", &output));
-    assert_eq!(
-        String::from_utf8(output.stdout).unwrap(),
-        "quote \" backslash \\ newline \n tab \t 9 after escape \u{1}1|-1|2.5|true|nil"
-    );
-}
-
-#[test]
-fn argo_cd_health_checks_produce_the_expected_status_for_every_testdata_file() {
-    let root = repo_path(&format!("{CHART}/argocd/slatedb.io"));
-    let mut kinds_checked = BTreeSet::new();
-    for entry in std::fs::read_dir(&root).unwrap() {
-        let dir = entry.unwrap().path();
-        let kind = dir.file_name().unwrap().to_string_lossy().into_owned();
-        let script = dir.join("health.lua");
-        let tests: Value = serde_json::to_value(
-            serde_yaml::from_str::<serde_yaml::Value>(
-                &std::fs::read_to_string(dir.join("health_test.yaml")).unwrap(),
-            )
-            .unwrap(),
-        )
-        .unwrap();
-        let mut referenced = BTreeSet::new();
-        let mut statuses = BTreeSet::new();
-        for case in tests["tests"]
-            .as_array()
-            .expect("health_test.yaml has tests")
-        {
-            let input = case["inputPath"].as_str().unwrap();
-            let object: Value = serde_json::to_value(
-                serde_yaml::from_str::<serde_yaml::Value>(
-                    &std::fs::read_to_string(dir.join(input))
-                        .unwrap_or_else(|e| panic!("{kind}/{input}: {e}")),
-                )
-                .unwrap(),
-            )
-            .unwrap();
-            assert_eq!(object["kind"], kind.as_str(), "{kind}/{input} is a {kind}");
-            let expected = (
-                case["healthStatus"]["status"].as_str().unwrap().to_string(),
-                case["healthStatus"]["message"]
-                    .as_str()
-                    .unwrap_or("")
-                    .to_string(),
-            );
-            assert_eq!(
-                run_health_check(&script, &object),
-                expected,
-                "{kind}/{input}"
-            );
-            statuses.insert(expected.0);
-            referenced.insert(PathBuf::from(input).file_name().unwrap().to_owned());
-        }
-        // Every testdata file is a test case, and every outcome the check can give is covered.
-        for file in std::fs::read_dir(dir.join("testdata")).unwrap() {
-            let name = file.unwrap().file_name();
-            assert!(
-                referenced.contains(&name),
-                "{kind}/testdata/{name:?} is in no test"
-            );
-        }
-        for status in ["Healthy", "Progressing", "Degraded", "Suspended"] {
-            assert!(
-                statuses.contains(status),
-                "{kind} has no test expecting {status}"
-            );
-        }
-        kinds_checked.insert(kind);
-    }
-
-    // A health check for every kind in crds/.
-    let crd_kinds: BTreeSet<String> = yaml_files(&repo_path("crds"))
-        .values()
-        .flat_map(|bytes| documents(std::str::from_utf8(bytes).unwrap()))
-        .map(|crd| {
-            assert_eq!(crd["spec"]["group"], "slatedb.io");
-            crd["spec"]["names"]["kind"].as_str().unwrap().to_string()
-        })
-        .collect();
-    assert_eq!(kinds_checked, crd_kinds);
-}
-
-// --- examples ------------------------------------------------------------------------------------
-
-/// Manifests under `dir`: plain YAML files, and the output of `kubectl kustomize` for every directory
-/// that holds a kustomization.yaml (whose own files are its inputs, not manifests).
-fn example_manifests(dir: &Path, out: &mut Vec<(String, String)>) {
-    if dir.join("kustomization.yaml").exists() {
-        let path = dir.display().to_string();
-        let output = run_tool("E2E_KUBECTL", &["kustomize", &path], None);
-        assert!(
-            output.status.success(),
-            "{}",
-            describe(&format!("kubectl kustomize {path}"), &output)
-        );
-        out.push((
-            format!("kustomize {path}"),
-            String::from_utf8(output.stdout).unwrap(),
-        ));
-        return;
-    }
-    let mut entries: Vec<PathBuf> = std::fs::read_dir(dir)
-        .unwrap()
-        .map(|e| e.unwrap().path())
-        .collect();
-    entries.sort();
-    for path in entries {
-        if path.is_dir() {
-            example_manifests(&path, out);
-        } else if path.extension().is_some_and(|e| e == "yaml" || e == "yml") {
-            out.push((
-                path.display().to_string(),
-                std::fs::read_to_string(&path).unwrap(),
-            ));
-        }
-    }
-}
-
-#[tokio::test]
-async fn examples_pass_server_side_dry_run() {
-    let env = TestEnv::new("examples").await;
-    let mut manifests = vec![];
-    example_manifests(&repo_path("examples"), &mut manifests);
-    let names: Vec<&str> = manifests.iter().map(|(n, _)| n.as_str()).collect();
-    for expected in [
-        "examples/nightly-checkpoint.yaml",
-        "examples/pr-clone.yaml",
-        "kustomize/overlays/pr-1234",
-    ] {
-        assert!(
-            names.iter().any(|n| n.contains(expected)),
-            "{expected} not among {names:?}"
-        );
-    }
-    for (what, yaml) in &manifests {
-        let docs = documents(yaml);
-        assert!(!docs.is_empty(), "{what} is empty");
-        server_dry_run(Some(&env.namespace), yaml, what);
-        if what.contains("examples/nightly-checkpoint.yaml") {
-            let checkpoint = get(&docs, "DatabaseCheckpoint", "nightly");
-            assert_eq!(checkpoint["spec"]["lifetime"], "48h");
-            assert!(checkpoint["spec"]["database"]["store"]["url"]
-                .as_str()
-                .unwrap()
-                .starts_with("s3://"));
-            assert!(checkpoint["spec"]["database"]["store"]["secretRef"]["name"].is_string());
-        }
-        if what.contains("examples/pr-clone.yaml") {
-            let clone = &docs[0];
-            assert_eq!(clone["spec"]["expireAfter"], "72h");
-            assert_eq!(clone["spec"]["source"]["checkpointRef"]["name"], "nightly");
-        }
-        if what.contains("overlays/pr-1234") {
-            assert_eq!(docs.len(), 1, "{what}");
-            let clone = &docs[0];
-            assert_eq!(clone["kind"], "DatabaseClone");
-            assert!(
-                clone["metadata"]["name"]
-                    .as_str()
-                    .unwrap()
-                    .contains("pr-1234"),
-                "{clone}"
-            );
-            assert_eq!(clone["spec"]["target"]["path"], "clones/pr-1234");
-            assert_eq!(
-                clone["spec"]["source"]["checkpointRef"]["name"], "nightly",
-                "not renamed"
-            );
-        }
-    }
     env.cleanup().await;
 }

@@ -6,6 +6,7 @@
 #[macro_use]
 mod support;
 
+mod argocd;
 mod bad_input;
 mod chart;
 mod checkpoints;
@@ -13,6 +14,8 @@ mod cli;
 mod clones;
 mod compression;
 mod crds;
+mod dockerfile;
+mod examples;
 mod faults;
 mod operations;
 mod restarts;

@@ -8,13 +8,14 @@
 
 use crate::clones::{assert_all_rows, condition, create, parent_and_checkpoint};
 use crate::support::{
-    eventually, install_crds, repo_path, Operator, StoreKind, TestEnv, TestStore,
+    eventually, repo_path, Operator, StoreKind, TestEnv, TestStore, FIELD_MANAGER,
 };
 use k8s_openapi::api::core::v1::Namespace;
 use kube::api::{ListParams, PostParams};
 use kube::config::{KubeConfigOptions, Kubeconfig};
 use kube::{Api, Client};
 use slatedb_operator::api::{ClonePhase, DatabaseClone};
+use slatedb_operator::crds::install_crds;
 use slatedb_operator::engine::FAULTS_ENV;
 use std::collections::BTreeMap;
 use std::path::{Path, PathBuf};
@@ -194,7 +195,9 @@ fn log_lines_matching<'a>(log: &'a str, needles: &[&str]) -> Vec<&'a str> {
 async fn a_killed_and_restarted_apiserver_does_not_stop_the_clones() {
     let cluster = PrivateCluster::start().await;
     let client = cluster.client().await;
-    install_crds(&client).await;
+    install_crds(&client, FIELD_MANAGER)
+        .await
+        .unwrap_or_else(|e| panic!("{e}"));
     let ns: Namespace =
         serde_json::from_value(serde_json::json!({"metadata": {"name": NAMESPACE}})).unwrap();
     Api::<Namespace>::all(client.clone())

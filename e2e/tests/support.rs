@@ -1,17 +1,20 @@
-//! Shared plumbing: connecting to the e2e cluster, installing the CRDs, a namespace per test.
+//! Shared plumbing: connecting to the e2e cluster, installing the CRDs, a namespace per test, the
+//! operator as a child process, test stores, and running the tools that check manifests.
 
 use k8s_openapi::api::core::v1::Namespace;
-use k8s_openapi::apiextensions_apiserver::pkg::apis::apiextensions::v1::CustomResourceDefinition;
-use kube::api::{DeleteParams, Patch, PatchParams, PostParams};
-use kube::runtime::wait::{await_condition, conditions};
-use kube::{Api, Client, CustomResourceExt};
-use slatedb_operator::api::{DatabaseCheckpoint, DatabaseClone};
+use kube::api::{DeleteParams, PostParams};
+use kube::{Api, Client};
+use serde_json::Value;
+use slatedb_operator::crds::install_crds;
+use std::collections::BTreeMap;
 use std::future::Future;
-use std::process::Command;
+use std::path::Path;
+use std::process::{Command, Output};
 use std::sync::atomic::{AtomicU32, Ordering};
 use std::time::{Duration, Instant};
 
-const FIELD_MANAGER: &str = "slatedb-operator-e2e";
+/// The field manager the suite installs the CRDs as.
+pub const FIELD_MANAGER: &str = "slatedb-operator-e2e";
 
 fn required_env(name: &str) -> String {
     std::env::var(name).unwrap_or_else(|_| {
@@ -37,7 +40,9 @@ impl TestEnv {
         let client = Client::try_default()
             .await
             .expect("connecting to the e2e kube-apiserver");
-        install_crds(&client).await;
+        install_crds(&client, FIELD_MANAGER)
+            .await
+            .unwrap_or_else(|e| panic!("{e}"));
         static COUNTER: AtomicU32 = AtomicU32::new(0);
         let namespace = format!(
             "{prefix}-{}-{}",
@@ -85,28 +90,6 @@ impl TestEnv {
             String::from_utf8_lossy(&output.stderr)
         );
         String::from_utf8_lossy(&output.stdout).into_owned()
-    }
-}
-
-/// Server-side applies both CRDs generated from the Rust types and waits until they serve.
-pub async fn install_crds(client: &Client) {
-    let crds: Api<CustomResourceDefinition> = Api::all(client.clone());
-    for crd in [DatabaseCheckpoint::crd(), DatabaseClone::crd()] {
-        let name = crd.metadata.name.clone().unwrap();
-        crds.patch(
-            &name,
-            &PatchParams::apply(FIELD_MANAGER).force(),
-            &Patch::Apply(&crd),
-        )
-        .await
-        .unwrap_or_else(|e| panic!("applying CRD {name}: {e}"));
-        tokio::time::timeout(
-            Duration::from_secs(30),
-            await_condition(crds.clone(), &name, conditions::is_crd_established()),
-        )
-        .await
-        .unwrap_or_else(|_| panic!("CRD {name} not Established within 30s"))
-        .unwrap();
     }
 }
 
@@ -423,4 +406,79 @@ pub fn metric_value(metrics: &str, series: &str) -> f64 {
         .filter(|line| line.starts_with(series))
         .filter_map(|line| line.rsplit(' ').next()?.parse::<f64>().ok())
         .sum()
+}
+
+// --- manifests and the tools that check them ----------------------------------------------------
+
+/// What ran and how it ended, with its output, for an assertion message.
+pub fn describe(what: &str, output: &Output) -> String {
+    format!(
+        "{what}: exit {:?}\n--- stdout\n{}\n--- stderr\n{}",
+        output.status.code(),
+        String::from_utf8_lossy(&output.stdout),
+        String::from_utf8_lossy(&output.stderr)
+    )
+}
+
+/// The documents of a multi-document YAML stream, as JSON values (empty documents dropped).
+pub fn documents(yaml: &str) -> Vec<Value> {
+    serde_yaml::Deserializer::from_str(yaml)
+        .map(|document| {
+            let value: serde_yaml::Value = serde::Deserialize::deserialize(document)
+                .unwrap_or_else(|e| panic!("parsing YAML: {e}\n{yaml}"));
+            serde_json::to_value(value).unwrap()
+        })
+        .filter(|value| !value.is_null())
+        .collect()
+}
+
+/// The object of `kind` named `name` among `docs`, if there is one.
+pub fn find<'a>(docs: &'a [Value], kind: &str, name: &str) -> Option<&'a Value> {
+    docs.iter()
+        .find(|d| d["kind"] == kind && d["metadata"]["name"] == name)
+}
+
+/// The object of `kind` named `name` among `docs`; panics, listing what there is, when it is missing.
+pub fn get<'a>(docs: &'a [Value], kind: &str, name: &str) -> &'a Value {
+    find(docs, kind, name).unwrap_or_else(|| {
+        let present: Vec<String> = docs
+            .iter()
+            .map(|d| format!("{}/{}", d["kind"], d["metadata"]["name"]))
+            .collect();
+        panic!("no {kind} {name} among the documents; they are {present:?}")
+    })
+}
+
+/// `kubectl apply --dry-run=server -f -` of `yaml`, in `namespace` when given (kubectl refuses objects
+/// of other namespaces then); returns stderr (warnings).
+pub fn server_dry_run(namespace: Option<&str>, yaml: &str, what: &str) -> String {
+    let mut args = vec!["apply", "--dry-run=server", "-f", "-"];
+    if let Some(namespace) = namespace {
+        args.extend(["--namespace", namespace]);
+    }
+    let output = run_tool("E2E_KUBECTL", &args, Some(yaml.as_bytes()));
+    assert!(
+        output.status.success(),
+        "{}",
+        describe(
+            &format!("kubectl apply --dry-run=server of {what}"),
+            &output
+        )
+    );
+    String::from_utf8_lossy(&output.stderr).into_owned()
+}
+
+/// The `.yaml`/`.yml` files directly in `dir`, by file name.
+pub fn yaml_files(dir: &Path) -> BTreeMap<String, Vec<u8>> {
+    std::fs::read_dir(dir)
+        .unwrap_or_else(|e| panic!("reading {}: {e}", dir.display()))
+        .map(|entry| entry.unwrap().path())
+        .filter(|path| path.extension().is_some_and(|e| e == "yaml" || e == "yml"))
+        .map(|path| {
+            (
+                path.file_name().unwrap().to_string_lossy().into_owned(),
+                std::fs::read(&path).unwrap(),
+            )
+        })
+        .collect()
 }
