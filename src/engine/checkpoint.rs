@@ -67,12 +67,7 @@ pub struct DbDescription {
 impl Database {
     pub async fn describe(&self) -> Result<DbDescription, EngineError> {
         self.probe().await?;
-        let manifest = self
-            .bounded("read_manifest", self.admin().read_manifest(None))
-            .await?
-            .ok_or_else(|| EngineError::NotADatabase {
-                path: self.path.to_string(),
-            })?;
+        let manifest = self.latest_manifest().await?;
         Ok(DbDescription {
             initialized: manifest.initialized(),
             manifest_id: manifest.id(),

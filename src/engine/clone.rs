@@ -2,14 +2,15 @@
 //! runs SlateDB's clone builder (parent SSTs referenced, only the WAL tail copied), resumes
 //! unfinished work, verifies the result, and removes its partial work when it gives up.
 
+use super::backoff::Backoff;
 use super::checkpoint::{CheckpointInfo, CheckpointSelector};
+use super::crash_point::crash_point;
 use super::error::{EngineError, Fault};
+use super::store_layers::counting_retries;
 use super::{Database, Store};
 use bytes::Bytes;
 use object_store::path::Path;
-use object_store::ObjectStoreExt;
-use slatedb::admin::Admin;
-use slatedb::{CloneSourceSpec, VersionedManifest};
+use slatedb::CloneSourceSpec;
 use std::collections::BTreeMap;
 use std::ops::Bound;
 use std::sync::atomic::{AtomicBool, Ordering};
@@ -38,20 +39,22 @@ pub enum Verification {
     Content,
 }
 
-/// Bounded retries of transient failures.
+/// Bounded retries of a whole clone after a transient failure.
 #[derive(Clone, Debug)]
 pub struct RetryPolicy {
+    /// Attempts in all, the first included.
     pub attempts: u32,
-    pub base: Duration,
-    pub max: Duration,
+    pub backoff: Backoff,
 }
 
 impl Default for RetryPolicy {
     fn default() -> Self {
         RetryPolicy {
             attempts: 5,
-            base: Duration::from_millis(200),
-            max: Duration::from_secs(5),
+            backoff: Backoff {
+                base: Duration::from_millis(200),
+                max: Duration::from_secs(5),
+            },
         }
     }
 }
@@ -153,7 +156,7 @@ pub struct CloneReport {
 
 /// What the target path holds before the clone runs.
 #[derive(Clone, Debug, PartialEq, Eq)]
-pub enum TargetState {
+enum TargetState {
     Empty,
     /// This clone's unfinished work (attached to the same source checkpoint).
     Partial,
@@ -163,16 +166,9 @@ pub enum TargetState {
     Foreign(String),
 }
 
-/// Test hook: exits the process at a named point (`clone-<Step>` once that clone step is reached,
-/// `after-checkpoint-create` right after a new checkpoint is written and before its status is),
-/// to prove that a restart resumes instead of duplicating or losing work.
-pub const CRASH_POINT_ENV: &str = "SLATEDB_OPERATOR_CRASH_POINT";
-
-fn crash_point(step: CloneStep) {
-    if std::env::var(CRASH_POINT_ENV).ok().as_deref() == Some(&format!("clone-{}", step.name())) {
-        tracing::warn!(step = step.name(), "crash point reached");
-        std::process::exit(86);
-    }
+/// The crash point `clone-<Step>`, reached once that clone step is.
+fn crash_point_at(step: CloneStep) {
+    crash_point(&format!("clone-{}", step.name()));
 }
 
 /// Clones `config.source_path` at the chosen checkpoint into `config.target_path`, calling
@@ -206,7 +202,7 @@ pub async fn initialize_clone(
     report(CloneStep::ResolveSource, 0, 0, 0, 0);
     let mut attempts = 0;
     let mut owns_target = false;
-    let (result, store_retries) = super::counting_retries(async {
+    let (result, store_retries) = counting_retries(async {
         loop {
             attempts += 1;
             match clone_once(&config, &source, &target, &progress, &mut owns_target).await {
@@ -216,7 +212,7 @@ pub async fn initialize_clone(
                     return Ok(done);
                 }
                 Err(error) if error.fault() == Fault::Transient && attempts < config.retry.attempts => {
-                    let delay = retry_delay(&config.retry, attempts);
+                    let delay = config.retry.backoff.jittered(attempts);
                     tracing::warn!(%error, attempt = attempts, retry_in = ?delay, "transient clone failure");
                     tokio::time::sleep(delay).await;
                 }
@@ -237,18 +233,6 @@ pub async fn initialize_clone(
         }
         Err(error) => Err(error),
     }
-}
-
-fn retry_delay(policy: &RetryPolicy, attempt: u32) -> Duration {
-    use std::hash::{Hash, Hasher};
-    let mut hasher = std::collections::hash_map::DefaultHasher::new();
-    (attempt, Instant::now()).hash(&mut hasher);
-    let jitter = (hasher.finish() % 1000) as f64 / 1000.0;
-    let exponential = policy
-        .base
-        .saturating_mul(1 << attempt.saturating_sub(1).min(16))
-        .min(policy.max);
-    exponential.mul_f64(0.5 + 0.5 * jitter)
 }
 
 async fn clone_once(
@@ -277,7 +261,7 @@ async fn clone_once(
         .partition(|o| o.key.starts_with("wal/"));
     let wal_total = wal.len() as u64;
     let wal_bytes: u64 = wal.iter().map(|o| o.size).sum();
-    crash_point(CloneStep::ResolveSource);
+    crash_point_at(CloneStep::ResolveSource);
 
     let state = target
         .target_state(&config.source_path, checkpoint.id)
@@ -300,7 +284,7 @@ async fn clone_once(
         source.ensure_manifest_preserved().await?;
         run_clone_builder(config, target, &checkpoint, progress, wal_total, wal_bytes).await?;
     }
-    crash_point(CloneStep::MarkInitialized);
+    crash_point_at(CloneStep::MarkInitialized);
     let manifest = target.latest_manifest().await?;
     if !manifest.initialized() {
         return Err(EngineError::Uninitialized {
@@ -348,7 +332,7 @@ async fn clone_once(
     let fingerprint = target
         .fingerprint_of(manifest.id(), &clone_objects, false)
         .await?;
-    crash_point(CloneStep::Verify);
+    crash_point_at(CloneStep::Verify);
     progress(CloneProgress {
         step: CloneStep::Done,
         objects_done: 0,
@@ -385,11 +369,6 @@ async fn run_clone_builder(
     if let Some(range) = &config.key_range {
         spec = spec.with_projection_range(range.clone());
     }
-    let admin = Admin::builder(config.target_path.as_str(), config.store.main.clone());
-    let admin = match &config.store.wal {
-        Some(wal) => admin.with_wal_object_store(wal.clone()).build(),
-        None => admin.build(),
-    };
     let finished = Arc::new(Finished::default());
     let watcher = tokio::spawn(watch_clone_steps(
         target.clone(),
@@ -399,25 +378,12 @@ async fn run_clone_builder(
         wal_total,
         wal_bytes,
     ));
-    let outcome = tokio::time::timeout(
-        config.admin_timeout,
-        admin.create_clone_builder_from_source(spec).build(),
-    )
-    .await;
+    let admin = target.admin();
+    let build = admin.create_clone_builder_from_source(spec).build();
+    let outcome = target.bounded("clone", build).await;
     finished.set();
     let _ = watcher.await;
-    match outcome {
-        Ok(Ok(())) => Ok(()),
-        Ok(Err(error)) => Err(super::error::from_slatedb(
-            "clone",
-            &config.target_path,
-            error,
-        )),
-        Err(_) => Err(EngineError::Timeout {
-            operation: "clone",
-            after: config.admin_timeout,
-        }),
-    }
+    outcome
 }
 
 /// Tells the watcher the builder is done, waking it from its sleep.
@@ -464,7 +430,7 @@ async fn watch_clone_steps(
     loop {
         let done = finished.is_set();
         if let Ok(Some(manifest)) = target.try_latest_manifest().await {
-            crash_point(CloneStep::WriteManifest);
+            crash_point_at(CloneStep::WriteManifest);
             let pinned = manifest
                 .external_dbs()
                 .iter()
@@ -477,7 +443,7 @@ async fn watch_clone_steps(
                 CloneStep::PinParent
             };
             if step >= CloneStep::CopyWal {
-                crash_point(CloneStep::PinParent);
+                crash_point_at(CloneStep::PinParent);
             }
             let (copied, copied_bytes) = target.wal_objects_present().await.unwrap_or((0, 0));
             let copied = copied.min(wal_total);
@@ -489,7 +455,7 @@ async fn watch_clone_steps(
                 bytes_total: wal_bytes,
             });
             if step == CloneStep::CopyWal && copied >= wal_total && wal_total > 0 {
-                crash_point(CloneStep::CopyWal);
+                crash_point_at(CloneStep::CopyWal);
             }
         }
         if done {
@@ -573,22 +539,8 @@ async fn verify_content(
 }
 
 impl Database {
-    /// The latest manifest, or `None` when there is no database at the path.
-    pub async fn try_latest_manifest(&self) -> Result<Option<VersionedManifest>, EngineError> {
-        self.bounded("read_manifest", self.admin().read_manifest(None))
-            .await
-    }
-
-    pub async fn latest_manifest(&self) -> Result<VersionedManifest, EngineError> {
-        self.try_latest_manifest()
-            .await?
-            .ok_or_else(|| EngineError::NotADatabase {
-                path: self.path.to_string(),
-            })
-    }
-
     /// What the path holds relative to a clone of `source_path` at `checkpoint`.
-    pub async fn target_state(
+    async fn target_state(
         &self,
         source_path: &str,
         checkpoint: Uuid,
@@ -629,58 +581,6 @@ impl Database {
             .try_collect::<Vec<_>>();
         let objects = self.bounded_store("list WAL", listing).await?;
         Ok((objects.len() as u64, objects.iter().map(|o| o.size).sum()))
-    }
-
-    /// Deletes the database with SlateDB's `delete_db` (which also drops its final checkpoints on
-    /// parents) and checks that nothing is left under its path. A path with nothing is fine.
-    pub async fn delete_database(&self) -> Result<(), EngineError> {
-        use futures::TryStreamExt;
-        let manifest = self.try_latest_manifest().await?;
-        let has_marker = self
-            .bounded_store("head .deleting", async {
-                match self
-                    .store
-                    .main
-                    .head(&self.path.clone().join(".deleting"))
-                    .await
-                {
-                    Ok(_) => Ok(true),
-                    Err(object_store::Error::NotFound { .. }) => Ok(false),
-                    Err(e) => Err(e),
-                }
-            })
-            .await?;
-        if let Some(manifest) = &manifest {
-            // delete_db removes this database's final checkpoints from its parents' manifests.
-            for parent in manifest.external_dbs() {
-                if parent.final_checkpoint_id.is_some() {
-                    Database::new(self.store.clone(), &parent.path, self.timeout)
-                        .ensure_manifest_preserved()
-                        .await?;
-                }
-            }
-        }
-        if manifest.is_some() || has_marker {
-            self.bounded("delete_db", self.admin().delete_db(true))
-                .await?;
-        }
-        let leftover = self
-            .bounded_store(
-                "list after delete",
-                self.store
-                    .main
-                    .list(Some(&self.path))
-                    .try_collect::<Vec<_>>(),
-            )
-            .await?;
-        if let Some(object) = leftover.first() {
-            return Err(EngineError::Leftover {
-                path: self.path.to_string(),
-                count: leftover.len(),
-                example: object.location.to_string(),
-            });
-        }
-        Ok(())
     }
 }
 

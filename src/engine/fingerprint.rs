@@ -2,7 +2,7 @@
 //! a Merkle root over object content read once, with a CRC walk of every SST block.
 
 use super::error::EngineError;
-use super::instrumented::in_retry_scope_of_caller;
+use super::store_layers::in_retry_scope_of_caller;
 use super::Database;
 use futures::{StreamExt, TryStreamExt};
 use object_store::memory::InMemory;

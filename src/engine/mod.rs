@@ -1,120 +1,54 @@
-//! SlateDB and object-store work: checkpoints and their fingerprints. Knows nothing of
+//! SlateDB and object-store work: checkpoints, clones, fingerprints and deletion. Knows nothing of
 //! Kubernetes, so the CLI and tests use it directly.
+//!
+//! Where each behaviour lives:
+//!
+//! - `database.rs`: [`Database`], one database (a store and a path); the timeout every call on it
+//!   runs under, probing it, reading its latest manifest, deleting it.
+//! - `checkpoint.rs`: describing a database; listing, creating or adopting, finding, refreshing
+//!   and deleting its checkpoints.
+//! - `clone.rs`: [`initialize_clone`], a copy-on-write clone step by step: resolving the source,
+//!   running SlateDB's clone builder, resuming, verifying, removing partial work.
+//! - `fingerprint.rs`: the objects a checkpoint pins, its metadata digest, and the content check
+//!   (hashes, Merkle root, SST block CRCs).
+//! - `manifest_guard.rs`: refuses any write that would lose a field of a database's manifest.
+//! - `store.rs`: [`Store`], an object store opened from a URL and options.
+//! - `store_layers.rs`: the layers every opened store goes through: retrying transient failures,
+//!   counting requests ([`store_stats`]) and, for tests, injecting faults ([`FAULTS_ENV`]).
+//! - `backoff.rs`: [`Backoff`], the delay before each retry of a transient failure.
+//! - `crash_point.rs`: [`crash_point`], the test hook that exits where [`CRASH_POINT_ENV`] says.
+//! - `error.rs`: [`EngineError`], and whether retrying can help ([`Fault`]).
+//! - `sample.rs`: sample databases for the demo and the tests.
+//! - `source_invariants.rs` (tests only): every engine write leaves a source's data untouched.
 
+mod backoff;
 mod checkpoint;
 mod clone;
+mod crash_point;
+mod database;
 mod error;
 mod fingerprint;
-mod instrumented;
 pub mod manifest_guard;
 pub mod sample;
 #[cfg(test)]
 mod source_invariants;
 mod store;
+mod store_layers;
 
-pub use checkpoint::{CheckpointInfo, CheckpointSelector, DbDescription, Obtained};
+pub use backoff::Backoff;
+pub use checkpoint::{CheckpointInfo, CheckpointSelector, Obtained};
 pub use clone::{
     initialize_clone, CloneConfig, CloneProgress, CloneReport, CloneSourceCheckpoint, CloneStep,
-    RetryPolicy, TargetState, Verification, CRASH_POINT_ENV,
+    RetryPolicy, Verification,
 };
+pub use crash_point::{crash_point, CRASH_POINT_ENV};
+pub use database::Database;
 pub use error::{EngineError, Fault};
 pub use fingerprint::{Fingerprint, PinnedObject};
-pub use instrumented::{
-    counting_retries, store_stats, FaultPlan, Operation, StoreStats, FAULTS_ENV,
-};
 pub use store::{Store, StoreConfig};
+pub use store_layers::{store_stats, Operation, FAULTS_ENV};
 
-use object_store::path::Path;
-use slatedb::admin::Admin;
-use std::future::Future;
 use std::time::Duration;
 
 /// Default bound on one SlateDB admin call; SlateDB's admin retries store errors for ever.
 pub const DEFAULT_ADMIN_TIMEOUT: Duration = Duration::from_secs(30);
-
-/// One SlateDB database: a store and a path in it.
-#[derive(Clone, Debug)]
-pub struct Database {
-    store: Store,
-    path: Path,
-    timeout: Duration,
-}
-
-impl Database {
-    pub fn new(store: Store, path: &str, timeout: Duration) -> Database {
-        Database {
-            store,
-            path: Path::from(path),
-            timeout,
-        }
-    }
-
-    pub fn path(&self) -> &Path {
-        &self.path
-    }
-
-    pub fn store(&self) -> &Store {
-        &self.store
-    }
-
-    fn admin(&self) -> Admin {
-        let builder = Admin::builder(self.path.clone(), self.store.main.clone());
-        match &self.store.wal {
-            Some(wal) => builder.with_wal_object_store(wal.clone()).build(),
-            None => builder.build(),
-        }
-    }
-
-    /// Runs a SlateDB admin call under the timeout, mapping its error.
-    async fn bounded<T>(
-        &self,
-        operation: &'static str,
-        call: impl Future<Output = Result<T, slatedb::Error>>,
-    ) -> Result<T, EngineError> {
-        match tokio::time::timeout(self.timeout, call).await {
-            Ok(result) => result.map_err(|e| error::from_slatedb(operation, self.path.as_ref(), e)),
-            Err(_) => Err(EngineError::Timeout {
-                operation,
-                after: self.timeout,
-            }),
-        }
-    }
-
-    /// Runs a plain object-store call under the timeout.
-    async fn bounded_store<T>(
-        &self,
-        operation: &'static str,
-        call: impl Future<Output = Result<T, object_store::Error>>,
-    ) -> Result<T, EngineError> {
-        match tokio::time::timeout(self.timeout, call).await {
-            Ok(Ok(value)) => Ok(value),
-            Ok(Err(object_store::Error::PermissionDenied { path, source }))
-            | Ok(Err(object_store::Error::Unauthenticated { path, source })) => {
-                Err(EngineError::AccessDenied {
-                    path,
-                    detail: source.to_string(),
-                })
-            }
-            Ok(Err(source)) => Err(EngineError::Store { operation, source }),
-            Err(_) => Err(EngineError::Timeout {
-                operation,
-                after: self.timeout,
-            }),
-        }
-    }
-
-    /// One plain, non-retrying listing of the manifest directory. SlateDB's own calls retry every
-    /// error for ever, so this is how rejected credentials or an unreachable endpoint show up as a
-    /// clear error rather than a timeout.
-    pub async fn probe(&self) -> Result<(), EngineError> {
-        let manifests = self.path.clone().join("manifest");
-        let listing = self.store.main.list_with_delimiter(Some(&manifests));
-        let listing = self.bounded_store("list manifests", listing).await?;
-        if listing.objects.is_empty() {
-            return Err(EngineError::NotADatabase {
-                path: self.path.to_string(),
-            });
-        }
-        Ok(())
-    }
-}

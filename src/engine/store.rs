@@ -1,7 +1,7 @@
 //! Object stores from a URL and a map of options (the keys of a Kubernetes Secret).
 
 use super::error::EngineError;
-use super::instrumented::{FaultPlan, InstrumentedStore, RetryingStore, StoreRetry, FAULTS_ENV};
+use super::store_layers::{FaultPlan, InstrumentedStore, RetryingStore, StoreRetry, FAULTS_ENV};
 use object_store::aws::{AmazonS3Builder, AmazonS3ConfigKey};
 use object_store::azure::{AzureConfigKey, MicrosoftAzureBuilder};
 use object_store::gcp::{GoogleCloudStorageBuilder, GoogleConfigKey};

@@ -6,6 +6,7 @@
 //! SlateDB wraps the store in its own retrying layer too, but that one retries without bound; this
 //! one keeps our own calls (probes, HEADs, hashing, deletes) from failing on one lost request.
 
+use super::backoff::Backoff;
 use async_trait::async_trait;
 use futures::stream::BoxStream;
 use futures::{StreamExt, TryStreamExt};
@@ -21,7 +22,7 @@ use std::sync::Arc;
 use std::time::Duration;
 
 /// Test hook: a fault plan for every store the process opens, e.g.
-/// `transient=0.05,latency=2ms,deny=parent/,seed=7` (see [`FaultPlan::parse`]).
+/// `transient=0.05,latency=2ms,deny=parent/,seed=7` (the format `FaultPlan::parse` reads).
 pub const FAULTS_ENV: &str = "SLATEDB_OPERATOR_FAULTS";
 
 /// The kinds of store request, as counted.
@@ -346,16 +347,17 @@ where
 pub struct StoreRetry {
     /// Attempts per request, the first included.
     pub attempts: u32,
-    pub base: Duration,
-    pub max: Duration,
+    pub backoff: Backoff,
 }
 
 impl Default for StoreRetry {
     fn default() -> Self {
         StoreRetry {
             attempts: 4,
-            base: Duration::from_millis(50),
-            max: Duration::from_secs(1),
+            backoff: Backoff {
+                base: Duration::from_millis(50),
+                max: Duration::from_secs(1),
+            },
         }
     }
 }
@@ -392,10 +394,7 @@ where
     loop {
         match request().await {
             Err(error) if attempt < policy.attempts && is_retryable(&error) => {
-                let delay = policy
-                    .base
-                    .saturating_mul(1 << (attempt - 1).min(16))
-                    .min(policy.max);
+                let delay = policy.backoff.jittered(attempt);
                 tracing::debug!(%error, attempt, ?delay, "retrying a store request");
                 STATS.retries.fetch_add(1, Ordering::Relaxed);
                 let _ = TASK_RETRIES.try_with(|c| c.fetch_add(1, Ordering::Relaxed));
@@ -549,8 +548,10 @@ mod tests {
             faulty,
             StoreRetry {
                 attempts: 10,
-                base: Duration::from_millis(1),
-                max: Duration::from_millis(1),
+                backoff: Backoff {
+                    base: Duration::from_millis(1),
+                    max: Duration::from_millis(1),
+                },
             },
         );
         let ((), retries) = counting_retries(async {

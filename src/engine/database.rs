@@ -1,0 +1,167 @@
+//! [`Database`]: one SlateDB database (a store and a path in it), how every SlateDB and
+//! object-store call on it is bounded by a timeout, and the calls that are not about checkpoints,
+//! fingerprints or clones: probing, reading the latest manifest, deleting.
+
+use super::error::{self, EngineError};
+use super::Store;
+use futures::TryStreamExt;
+use object_store::path::Path;
+use object_store::ObjectStoreExt;
+use slatedb::admin::Admin;
+use slatedb::VersionedManifest;
+use std::future::Future;
+use std::time::Duration;
+
+/// One SlateDB database: a store and a path in it.
+#[derive(Clone, Debug)]
+pub struct Database {
+    pub(super) store: Store,
+    pub(super) path: Path,
+    /// Bound on each call made on the database.
+    pub(super) timeout: Duration,
+}
+
+impl Database {
+    pub fn new(store: Store, path: &str, timeout: Duration) -> Database {
+        Database {
+            store,
+            path: Path::from(path),
+            timeout,
+        }
+    }
+
+    pub fn path(&self) -> &Path {
+        &self.path
+    }
+
+    pub fn store(&self) -> &Store {
+        &self.store
+    }
+
+    /// SlateDB's admin handle on this database (and its WAL store, if it has one).
+    pub(super) fn admin(&self) -> Admin {
+        let builder = Admin::builder(self.path.clone(), self.store.main.clone());
+        match &self.store.wal {
+            Some(wal) => builder.with_wal_object_store(wal.clone()).build(),
+            None => builder.build(),
+        }
+    }
+
+    /// Runs a SlateDB admin call under the timeout, mapping its error.
+    pub(super) async fn bounded<T>(
+        &self,
+        operation: &'static str,
+        call: impl Future<Output = Result<T, slatedb::Error>>,
+    ) -> Result<T, EngineError> {
+        match tokio::time::timeout(self.timeout, call).await {
+            Ok(result) => result.map_err(|e| error::from_slatedb(operation, self.path.as_ref(), e)),
+            Err(_) => Err(EngineError::Timeout {
+                operation,
+                after: self.timeout,
+            }),
+        }
+    }
+
+    /// Runs a plain object-store call under the timeout.
+    pub(super) async fn bounded_store<T>(
+        &self,
+        operation: &'static str,
+        call: impl Future<Output = Result<T, object_store::Error>>,
+    ) -> Result<T, EngineError> {
+        match tokio::time::timeout(self.timeout, call).await {
+            Ok(Ok(value)) => Ok(value),
+            Ok(Err(object_store::Error::PermissionDenied { path, source }))
+            | Ok(Err(object_store::Error::Unauthenticated { path, source })) => {
+                Err(EngineError::AccessDenied {
+                    path,
+                    detail: source.to_string(),
+                })
+            }
+            Ok(Err(source)) => Err(EngineError::Store { operation, source }),
+            Err(_) => Err(EngineError::Timeout {
+                operation,
+                after: self.timeout,
+            }),
+        }
+    }
+
+    /// One plain, non-retrying listing of the manifest directory. SlateDB's own calls retry every
+    /// error for ever, so this is how rejected credentials or an unreachable endpoint show up as a
+    /// clear error rather than a timeout.
+    pub async fn probe(&self) -> Result<(), EngineError> {
+        let manifests = self.path.clone().join("manifest");
+        let listing = self.store.main.list_with_delimiter(Some(&manifests));
+        let listing = self.bounded_store("list manifests", listing).await?;
+        if listing.objects.is_empty() {
+            return Err(EngineError::NotADatabase {
+                path: self.path.to_string(),
+            });
+        }
+        Ok(())
+    }
+
+    /// The latest manifest, or `None` when there is no database at the path.
+    pub async fn try_latest_manifest(&self) -> Result<Option<VersionedManifest>, EngineError> {
+        self.bounded("read_manifest", self.admin().read_manifest(None))
+            .await
+    }
+
+    pub async fn latest_manifest(&self) -> Result<VersionedManifest, EngineError> {
+        self.try_latest_manifest()
+            .await?
+            .ok_or_else(|| EngineError::NotADatabase {
+                path: self.path.to_string(),
+            })
+    }
+
+    /// Deletes the database with SlateDB's `delete_db` (which also drops its final checkpoints on
+    /// parents) and checks that nothing is left under its path. A path with nothing is fine.
+    pub async fn delete_database(&self) -> Result<(), EngineError> {
+        let manifest = self.try_latest_manifest().await?;
+        let has_marker = self
+            .bounded_store("head .deleting", async {
+                match self
+                    .store
+                    .main
+                    .head(&self.path.clone().join(".deleting"))
+                    .await
+                {
+                    Ok(_) => Ok(true),
+                    Err(object_store::Error::NotFound { .. }) => Ok(false),
+                    Err(e) => Err(e),
+                }
+            })
+            .await?;
+        if let Some(manifest) = &manifest {
+            // delete_db removes this database's final checkpoints from its parents' manifests.
+            for parent in manifest.external_dbs() {
+                if parent.final_checkpoint_id.is_some() {
+                    Database::new(self.store.clone(), &parent.path, self.timeout)
+                        .ensure_manifest_preserved()
+                        .await?;
+                }
+            }
+        }
+        if manifest.is_some() || has_marker {
+            self.bounded("delete_db", self.admin().delete_db(true))
+                .await?;
+        }
+        let leftover = self
+            .bounded_store(
+                "list after delete",
+                self.store
+                    .main
+                    .list(Some(&self.path))
+                    .try_collect::<Vec<_>>(),
+            )
+            .await?;
+        if let Some(object) = leftover.first() {
+            return Err(EngineError::Leftover {
+                path: self.path.to_string(),
+                count: leftover.len(),
+                example: object.location.to_string(),
+            });
+        }
+        Ok(())
+    }
+}
