@@ -4,4 +4,4 @@ pub mod api;
 pub mod controller;
 pub mod crds;
 pub mod engine;
-pub mod local;
+pub mod offline_commands;

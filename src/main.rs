@@ -1,8 +1,8 @@
 use clap::{Parser, Subcommand};
-use slatedb_operator::controller::operator::{self, LeaderElection, OperatorOptions};
+use slatedb_operator::controller::runtime::{self, LeaderElection, OperatorOptions};
 use slatedb_operator::controller::Settings;
 use slatedb_operator::engine::{CloneProgress, EngineError, Verification};
-use slatedb_operator::local::{exit_code, exit_code_for};
+use slatedb_operator::offline_commands::{exit_code, exit_code_for};
 use std::net::SocketAddr;
 use std::path::PathBuf;
 use std::process::ExitCode;
@@ -235,7 +235,7 @@ fn main() -> ExitCode {
                 VerifyArg::Metadata => Verification::Metadata,
                 VerifyArg::Content => Verification::Content,
             };
-            let args = slatedb_operator::local::CloneArgs {
+            let args = slatedb_operator::offline_commands::CloneArgs {
                 url: store,
                 source,
                 checkpoint,
@@ -247,9 +247,10 @@ fn main() -> ExitCode {
             let bar = progress_bar(output);
             let sink = bar.clone();
             return local(output, async move {
-                let report =
-                    slatedb_operator::local::clone(args, move |p| show_progress(output, &sink, &p))
-                        .await;
+                let report = slatedb_operator::offline_commands::clone(args, move |p| {
+                    show_progress(output, &sink, &p)
+                })
+                .await;
                 bar.finish_and_clear();
                 report
             });
@@ -261,7 +262,9 @@ fn main() -> ExitCode {
         } => {
             return local(
                 output,
-                slatedb_operator::local::verify(&db.store, &db.path, checkpoint, content),
+                slatedb_operator::offline_commands::verify(
+                    &db.store, &db.path, checkpoint, content,
+                ),
             )
         }
         Command::Sample {
@@ -272,7 +275,13 @@ fn main() -> ExitCode {
         } => {
             return local(
                 output,
-                slatedb_operator::local::sample(&db.store, &db.path, keys, ssts, compression.0),
+                slatedb_operator::offline_commands::sample(
+                    &db.store,
+                    &db.path,
+                    keys,
+                    ssts,
+                    compression.0,
+                ),
             )
         }
         Command::Crdgen { out_dir, chart_dir } => {
@@ -331,7 +340,7 @@ fn run(options: OperatorOptions) -> Result<(), String> {
         let client = kube::Client::try_default()
             .await
             .map_err(|e| format!("connecting to Kubernetes: {e}"))?;
-        operator::run(client, options).await
+        runtime::run(client, options).await
     })
 }
 
@@ -342,13 +351,16 @@ async fn checkpoint_command(command: CheckpointCommand) -> Result<serde_json::Va
                 .map(|l| slatedb_operator::api::GoDuration(l).to_std())
                 .transpose()
                 .map_err(|e| EngineError::StoreConfig(format!("--lifetime: {e}")))?;
-            slatedb_operator::local::checkpoint_create(&db.store, &db.path, &name, lifetime).await
+            slatedb_operator::offline_commands::checkpoint_create(
+                &db.store, &db.path, &name, lifetime,
+            )
+            .await
         }
         CheckpointCommand::List { db } => {
-            slatedb_operator::local::checkpoint_list(&db.store, &db.path).await
+            slatedb_operator::offline_commands::checkpoint_list(&db.store, &db.path).await
         }
         CheckpointCommand::Delete { db, id } => {
-            slatedb_operator::local::checkpoint_delete(&db.store, &db.path, id).await
+            slatedb_operator::offline_commands::checkpoint_delete(&db.store, &db.path, id).await
         }
     }
 }

@@ -439,7 +439,7 @@ async fn objects_owned_by_a_clone_are_garbage_collected_with_it() {
         .delete("owner", &DeleteParams::background())
         .await
         .unwrap();
-    // kube-controller-manager's garbage collector removes the dependant.
+    // kube-controller-manager's garbage collector removes the dependent.
     eventually(
         Duration::from_secs(90),
         "the owned ConfigMap to be garbage-collected",

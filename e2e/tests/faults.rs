@@ -8,7 +8,7 @@ use crate::support::{
     TestStore,
 };
 use serde_json::json;
-use slatedb_operator::api::{DatabaseCheckpoint, DatabaseClone};
+use slatedb_operator::api::{ClonePhase, DatabaseCheckpoint, DatabaseClone};
 use slatedb_operator::engine::FAULTS_ENV;
 use std::collections::BTreeMap;
 use std::time::{Duration, Instant};
@@ -321,21 +321,35 @@ async fn random_operator_kills_lose_nothing_and_leave_no_orphans() {
     let slow = [(FAULTS_ENV, "latency=3ms")];
     let mut seed = run_seed();
     println!("kill schedule seed: {seed}");
+    let clones = env.api::<DatabaseClone>();
     let mut kills = Vec::new();
     for _ in 0..8 {
         let mut operator = Operator::start(&env.namespace, &slow);
+        let started = Instant::now();
+        // Kill at a random moment once clone work runs, so each kill can interrupt a clone.
+        eventually(Duration::from_secs(60), "a clone at work", || async {
+            let list = clones.list(&Default::default()).await.ok()?;
+            let working = |c: &DatabaseClone| {
+                let phase = c.status.as_ref().and_then(|s| s.phase);
+                matches!(phase, Some(ClonePhase::Cloning | ClonePhase::Verifying))
+            };
+            let all_done = list.items.iter().all(|c| {
+                condition(c, "Ready").is_some_and(|r| r.0 == "True")
+                    || condition(c, "Stalled").is_some()
+            });
+            (all_done || list.items.iter().any(working)).then_some(())
+        })
+        .await;
         seed ^= seed << 13;
         seed ^= seed >> 7;
         seed ^= seed << 17;
-        let after = Duration::from_millis(300 + seed % 1_700);
-        tokio::time::sleep(after).await;
+        tokio::time::sleep(Duration::from_millis(seed % 400)).await;
         operator.kill();
-        kills.push(after.as_millis());
+        kills.push(started.elapsed().as_millis());
     }
     println!("SIGKILLed the operator after {kills:?} ms of each run");
     let _operator = Operator::start(&env.namespace, &[]);
 
-    let clones = env.api::<DatabaseClone>();
     let finals = eventually(
         Duration::from_secs(180),
         "every clone Ready or Stalled",

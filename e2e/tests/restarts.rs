@@ -314,7 +314,7 @@ async fn a_killed_and_restarted_apiserver_does_not_stop_the_clones() {
     // and regained: a clone created only after the restart reaches the operator through its watch.
     let log = std::fs::read_to_string(&log_path).unwrap();
     let refused = log_lines_matching(&log, &["client error (Connect)"]);
-    let watch_lost = log_lines_matching(&log, &["\"clone controller\"", "event queue error"]);
+    let watch_lost = log_lines_matching(&log, &["\"kind\":\"DatabaseClone\"", "event queue error"]);
     let regained = log_lines_matching(&log, &["starting clone work", "clones/after-"]);
     eprintln!(
         "restarts: operator log: {} requests refused, {} clone-watch errors, {} clones started after the restart",

@@ -3,11 +3,14 @@
 use super::common::{
     conditions_schema, Checksum, DatabaseRef, DbPath, DeletionPolicy, GoDuration, StoreSpec,
 };
+use base64::Engine;
+use bytes::Bytes;
 use k8s_openapi::apimachinery::pkg::apis::meta::v1::{Condition, Time};
 use kube::{CustomResource, KubeSchema};
 use schemars::{json_schema, JsonSchema, Schema, SchemaGenerator};
 use serde::{Deserialize, Serialize};
 use std::borrow::Cow;
+use std::ops::Bound;
 
 /// A copy-on-write clone of a SlateDB database.
 // kube's repeated `printcolumn(type_ = ..)` arguments trip clippy's duplicate-attribute lint.
@@ -108,10 +111,45 @@ pub struct KeyRange {
     pub end: Option<KeyBound>,
 }
 
+impl KeyRange {
+    /// The range as SlateDB bounds (start inclusive, end exclusive), or why it cannot be used.
+    /// Admission compares text bounds only; base64 ones are compared here, once decoded.
+    pub fn bounds(&self) -> Result<(Bound<Bytes>, Bound<Bytes>), String> {
+        let start = self.start.as_ref().map(KeyBound::bytes).transpose()?;
+        let end = self.end.as_ref().map(KeyBound::bytes).transpose()?;
+        if let (Some(low), Some(high)) = (&start, &end) {
+            if low >= high {
+                return Err(
+                    "spec.source.keyRange is empty: start must sort before end (compared \
+                            as bytes, after base64 decoding)"
+                        .into(),
+                );
+            }
+        }
+        Ok((
+            start.map_or(Bound::Unbounded, Bound::Included),
+            end.map_or(Bound::Unbounded, Bound::Excluded),
+        ))
+    }
+}
+
 /// A key: UTF-8 text, or arbitrary bytes written as `base64:<standard base64>`.
 #[derive(Serialize, Deserialize, Clone, Debug, PartialEq, Eq)]
 #[serde(transparent)]
 pub struct KeyBound(pub String);
+
+impl KeyBound {
+    /// The key's bytes: the text itself, or what its `base64:` form decodes to.
+    pub fn bytes(&self) -> Result<Bytes, String> {
+        match self.0.strip_prefix("base64:") {
+            Some(encoded) => base64::engine::general_purpose::STANDARD
+                .decode(encoded)
+                .map(Bytes::from)
+                .map_err(|e| format!("keyRange bound {:?} is not valid base64: {e}", self.0)),
+            None => Ok(Bytes::from(self.0.clone())),
+        }
+    }
+}
 
 impl JsonSchema for KeyBound {
     fn schema_name() -> Cow<'static, str> {

@@ -3,15 +3,11 @@
 mod checkpoint;
 mod clone;
 mod common;
+pub mod conditions;
 
 pub use checkpoint::*;
 pub use clone::*;
 pub use common::*;
-
-/// The API group of every kind this operator serves.
-pub const GROUP: &str = "slatedb.io";
-/// The one served and stored version.
-pub const VERSION: &str = "v1alpha1";
 
 #[cfg(test)]
 mod tests;

@@ -258,3 +258,40 @@ fn bad_checkpoints_are_rejected_with_a_message_naming_the_problem() {
     );
     assert_rejected(&schema, &moved, Some(&old), "spec.database is immutable");
 }
+
+#[test]
+fn key_bounds_decode_text_and_base64() {
+    use crate::api::{KeyBound, KeyRange};
+    use bytes::Bytes;
+    use std::ops::Bound;
+    assert_eq!(KeyBound("abc".into()).bytes(), Ok(Bytes::from("abc")));
+    assert_eq!(
+        KeyBound("base64:AAH/".into()).bytes(),
+        Ok(Bytes::from(vec![0u8, 1, 255]))
+    );
+    assert_eq!(
+        KeyBound("base64:/w==".into()).bytes(),
+        Ok(Bytes::from(vec![255u8]))
+    );
+    assert!(KeyBound("base64:!!!!".into()).bytes().is_err());
+    let range = |start: Option<&str>, end: Option<&str>| KeyRange {
+        start: start.map(|s| KeyBound(s.into())),
+        end: end.map(|s| KeyBound(s.into())),
+    };
+    assert_eq!(
+        range(Some("a"), Some("base64:/w==")).bounds(),
+        Ok((
+            Bound::Included(Bytes::from("a")),
+            Bound::Excluded(Bytes::from(vec![255u8]))
+        ))
+    );
+    assert_eq!(
+        range(None, None).bounds(),
+        Ok((Bound::Unbounded, Bound::Unbounded))
+    );
+    let empty = range(Some("base64:YQ=="), Some("a")).bounds().unwrap_err();
+    assert!(empty.contains("is empty"), "{empty}");
+    assert!(range(Some("base64:eg=="), Some("base64:YQ=="))
+        .bounds()
+        .is_err());
+}

@@ -13,12 +13,12 @@ use std::time::{Duration, Instant};
 
 #[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
 pub struct KindLabel {
-    pub kind: &'static str,
+    pub kind: String,
 }
 
 #[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
 pub struct ErrorLabels {
-    pub kind: &'static str,
+    pub kind: String,
     pub reason: String,
 }
 
@@ -156,23 +156,21 @@ impl Drop for ReconcileTimer {
 
 impl Metrics {
     /// Counts a reconcile of `kind` and times it until the returned timer is dropped.
-    pub fn reconcile(&self, kind: &'static str) -> ReconcileTimer {
-        self.reconciles.get_or_create(&KindLabel { kind }).inc();
+    pub fn reconcile(&self, kind: &str) -> ReconcileTimer {
+        let kind = KindLabel { kind: kind.into() };
+        self.reconciles.get_or_create(&kind).inc();
         // A histogram handle is a shared reference to the family's series.
-        let histogram = self
-            .reconcile_duration
-            .get_or_create(&KindLabel { kind })
-            .clone();
+        let histogram = self.reconcile_duration.get_or_create(&kind).clone();
         ReconcileTimer {
             histogram,
             started: Instant::now(),
         }
     }
 
-    pub fn error(&self, kind: &'static str, reason: &str) {
+    pub fn error(&self, kind: &str, reason: &str) {
         self.errors
             .get_or_create(&ErrorLabels {
-                kind,
+                kind: kind.into(),
                 reason: reason.to_string(),
             })
             .inc();

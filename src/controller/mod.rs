@@ -1,26 +1,37 @@
-//! Reconcilers, one file per kind: read observed state, decide with a pure function, apply.
+//! The controllers. One shared reconcile shell ([`shell`]: fresh GET, finalizer, apply or
+//! cleanup, status by server-side apply, requeue, error policy, wiring) and one folder per kind
+//! holding only what differs, each split the same way:
+//!
+//! - `<kind>/mod.rs`: the kind's I/O (its `Reconcile` impl: observe, apply effects, cleanup, the
+//!   watches that wake it);
+//! - `<kind>/decide.rs`: the pure decision from what was observed to the status, event, effect and
+//!   requeue, with its unit tests ([`decide_properties`] holds the property tests of both);
+//! - further files for the kind's own concerns (the clone's source resolution and work pool, the
+//!   checkpoint's observation of SlateDB).
+//!
+//! Beside them: [`conditions`] (condition bookkeeping), [`stores`] (opening the stores objects
+//! name, with their Secrets), [`runtime`] (leader election, the controllers' tasks), [`server`]
+//! (`/healthz`, `/readyz`, `/metrics`) and [`metrics`].
 
 pub mod checkpoint;
 pub mod clone;
-mod conditions;
-pub mod metrics;
-pub mod operator;
+pub mod conditions;
 #[cfg(test)]
-mod properties;
+mod decide_properties;
+pub mod metrics;
+pub mod runtime;
 pub mod server;
+pub mod shell;
+pub mod stores;
 
-use crate::api::StoreSpec;
-use crate::engine::{EngineError, Fault, Store, StoreConfig};
-use k8s_openapi::api::core::v1::Secret;
+use crate::engine::{Backoff, EngineError, Fault};
 use kube::runtime::controller::Action;
 use kube::runtime::events::{Event, EventType, Recorder, Reporter};
 use kube::{Api, Client};
-use std::collections::{BTreeMap, HashMap};
+use std::collections::HashMap;
 use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
-
-pub use conditions::set_condition;
 
 /// Field manager of every status the operator writes (server-side apply).
 pub const FIELD_MANAGER: &str = "slatedb-operator";
@@ -94,7 +105,11 @@ impl Context {
             *n = n.saturating_add(1);
             *n
         };
-        backoff_delay(&self.settings, attempt, jitter_fraction(uid, attempt))
+        Backoff {
+            base: self.settings.backoff_base,
+            max: self.settings.backoff_max,
+        }
+        .jittered(attempt)
     }
 
     /// An Api over one namespace, or over all.
@@ -142,20 +157,19 @@ impl Context {
             >= self.controllers_started.load(Ordering::SeqCst)
     }
 
-    /// Records an event on `object`; `secondary` names a related object (e.g. a clone's source).
+    /// Records `notice` as an event on `object`; `secondary` names a related object (e.g. a
+    /// clone's source).
     pub async fn publish<K: kube::Resource<DynamicType = ()>>(
         &self,
         object: &K,
         secondary: Option<k8s_openapi::api::core::v1::ObjectReference>,
-        type_: EventType,
-        reason: &str,
-        note: &str,
+        notice: &Notice,
     ) {
         let event = Event {
-            type_,
-            reason: reason.into(),
-            note: Some(note.chars().take(1000).collect()),
-            action: "Reconcile".into(),
+            type_: notice.type_,
+            reason: notice.reason.clone(),
+            note: Some(notice.note.chars().take(1000).collect()),
+            action: notice.action.into(),
             secondary,
         };
         if let Err(error) = self.recorder.publish(&event, &object.object_ref(&())).await {
@@ -163,10 +177,10 @@ impl Context {
         }
     }
 
-    /// The error policy of both controllers: count, log, and retry with per-object backoff.
+    /// The error policy of every controller: count, log, and retry with per-object backoff.
     pub fn requeue_after_error<K: kube::Resource>(
         &self,
-        kind: &'static str,
+        kind: &str,
         object: &K,
         error: &Error,
     ) -> Action {
@@ -184,25 +198,6 @@ impl Context {
             .unwrap_or_else(|poisoned| poisoned.into_inner())
             .remove(uid);
     }
-}
-
-fn jitter_fraction(uid: &str, attempt: u32) -> f64 {
-    use std::hash::{Hash, Hasher};
-    let mut hasher = std::collections::hash_map::DefaultHasher::new();
-    (uid, attempt, std::time::SystemTime::now()).hash(&mut hasher);
-    (hasher.finish() % 1000) as f64 / 1000.0
-}
-
-/// The delay before retry number `attempt` (1-based); `jitter` in [0, 1) adds up to 20%.
-pub fn backoff_delay(settings: &Settings, attempt: u32, jitter: f64) -> Duration {
-    let exponent = attempt.saturating_sub(1).min(20);
-    let delay = settings
-        .backoff_base
-        .saturating_mul(1u32 << exponent)
-        .min(settings.backoff_max);
-    delay
-        .mul_f64(1.0 + 0.2 * jitter.clamp(0.0, 1.0))
-        .min(settings.backoff_max)
 }
 
 #[derive(Debug, thiserror::Error)]
@@ -229,20 +224,37 @@ impl Error {
     }
 }
 
-/// Why the object-store options of a store could not be read.
-#[derive(Debug, thiserror::Error)]
-pub enum SecretProblem {
-    #[error(
-        "Secret {namespace}/{name} not found; create it with the object-store options as keys"
-    )]
-    NotFound { namespace: String, name: String },
-    #[error("key {key:?} of Secret {namespace}/{name} is not UTF-8 text")]
-    NotText {
-        namespace: String,
-        name: String,
-        key: String,
-    },
+/// An event a decision asks to record: what the operator did (`action`, a verb such as `Create`
+/// or `Clone`) and what came of it (`reason`, `note`).
+#[derive(Clone, Debug, PartialEq)]
+pub struct Notice {
+    pub type_: EventType,
+    pub action: &'static str,
+    pub reason: String,
+    pub note: String,
 }
+
+impl Notice {
+    pub fn normal(action: &'static str, reason: &str, note: impl Into<String>) -> Notice {
+        Notice {
+            type_: EventType::Normal,
+            action,
+            reason: reason.into(),
+            note: note.into(),
+        }
+    }
+
+    pub fn warning(action: &'static str, reason: &str, note: impl Into<String>) -> Notice {
+        Notice {
+            type_: EventType::Warning,
+            ..Notice::normal(action, reason, note)
+        }
+    }
+}
+
+/// What most I/O steps of a reconcile return. Outer: retry the reconcile (the API server failed
+/// us); inner: tell the user (a [`Problem`] for the object's conditions).
+pub type Outcome<T> = Result<Result<T, Problem>, Error>;
 
 /// Why work on an object cannot proceed, in the words a condition needs.
 #[derive(Clone, Debug, PartialEq, Eq)]
@@ -262,96 +274,6 @@ impl From<&EngineError> for Problem {
     }
 }
 
-/// Opens the store a spec names, with the options of its Secret.
-pub async fn open_store(
-    client: &Client,
-    namespace: &str,
-    spec: &StoreSpec,
-) -> Result<Result<Store, Problem>, kube::Error> {
-    let secret = spec.secret_ref.as_ref().map(|s| s.name.as_str());
-    let options = match store_options(client, namespace, secret).await? {
-        Ok(options) => options,
-        Err(problem) => {
-            let (fault, reason) = match problem {
-                SecretProblem::NotFound { .. } => (Fault::Transient, "SecretNotFound"),
-                SecretProblem::NotText { .. } => (Fault::Permanent, "InvalidSecret"),
-            };
-            return Ok(Err(Problem {
-                fault,
-                reason: reason.into(),
-                message: problem.to_string(),
-            }));
-        }
-    };
-    let config = StoreConfig {
-        url: spec.url.0.clone(),
-        options,
-        wal_url: spec.wal_url.as_ref().map(|u| u.0.clone()),
-        ignore_unknown_options: false,
-    };
-    Ok(open_shared(config).map_err(|e| Problem::from(&e)))
-}
-
-/// Stores opened so far, by configuration. Each opened store is an HTTP client with its own TLS
-/// setup and connection pool; 500 clones of one parent share one instead of holding 500.
-static OPENED_STORES: std::sync::LazyLock<Mutex<HashMap<StoreConfig, Store>>> =
-    std::sync::LazyLock::new(Mutex::default);
-
-/// Bound on [`OPENED_STORES`]; past it (rotated credentials, many stores) it starts over.
-const OPENED_STORES_MAX: usize = 64;
-
-fn open_shared(config: StoreConfig) -> Result<Store, EngineError> {
-    let mut opened = OPENED_STORES
-        .lock()
-        .unwrap_or_else(|poisoned| poisoned.into_inner());
-    if let Some(store) = opened.get(&config) {
-        return Ok(store.clone());
-    }
-    let store = Store::open(&config)?;
-    if opened.len() >= OPENED_STORES_MAX {
-        opened.clear();
-    }
-    opened.insert(config, store.clone());
-    Ok(store)
-}
-
-/// Reads a Secret's keys as object-store options.
-pub async fn store_options(
-    client: &Client,
-    namespace: &str,
-    secret: Option<&str>,
-) -> Result<Result<BTreeMap<String, String>, SecretProblem>, kube::Error> {
-    let Some(name) = secret else {
-        return Ok(Ok(BTreeMap::new()));
-    };
-    let Some(secret) = Api::<Secret>::namespaced(client.clone(), namespace)
-        .get_opt(name)
-        .await?
-    else {
-        return Ok(Err(SecretProblem::NotFound {
-            namespace: namespace.into(),
-            name: name.into(),
-        }));
-    };
-    let mut options = BTreeMap::new();
-    for (key, value) in secret.data.unwrap_or_default() {
-        match String::from_utf8(value.0) {
-            Ok(text) => options.insert(key, text),
-            Err(_) => {
-                return Ok(Err(SecretProblem::NotText {
-                    namespace: namespace.into(),
-                    name: name.into(),
-                    key,
-                }))
-            }
-        };
-    }
-    for (key, value) in secret.string_data.unwrap_or_default() {
-        options.insert(key, value);
-    }
-    Ok(Ok(options))
-}
-
 /// Converts SlateDB's chrono times to the Kubernetes API's time type.
 pub fn to_k8s_time(
     time: chrono::DateTime<chrono::Utc>,
@@ -359,134 +281,4 @@ pub fn to_k8s_time(
     let timestamp = k8s_openapi::jiff::Timestamp::from_millisecond(time.timestamp_millis())
         .unwrap_or(k8s_openapi::jiff::Timestamp::UNIX_EPOCH);
     k8s_openapi::apimachinery::pkg::apis::meta::v1::Time(timestamp)
-}
-
-/// How long the cleanup of a deleted object waits for its store's missing credentials Secret to
-/// come back before it leaves the data behind: deleting a namespace deletes its Secrets too, and
-/// must not hang on our finalizers.
-pub const SECRET_GONE_GRACE: Duration = Duration::from_secs(60);
-
-/// Whether cleanup stops waiting for the store and leaves the data (with a Warning event): the
-/// store's Secret is missing and the object has been deleting for longer than the grace.
-pub fn leave_data_behind(
-    problem: &Problem,
-    meta: &k8s_openapi::apimachinery::pkg::apis::meta::v1::ObjectMeta,
-    now: chrono::DateTime<chrono::Utc>,
-) -> bool {
-    let deleting_for = meta.deletion_timestamp.as_ref().map(|since| {
-        now.timestamp_millis()
-            .saturating_sub(since.0.as_millisecond())
-    });
-    problem.reason == "SecretNotFound"
-        && deleting_for.is_some_and(|ms| ms >= SECRET_GONE_GRACE.as_millis() as i64)
-}
-
-/// Backoff of the controllers' watches after an error: doubling from 250 ms up to 3 s. kube's
-/// default grows to 30 s and resets only after 2 error-free minutes, so after an API-server restart
-/// (refused connections, then "too old resource version" on every resumed watch) new objects sat
-/// unseen for up to a minute.
-#[derive(Clone, Debug)]
-pub struct WatchBackoff {
-    next: Duration,
-}
-
-impl WatchBackoff {
-    const FIRST: Duration = Duration::from_millis(250);
-    const MAX: Duration = Duration::from_secs(3);
-}
-
-impl Default for WatchBackoff {
-    fn default() -> Self {
-        WatchBackoff { next: Self::FIRST }
-    }
-}
-
-impl Iterator for WatchBackoff {
-    type Item = Duration;
-
-    fn next(&mut self) -> Option<Duration> {
-        let delay = self.next;
-        self.next = (self.next * 2).min(Self::MAX);
-        Some(delay)
-    }
-}
-
-impl kube::runtime::utils::Backoff for WatchBackoff {
-    fn reset(&mut self) {
-        self.next = Self::FIRST;
-    }
-}
-
-#[cfg(test)]
-mod tests {
-    #[test]
-    fn data_is_left_behind_only_when_the_secret_stays_gone_past_the_grace() {
-        let missing = super::Problem {
-            fault: super::Fault::Transient,
-            reason: "SecretNotFound".into(),
-            message: "gone".into(),
-        };
-        let now = chrono::Utc::now();
-        let deleting_since =
-            |seconds: i64| k8s_openapi::apimachinery::pkg::apis::meta::v1::ObjectMeta {
-                deletion_timestamp: Some(super::to_k8s_time(
-                    now - chrono::TimeDelta::seconds(seconds),
-                )),
-                ..Default::default()
-            };
-        assert!(!super::leave_data_behind(
-            &missing,
-            &deleting_since(10),
-            now
-        ));
-        assert!(super::leave_data_behind(&missing, &deleting_since(61), now));
-        assert!(!super::leave_data_behind(
-            &missing,
-            &Default::default(),
-            now
-        ));
-        let denied = super::Problem {
-            reason: "CredentialsRejected".into(),
-            ..missing
-        };
-        assert!(!super::leave_data_behind(
-            &denied,
-            &deleting_since(600),
-            now
-        ));
-    }
-
-    #[test]
-    fn watch_backoff_doubles_to_its_cap_and_resets() {
-        use kube::runtime::utils::Backoff;
-        let mut backoff = super::WatchBackoff::default();
-        let delays: Vec<u64> = (&mut backoff)
-            .take(6)
-            .map(|d| d.as_millis() as u64)
-            .collect();
-        assert_eq!(delays, [250, 500, 1000, 2000, 3000, 3000]);
-        backoff.reset();
-        assert_eq!(backoff.next().map(|d| d.as_millis()), Some(250));
-    }
-
-    use super::*;
-
-    #[test]
-    fn backoff_doubles_and_is_capped() {
-        let settings = Settings {
-            backoff_base: Duration::from_secs(2),
-            backoff_max: Duration::from_secs(60),
-            ..Settings::default()
-        };
-        assert_eq!(backoff_delay(&settings, 1, 0.0), Duration::from_secs(2));
-        assert_eq!(backoff_delay(&settings, 2, 0.0), Duration::from_secs(4));
-        assert_eq!(backoff_delay(&settings, 4, 0.0), Duration::from_secs(16));
-        assert_eq!(backoff_delay(&settings, 30, 0.0), Duration::from_secs(60));
-        assert_eq!(backoff_delay(&settings, 30, 0.99), Duration::from_secs(60));
-        let jittered = backoff_delay(&settings, 2, 0.5);
-        assert!(
-            jittered > Duration::from_secs(4) && jittered <= Duration::from_secs(5),
-            "{jittered:?}"
-        );
-    }
 }

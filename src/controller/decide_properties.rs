@@ -8,7 +8,7 @@ use super::conditions::is_true;
 use super::Problem;
 use crate::api::{
     CheckpointPhase, ClonePhase, DatabaseCheckpoint, DatabaseCheckpointStatus, DatabaseClone,
-    DatabaseCloneStatus,
+    DatabaseCloneStatus, StoreSpec, StoreUrl,
 };
 use crate::engine::{
     CheckpointInfo, CloneProgress, CloneReport, CloneStep, Fault, Fingerprint, Obtained,
@@ -118,6 +118,7 @@ fn reason() -> impl Strategy<Value = String> {
             "InvalidKeyRange",
             "CheckpointMissing",
             "ChecksumMismatch",
+            clone::decide::SOURCE_STALLED,
         ])
         .prop_map(String::from),
         "[A-Z][A-Za-z]{0,30}",
@@ -165,11 +166,23 @@ fn report(
     }
 }
 
+fn store() -> impl Strategy<Value = StoreSpec> {
+    prop_oneof![
+        Just("file:///data".to_string()),
+        Just("s3://bucket/prefix".to_string())
+    ]
+    .prop_map(|url| StoreSpec {
+        url: StoreUrl(url),
+        secret_ref: None,
+        wal_url: None,
+    })
+}
+
 fn work() -> impl Strategy<Value = Work> {
     let count = prop_oneof![0u64..1_000, any::<u64>()];
     prop_oneof![
         problem().prop_map(Work::Waiting),
-        Just(Work::Startable),
+        store().prop_map(Work::Startable),
         prop::option::of(
             (
                 step(),
@@ -257,11 +270,7 @@ impl CheckpointSeen {
                 obtained,
                 fingerprint,
             },
-            CheckpointSeen::Failed(p) => Observation::Failed {
-                fault: p.fault,
-                reason: p.reason,
-                message: p.message,
-            },
+            CheckpointSeen::Failed(p) => Observation::Failed(p),
         }
     }
 }
@@ -389,18 +398,18 @@ fn check_conditions(
 
 /// What `apply` would observe: the random `work`, coerced to one the reconciler can see next.
 fn reachable(object: &DatabaseClone, job: bool, work: Work) -> Work {
-    let status = object.status.clone().unwrap_or_default();
-    let settled = is_true(&status.conditions, "Ready")
-        || is_true(&status.conditions, "Expired")
-        || (is_true(&status.conditions, "Stalled")
-            && status.observed_generation == object.metadata.generation);
+    let settled = clone::settled(object);
     match work {
         Work::Running(_) | Work::Finished(_) if job => work,
         _ if job => Work::Running(None),
         _ if settled => Work::Settled,
-        Work::Waiting(_) | Work::Startable => work,
+        Work::Waiting(_) | Work::Startable(_) => work,
         Work::Finished(Err(p)) => Work::Waiting(p),
-        _ => Work::Startable,
+        _ => Work::Startable(StoreSpec {
+            url: StoreUrl("file:///data".into()),
+            secret_ref: None,
+            wal_url: None,
+        }),
     }
 }
 
@@ -440,12 +449,11 @@ fn check_clone_decision(
         decision,
         "decide is deterministic"
     );
-    // Status fields the decision never touches.
-    prop_assert_eq!(
-        &status.store,
-        &previous.store,
-        "the store is set by apply only"
-    );
+    // The store is recorded when work starts, and kept otherwise.
+    match work {
+        Work::Startable(store) => prop_assert_eq!(status.store.as_ref(), Some(store)),
+        _ => prop_assert_eq!(&status.store, &previous.store),
+    }
     match work {
         Work::Finished(Ok(r)) => prop_assert_eq!(
             status.source_checkpoint_id.clone(),
@@ -463,7 +471,7 @@ fn check_clone_decision(
     // Attempts count starts of work: +1 on a start, unchanged otherwise.
     let attempts = previous.attempts.unwrap_or(0);
     match work {
-        Work::Startable => prop_assert_eq!(status.attempts, Some(attempts + 1)),
+        Work::Startable(_) => prop_assert_eq!(status.attempts, Some(attempts + 1)),
         _ => prop_assert_eq!(status.attempts, previous.attempts),
     }
     if previous.start_time.is_some() {
@@ -477,7 +485,7 @@ fn check_clone_decision(
     // Effects: work starts only from Startable; data or the object go only on expiry of a clone
     // that was Ready, and only as its policy says.
     match &decision.effect {
-        Effect::StartWork => prop_assert!(matches!(work, Work::Startable)),
+        Effect::StartWork => prop_assert!(matches!(work, Work::Startable(_))),
         Effect::DeleteObject | Effect::ExpireData => {
             prop_assert!(matches!(work, Work::Settled), "{:?}", work);
             prop_assert!(is_true(&previous.conditions, "Ready"));
@@ -491,7 +499,7 @@ fn check_clone_decision(
         }
         Effect::None => {}
     }
-    if matches!(work, Work::Startable) {
+    if matches!(work, Work::Startable(_)) {
         prop_assert_eq!(&decision.effect, &Effect::StartWork);
         prop_assert_eq!(decision.requeue_after, Some(clone::PROGRESS_INTERVAL));
         prop_assert_eq!(status.phase, Some(ClonePhase::Cloning));
@@ -515,7 +523,14 @@ fn check_clone_decision(
                 prop_assert_eq!(decision.requeue_after, None, "a stall does not hot-loop");
                 prop_assert_eq!(status.phase, Some(ClonePhase::Failed));
                 prop_assert!(!is_true(&status.conditions, "Ready"));
-                check_stall_is_stable(object, decision, now)?;
+                let stalled = with_clone_status(object, Some(status.clone()));
+                if p.reason == clone::decide::SOURCE_STALLED {
+                    // Stalled on its source: resolved again on the next reconcile.
+                    prop_assert!(!clone::settled(&stalled));
+                } else {
+                    prop_assert!(clone::settled(&stalled));
+                    check_stall_is_stable(object, decision, now)?;
+                }
             }
         },
         Work::Finished(Ok(report)) => {
@@ -568,7 +583,7 @@ fn check_clone_decision(
                 prop_assert!(decision.event.is_none());
             }
         }
-        Work::Startable => {}
+        Work::Startable(_) => {}
     }
     Ok(())
 }
@@ -647,7 +662,7 @@ proptest! {
             now += TimeDelta::milliseconds(later_ms);
             let current = with_clone_status(&object, status.clone());
             let work = reachable(&current, job, work);
-            job = matches!(work, Work::Startable | Work::Running(_));
+            job = matches!(work, Work::Startable(_) | Work::Running(_));
             let decision = clone::decide(&current, &work, now, retry_delay);
             check_clone_decision(&current, &work, now, retry_delay, &decision)?;
             status = Some(decision.status);
@@ -672,7 +687,7 @@ proptest! {
             prop_assert_eq!(&clone::decide(&current, &work, now, retry_delay), &decision);
             prop_assert_eq!(decision.status.observed_generation, object.metadata.generation);
             match decision.effect {
-                Effect::StartWork => prop_assert!(matches!(work, Work::Startable)),
+                Effect::StartWork => prop_assert!(matches!(work, Work::Startable(_))),
                 Effect::DeleteObject | Effect::ExpireData => {
                     prop_assert!(matches!(work, Work::Settled));
                     prop_assert!(is_true(&previous.conditions, "Ready"));
@@ -683,6 +698,33 @@ proptest! {
             }
             status = Some(decision.status);
         }
+    }
+
+    /// A clone stalled on its source checkpoint is not settled: when the checkpoint recovers, the
+    /// next reconcile resolves it, starts the work and clears the stall.
+    #[test]
+    fn a_clone_stalled_on_its_source_resolves_again(
+        object in clone_object(),
+        message in "\\PC{0,100}",
+        store in store(),
+        later in 0i64..400_000_000,
+    ) {
+        let stall = Work::Waiting(Problem {
+            fault: Fault::Permanent,
+            reason: clone::decide::SOURCE_STALLED.into(),
+            message,
+        });
+        let stalled = clone::decide(&object, &stall, base_time(), Duration::ZERO);
+        let current = with_clone_status(&object, Some(stalled.status.clone()));
+        prop_assert!(find(&current.status.as_ref().unwrap().conditions, "Stalled").is_some());
+        let work = reachable(&current, false, Work::Startable(store));
+        prop_assert!(matches!(work, Work::Startable(_)), "{:?}", work);
+        let now = base_time() + TimeDelta::milliseconds(later);
+        let resumed = clone::decide(&current, &work, now, Duration::ZERO);
+        check_clone_decision(&current, &work, now, Duration::ZERO, &resumed)?;
+        prop_assert_eq!(&resumed.effect, &Effect::StartWork);
+        prop_assert!(find(&resumed.status.conditions, "Stalled").is_none());
+        prop_assert_eq!(resumed.status.phase, Some(ClonePhase::Cloning));
     }
 
     /// The same failure seen twice in a row records one event, not one per reconcile.
@@ -785,11 +827,11 @@ fn check_checkpoint_decision(
             prop_assert_eq!(&again.status, status);
             prop_assert!(again.event.is_none());
         }
-        Observation::Failed {
+        Observation::Failed(Problem {
             fault,
             reason,
             message,
-        } => {
+        }) => {
             let gc_after_expiry = reason == "CheckpointMissing"
                 && previous
                     .expiration_time
@@ -891,5 +933,15 @@ proptest! {
 #[test]
 fn clone_decide_survives_attempts_at_the_maximum() {
     let object = unchecked_clone("1h", Some(i32::MAX));
-    let _ = clone::decide(&object, &Work::Startable, base_time(), Duration::ZERO);
+    let store = StoreSpec {
+        url: StoreUrl("file:///data".into()),
+        secret_ref: None,
+        wal_url: None,
+    };
+    let _ = clone::decide(
+        &object,
+        &Work::Startable(store),
+        base_time(),
+        Duration::ZERO,
+    );
 }

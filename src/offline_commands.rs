@@ -1,4 +1,4 @@
-//! The local commands of the CLI (`checkpoint`, `clone`, `verify`, `sample`): engine calls against
+//! The offline commands of the CLI (`checkpoint`, `clone`, `verify`, `sample`): engine calls against
 //! a store URL, without a cluster. Each returns a JSON-ready report; printing is the caller's.
 
 use crate::engine::{

@@ -1,0 +1,147 @@
+//! Resolving a clone's source: the DatabaseCheckpoint it names (Ready, not Stalled) or a
+//! database's latest state, the key range, and the store, into the engine's clone configuration.
+
+use super::decide::SOURCE_STALLED;
+use crate::api::conditions::{READY, STALLED};
+use crate::api::{DatabaseCheckpoint, DatabaseClone, StoreSpec, VerifyMode};
+use crate::controller::conditions::is_true;
+use crate::controller::stores::open_store;
+use crate::controller::{Context, Outcome, Problem};
+use crate::engine::{CloneConfig, CloneSourceCheckpoint, Fault, RetryPolicy, Verification};
+use kube::{Api, ResourceExt};
+
+/// A resolved source: what the engine needs, and the store to record in the status.
+pub struct Resolved {
+    pub config: CloneConfig,
+    pub store: StoreSpec,
+}
+
+/// The SlateDB name of the temporary checkpoint a clone of the latest state makes on its parent.
+pub fn latest_checkpoint_name(object: &DatabaseClone) -> String {
+    format!(
+        "k8s-clone:{}/{}/{}",
+        object.namespace().unwrap_or_default(),
+        object.name_any(),
+        object.uid().unwrap_or_default()
+    )
+}
+
+fn problem<T>(fault: Fault, reason: &str, message: String) -> Outcome<T> {
+    Ok(Err(Problem {
+        fault,
+        reason: reason.into(),
+        message,
+    }))
+}
+
+/// Resolves the source into the engine's clone configuration, or says why it cannot be yet.
+pub async fn resolve(object: &DatabaseClone, ctx: &Context) -> Outcome<Resolved> {
+    let namespace = object.namespace().unwrap_or_default();
+    let source = &object.spec.source;
+    let (store_spec, source_path, source_checkpoint) =
+        match (&source.checkpoint_ref, &source.database) {
+            (Some(reference), _) => {
+                let checkpoints =
+                    Api::<DatabaseCheckpoint>::namespaced(ctx.client.clone(), &namespace);
+                let Some(checkpoint) = checkpoints.get_opt(&reference.name).await? else {
+                    return problem(
+                        Fault::Transient,
+                        "SourceNotFound",
+                        format!(
+                            "DatabaseCheckpoint {namespace}/{} does not exist",
+                            reference.name
+                        ),
+                    );
+                };
+                let status = checkpoint.status.clone().unwrap_or_default();
+                let id = status
+                    .checkpoint_id
+                    .as_deref()
+                    .and_then(|id| id.parse().ok());
+                match id {
+                    Some(id) if is_true(&status.conditions, READY) => (
+                        checkpoint.spec.database.store.clone(),
+                        checkpoint.spec.database.path.0.clone(),
+                        CloneSourceCheckpoint::Id(id),
+                    ),
+                    // Stalled until the checkpoint recovers; its changes trigger a reconcile.
+                    _ if is_true(&status.conditions, STALLED) => {
+                        let why = status
+                            .conditions
+                            .iter()
+                            .find(|c| c.type_ == STALLED)
+                            .map(|c| format!("{}: {}", c.reason, c.message))
+                            .unwrap_or_default();
+                        return problem(
+                            Fault::Permanent,
+                            SOURCE_STALLED,
+                            format!(
+                                "DatabaseCheckpoint {namespace}/{} is Stalled ({why}); fix it \
+                                 and this clone proceeds",
+                                reference.name
+                            ),
+                        );
+                    }
+                    _ => {
+                        return problem(
+                            Fault::Transient,
+                            "SourceNotReady",
+                            format!(
+                                "DatabaseCheckpoint {namespace}/{} is not Ready",
+                                reference.name
+                            ),
+                        )
+                    }
+                }
+            }
+            (None, Some(database)) => (
+                database.store.clone(),
+                database.path.0.clone(),
+                CloneSourceCheckpoint::Latest {
+                    name: latest_checkpoint_name(object),
+                },
+            ),
+            (None, None) => {
+                return problem(
+                    Fault::Permanent,
+                    "InvalidSpec",
+                    "spec.source names no source".into(),
+                )
+            }
+        };
+    if source_path == object.spec.target.path.0 {
+        return problem(
+            Fault::Permanent,
+            "InvalidSpec",
+            "spec.target.path is the source database's path".into(),
+        );
+    }
+    let key_range = match source.key_range.as_ref().map(|range| range.bounds()) {
+        None => None,
+        Some(Ok(bounds)) => Some(bounds),
+        Some(Err(message)) => return problem(Fault::Permanent, "InvalidKeyRange", message),
+    };
+    let store = match open_store(&ctx.client, &namespace, &store_spec).await? {
+        Ok(store) => store,
+        Err(p) => return Ok(Err(p)),
+    };
+    let verify = match object.spec.verify {
+        VerifyMode::None => Verification::None,
+        VerifyMode::Metadata => Verification::Metadata,
+        VerifyMode::Content => Verification::Content,
+    };
+    let config = CloneConfig {
+        store,
+        source_path,
+        source_checkpoint,
+        key_range,
+        target_path: object.spec.target.path.0.clone(),
+        verify,
+        admin_timeout: ctx.settings.admin_timeout,
+        retry: RetryPolicy::default(),
+    };
+    Ok(Ok(Resolved {
+        config,
+        store: store_spec,
+    }))
+}
