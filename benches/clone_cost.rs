@@ -53,6 +53,7 @@ fn clone_config(
         verify,
         admin_timeout: ADMIN_TIMEOUT,
         retry: RetryPolicy::default(),
+        owner: None,
     }
 }
 

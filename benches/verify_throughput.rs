@@ -96,6 +96,7 @@ fn clone_config(
         verify,
         admin_timeout: ADMIN_TIMEOUT,
         retry: RetryPolicy::default(),
+        owner: None,
     }
 }
 

@@ -166,6 +166,10 @@ enum Command {
         /// How many clones run at once.
         #[arg(long, default_value_t = 8, env = "CLONE_CONCURRENCY")]
         clone_concurrency: usize,
+        /// How often a Ready clone's data is re-checked (every pinned object present, every
+        /// parent's checkpoint held), in seconds; 0 turns the checks off.
+        #[arg(long, default_value_t = 600, env = "HEALTH_CHECK_SECONDS")]
+        health_check_seconds: u64,
         /// Namespaces to watch, comma-separated (default: all namespaces).
         #[arg(long, value_delimiter = ',', env = "WATCH_NAMESPACES")]
         namespaces: Vec<String>,
@@ -291,6 +295,7 @@ fn main() -> ExitCode {
             admin_timeout_seconds,
             max_backoff_seconds,
             clone_concurrency,
+            health_check_seconds,
             namespaces,
             controllers,
             http_port,
@@ -307,6 +312,8 @@ fn main() -> ExitCode {
                     admin_timeout: Duration::from_secs(admin_timeout_seconds),
                     backoff_max: Duration::from_secs(max_backoff_seconds),
                     clone_concurrency,
+                    health_check_period: (health_check_seconds > 0)
+                        .then(|| Duration::from_secs(health_check_seconds)),
                     ..Settings::default()
                 },
                 namespaces: namespaces.into_iter().filter(|n| !n.is_empty()).collect(),

@@ -139,6 +139,7 @@ pub async fn clone(
         verify: args.verify,
         admin_timeout: DEFAULT_ADMIN_TIMEOUT,
         retry: RetryPolicy::default(),
+        owner: None,
     };
     let report = initialize_clone(config, progress).await?;
     Ok(json!({

@@ -51,7 +51,7 @@ fn lua_string(s: &str) -> String {
 
 /// Runs `health.lua` the way Argo CD does (the object in the global `obj`, the script returns a table)
 /// and returns (status, message).
-fn run_health_check(script: &Path, object: &Value) -> (String, String) {
+pub(crate) fn run_health_check(script: &Path, object: &Value) -> (String, String) {
     let harness = format!(
         "obj = {}\nlocal check = assert(loadfile({}))\nlocal hs = check()\n\
          io.write(tostring(hs.status), \"\\n\", tostring(hs.message))\n",

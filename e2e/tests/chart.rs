@@ -384,6 +384,7 @@ fn default_values_render_a_cluster_wide_restricted_operator() {
         "--clone-concurrency=8",
         "--admin-timeout-seconds=30",
         "--max-backoff-seconds=300",
+        "--health-check-seconds=600",
         "--leader-election",
         "--lease-name=slatedb-slatedb-operator",
         "--lease-namespace=slatedb-system",

@@ -14,6 +14,7 @@ mod cli;
 mod clones;
 mod compression;
 mod crds;
+mod data_safety;
 mod dockerfile;
 mod examples;
 mod faults;

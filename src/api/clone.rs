@@ -205,7 +205,8 @@ pub struct DatabaseCloneStatus {
     /// The `metadata.generation` the controller last acted on.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub observed_generation: Option<i64>,
-    /// `Ready`, `Reconciling`, `Stalled`, `Initialized`, `Verified`, `Expired`.
+    /// `Ready`, `Reconciling`, `Stalled`, `Initialized`, `Verified`, `Expired`, and while
+    /// others depend on the clone's data `DeletionBlocked` or `ExpiryBlocked`.
     #[serde(default)]
     #[schemars(schema_with = "conditions_schema")]
     pub conditions: Vec<Condition>,
@@ -244,6 +245,23 @@ pub struct DatabaseCloneStatus {
     /// so the clone's data can be deleted after its source is gone.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub store: Option<StoreSpec>,
+    /// The databases the clone's manifest references (its source and the source's own parents):
+    /// what the clone needs, and what a deletion of one of them would break.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub lineage: Vec<Lineage>,
+}
+
+/// One database a clone references.
+#[derive(Serialize, Deserialize, Clone, Debug, Default, PartialEq, Eq, JsonSchema)]
+#[serde(rename_all = "camelCase")]
+pub struct Lineage {
+    /// The parent database's path in the store.
+    pub path: String,
+    /// The parent's checkpoint the clone was made from.
+    pub source_checkpoint_id: String,
+    /// The checkpoint the clone holds on the parent, keeping the objects it references alive.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub final_checkpoint_id: Option<String>,
 }
 
 /// Printer-column summary of a clone's state.

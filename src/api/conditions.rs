@@ -11,6 +11,12 @@ pub const INITIALIZED: &str = "Initialized";
 pub const VERIFIED: &str = "Verified";
 pub const EXPIRED: &str = "Expired";
 pub const IN_USE: &str = "InUse";
+/// The object is being deleted, but others depend on its data, which stays until they go;
+/// present only while true.
+pub const DELETION_BLOCKED: &str = "DeletionBlocked";
+/// The object has expired, but others depend on its data, which stays until they go; present
+/// only while true.
+pub const EXPIRY_BLOCKED: &str = "ExpiryBlocked";
 
 /// Reasons several kinds use.
 pub mod reason {
@@ -19,4 +25,8 @@ pub mod reason {
     pub const NOT_EXPIRED: &str = "NotExpired";
     pub const SECRET_NOT_FOUND: &str = "SecretNotFound";
     pub const INVALID_SECRET: &str = "InvalidSecret";
+    /// Others hold checkpoints of the object's data (see `DeletionBlocked`, `ExpiryBlocked`).
+    pub const DEPENDENTS_EXIST: &str = "DependentsExist";
+    /// An object the data needs is gone from the store.
+    pub const SOURCE_DATA_MISSING: &str = "SourceDataMissing";
 }

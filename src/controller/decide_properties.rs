@@ -153,6 +153,7 @@ fn report(
 ) -> CloneReport {
     CloneReport {
         source_checkpoint_id: uuid::Uuid::from_u128(id),
+        parents: Vec::new(),
         objects_referenced: counts.0,
         bytes_referenced: counts.1,
         objects_copied: counts.2,
@@ -212,7 +213,28 @@ fn work() -> impl Strategy<Value = Work> {
                 id, counts, root, attempts
             )))),
         problem().prop_map(|p| Work::Finished(Err(p))),
-        Just(Work::Settled),
+        settled_check().prop_map(Work::Settled),
+    ]
+}
+
+fn settled_check() -> impl Strategy<Value = clone::decide::SettledCheck> {
+    let broken = problem().prop_map(|p| Problem {
+        fault: Fault::Permanent,
+        reason: "SourceDataMissing".into(),
+        ..p
+    });
+    prop_oneof![
+        3 => Just(clone::decide::SettledCheck::default()),
+        1 => (
+            prop::option::of(broken),
+            prop::collection::vec("DatabaseClone ns/[a-z]{1,6}", 0..3),
+            prop::option::of((1u64..600_000).prop_map(Duration::from_millis)),
+        )
+            .prop_map(|(broken, holders, next_check)| clone::decide::SettledCheck {
+                broken,
+                holders,
+                next_check,
+            }),
     ]
 }
 
@@ -402,7 +424,8 @@ fn reachable(object: &DatabaseClone, job: bool, work: Work) -> Work {
     match work {
         Work::Running(_) | Work::Finished(_) if job => work,
         _ if job => Work::Running(None),
-        _ if settled => Work::Settled,
+        Work::Settled(check) if settled => Work::Settled(check),
+        _ if settled => Work::Settled(Default::default()),
         Work::Waiting(_) | Work::Startable(_) => work,
         Work::Finished(Err(p)) => Work::Waiting(p),
         _ => Work::Startable(StoreSpec {
@@ -487,7 +510,11 @@ fn check_clone_decision(
     match &decision.effect {
         Effect::StartWork => prop_assert!(matches!(work, Work::Startable(_))),
         Effect::DeleteObject | Effect::ExpireData => {
-            prop_assert!(matches!(work, Work::Settled), "{:?}", work);
+            let Work::Settled(check) = work else {
+                return Err(TestCaseError::fail(format!("{work:?} deleted data")));
+            };
+            prop_assert!(check.holders.is_empty(), "held data is never deleted");
+            prop_assert!(check.broken.is_none());
             prop_assert!(is_true(&previous.conditions, "Ready"));
             let expires = previous.expiration_time.as_ref().expect("an expiry");
             prop_assert!(expires.0.as_millisecond() <= now.timestamp_millis());
@@ -574,9 +601,18 @@ fn check_clone_decision(
                 prop_assert!(find(&status.conditions, "Reconciling").is_some());
             }
         }
-        Work::Settled => {
-            // Nothing but expiry happens to a settled clone.
-            if decision.effect == Effect::None {
+        Work::Settled(check) => {
+            let ready = is_true(&previous.conditions, "Ready");
+            if let Some(broken) = check.broken.as_ref().filter(|_| ready) {
+                // Broken data: Ready=False and Stalled with the reason, no effect.
+                let stalled = find(&status.conditions, "Stalled").expect("Stalled");
+                prop_assert_eq!(&stalled.reason, &broken.reason);
+                prop_assert!(!is_true(&status.conditions, "Ready"));
+                prop_assert_eq!(&decision.effect, &Effect::None);
+            } else if !check.holders.is_empty() {
+                prop_assert_eq!(&decision.effect, &Effect::None, "held data stays");
+            } else if decision.effect == Effect::None && *check == Default::default() {
+                // Nothing but expiry happens to a settled clone.
                 let mut expected = previous.clone();
                 expected.observed_generation = generation;
                 prop_assert_eq!(status, &expected, "a settled clone's status is unchanged");
@@ -597,7 +633,12 @@ fn check_stall_is_stable(
 ) -> Result<(), TestCaseError> {
     let stalled = with_clone_status(object, Some(decision.status.clone()));
     for later in [now, now + TimeDelta::seconds(1), now + TimeDelta::days(400)] {
-        let next = clone::decide(&stalled, &Work::Settled, later, Duration::from_secs(1));
+        let next = clone::decide(
+            &stalled,
+            &Work::Settled(Default::default()),
+            later,
+            Duration::from_secs(1),
+        );
         prop_assert_eq!(&next.status, &decision.status);
         prop_assert_eq!(&next.effect, &Effect::None);
         prop_assert_eq!(next.requeue_after, None);
@@ -621,7 +662,12 @@ fn check_ready_is_settled(
         .map(|t| t.0.as_millisecond());
     for later in [1i64, 60_000, 86_400_000, 400 * 86_400_000] {
         let at = now + TimeDelta::milliseconds(later);
-        let next = clone::decide(&ready, &Work::Settled, at, Duration::from_secs(1));
+        let next = clone::decide(
+            &ready,
+            &Work::Settled(Default::default()),
+            at,
+            Duration::from_secs(1),
+        );
         match expires {
             Some(expires) if expires <= at.timestamp_millis() => {
                 prop_assert_ne!(&next.effect, &Effect::None);
@@ -689,7 +735,11 @@ proptest! {
             match decision.effect {
                 Effect::StartWork => prop_assert!(matches!(work, Work::Startable(_))),
                 Effect::DeleteObject | Effect::ExpireData => {
-                    prop_assert!(matches!(work, Work::Settled));
+                    prop_assert!(
+                        matches!(&work, Work::Settled(check) if check.holders.is_empty()),
+                        "only unheld data goes: {:?}",
+                        work
+                    );
                     prop_assert!(is_true(&previous.conditions, "Ready"));
                     let expires = previous.expiration_time.as_ref().unwrap().0.as_millisecond();
                     prop_assert!(expires <= now.timestamp_millis());

@@ -47,6 +47,8 @@ pub struct Settings {
     pub backoff_max: Duration,
     /// How many clones run at once.
     pub clone_concurrency: usize,
+    /// How often a Ready clone's data is re-checked; `None` turns the checks off.
+    pub health_check_period: Option<Duration>,
 }
 
 impl Default for Settings {
@@ -56,6 +58,7 @@ impl Default for Settings {
             backoff_base: Duration::from_secs(1),
             backoff_max: Duration::from_secs(300),
             clone_concurrency: 8,
+            health_check_period: Some(Duration::from_secs(600)),
         }
     }
 }
@@ -67,6 +70,8 @@ pub struct Context {
     pub settings: Settings,
     /// Clone work in flight.
     pub clones: clone::ClonePool,
+    /// The reads the health checks of Ready clones share per round, when checks are on.
+    pub health: Option<crate::engine::HealthRounds>,
     pub metrics: metrics::Metrics,
     /// Controllers started, and those whose watch caches have synced; ready when equal.
     controllers_started: AtomicUsize,
@@ -85,6 +90,9 @@ impl Context {
             recorder: Recorder::new(client.clone(), reporter),
             client,
             clones: clone::ClonePool::new(settings.clone_concurrency),
+            health: settings
+                .health_check_period
+                .map(crate::engine::HealthRounds::new),
             metrics: metrics::Metrics::default(),
             controllers_started: AtomicUsize::new(0),
             controllers_synced: AtomicUsize::new(0),

@@ -6,6 +6,8 @@ use super::backoff::Backoff;
 use super::checkpoint::{CheckpointInfo, CheckpointSelector};
 use super::crash_point::crash_point;
 use super::error::{EngineError, Fault};
+use super::lineage::ParentLink;
+use super::ownership::Owner;
 use super::store_layers::counting_retries;
 use super::{Database, Store};
 use bytes::Bytes;
@@ -73,6 +75,9 @@ pub struct CloneConfig {
     /// Bound on each SlateDB call.
     pub admin_timeout: Duration,
     pub retry: RetryPolicy,
+    /// Who claims the target before the first write (see `ownership.rs`); `None` claims nothing
+    /// but still refuses a target someone else owns.
+    pub owner: Option<Owner>,
 }
 
 /// The steps of a clone, in order.
@@ -137,6 +142,8 @@ impl CloneProgress {
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub struct CloneReport {
     pub source_checkpoint_id: Uuid,
+    /// The databases the clone's manifest references (its source, and the source's parents).
+    pub parents: Vec<ParentLink>,
     /// Parent SSTs the clone references without copying.
     pub objects_referenced: u64,
     pub bytes_referenced: u64,
@@ -227,8 +234,17 @@ pub async fn initialize_clone(
             ..report
         }),
         Err(error) if owns_target && error.fault() == Fault::Permanent => {
+            let holders = target.holders(chrono::Utc::now(), |_| false).await?;
+            if let Some(holder) = holders.first() {
+                tracing::warn!(%error, target = %config.target_path, checkpoint = %holder.id,
+                    "clone failed for good; its partial work stays: checkpoints of it exist");
+                return Err(error);
+            }
             tracing::warn!(%error, target = %config.target_path, "clone failed for good; removing its partial work");
             target.delete_database().await?;
+            if let Some(owner) = &config.owner {
+                target.release(owner).await?;
+            }
             Err(error)
         }
         Err(error) => Err(error),
@@ -244,6 +260,9 @@ async fn clone_once(
 ) -> Result<CloneReport, EngineError> {
     // Resolve the source checkpoint, and what the clone will reference and copy.
     source.probe().await?;
+    target
+        .ensure_not_owned_by_another(config.owner.as_ref())
+        .await?;
     let checkpoint = match &config.source_checkpoint {
         CloneSourceCheckpoint::Id(id) => {
             source.find_checkpoint(&CheckpointSelector::Id(*id)).await?
@@ -277,11 +296,20 @@ async fn clone_once(
         TargetState::Empty | TargetState::Partial => *owns_target = true,
         TargetState::Initialized => {}
     }
+    if let Some(owner) = &config.owner {
+        target.claim(owner).await?;
+    }
 
     if state != TargetState::Initialized {
-        // The builder writes the parent's manifest (the clone's final checkpoint) and derives the
-        // clone's manifest from the parent's as this build decodes it.
+        // The builder writes the manifest of the parent and of every database the parent is a
+        // clone of (the clone's final checkpoints), and derives the clone's manifest from the
+        // parent's as this build decodes it.
         source.ensure_manifest_preserved().await?;
+        for ancestor in source.parents().await? {
+            Database::new(config.store.clone(), &ancestor.path, config.admin_timeout)
+                .ensure_manifest_preserved()
+                .await?;
+        }
         run_clone_builder(config, target, &checkpoint, progress, wal_total, wal_bytes).await?;
     }
     crash_point_at(CloneStep::MarkInitialized);
@@ -340,7 +368,13 @@ async fn clone_once(
         bytes_done: 0,
         bytes_total: 0,
     });
+    let parents = manifest
+        .external_dbs()
+        .iter()
+        .map(ParentLink::from)
+        .collect();
     Ok(CloneReport {
+        parents,
         source_checkpoint_id: checkpoint.id,
         objects_referenced: ssts.len() as u64,
         bytes_referenced: ssts.iter().map(|o| o.size).sum(),
@@ -624,6 +658,7 @@ mod tests {
             verify,
             admin_timeout: Duration::from_secs(20),
             retry: RetryPolicy::default(),
+            owner: None,
         }
     }
 

@@ -48,6 +48,11 @@ pub enum EngineError {
     },
     #[error("the clone target {path:?} already holds {holds}; refusing to overwrite it")]
     TargetNotEmpty { path: String, holds: String },
+    #[error(
+        "the target {path:?} belongs to {owner}; this object will not write to it or delete it. \
+         Choose another spec.target.path"
+    )]
+    TargetOwned { path: String, owner: String },
     #[error("{count} objects remain under {path:?} after deleting it, e.g. {example}")]
     Leftover {
         path: String,
@@ -66,6 +71,11 @@ pub enum EngineError {
         field: String,
         detail: String,
     },
+    #[error(
+        "the database at {path:?} lost data it needs: {missing} is gone; its rows cannot all be \
+         read. Restore the object, or delete this clone and make it again"
+    )]
+    DataMissing { path: String, missing: String },
     #[error("{object} is corrupt: {detail}")]
     Corrupt { object: String, detail: String },
     #[error("SlateDB {operation} failed: {source}")]
@@ -92,7 +102,9 @@ impl EngineError {
             | EngineError::CheckpointAmbiguous { .. }
             | EngineError::TargetNotEmpty { .. }
             | EngineError::Corrupt { .. }
-            | EngineError::ManifestNotPreserved { .. } => Fault::Permanent,
+            | EngineError::ManifestNotPreserved { .. }
+            | EngineError::TargetOwned { .. }
+            | EngineError::DataMissing { .. } => Fault::Permanent,
             EngineError::Leftover { .. } => Fault::Transient,
         }
     }
@@ -114,6 +126,8 @@ impl EngineError {
             EngineError::Corrupt { .. } => "ChecksumMismatch",
             EngineError::ManifestNotPreserved { .. } => "ManifestNotPreserved",
             EngineError::TargetNotEmpty { .. } => "TargetNotEmpty",
+            EngineError::TargetOwned { .. } => "TargetOwned",
+            EngineError::DataMissing { .. } => "SourceDataMissing",
             EngineError::Leftover { .. } => "CleanupIncomplete",
             EngineError::SlateDb { source, .. } => match slatedb_fault(source) {
                 Fault::Transient => "StoreUnavailable",

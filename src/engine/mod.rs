@@ -12,6 +12,10 @@
 //! - `fingerprint.rs`: the objects a checkpoint pins, its metadata digest, and the content check
 //!   (hashes, Merkle root, SST block CRCs).
 //! - `manifest_guard.rs`: refuses any write that would lose a field of a database's manifest.
+//! - `health.rs`: the periodic check that a finished clone's data is all there, with the reads
+//!   shared per round ([`HealthRounds`]).
+//! - `lineage.rs`: a database's parents, and the checkpoints that make others depend on it.
+//! - `ownership.rs`: the record by which one clone owns its target path.
 //! - `store.rs`: [`Store`], an object store opened from a URL and options.
 //! - `store_layers.rs`: the layers every opened store goes through: retrying transient failures,
 //!   counting requests ([`store_stats`]) and, for tests, injecting faults ([`FAULTS_ENV`]).
@@ -28,7 +32,10 @@ mod crash_point;
 mod database;
 mod error;
 mod fingerprint;
+mod health;
+mod lineage;
 pub mod manifest_guard;
+mod ownership;
 pub mod sample;
 #[cfg(test)]
 mod source_invariants;
@@ -45,6 +52,9 @@ pub use crash_point::{crash_point, CRASH_POINT_ENV};
 pub use database::Database;
 pub use error::{EngineError, Fault};
 pub use fingerprint::{Fingerprint, PinnedObject};
+pub use health::HealthRounds;
+pub use lineage::ParentLink;
+pub use ownership::Owner;
 pub use store::{Store, StoreConfig};
 pub use store_layers::{store_stats, Operation, FAULTS_ENV};
 

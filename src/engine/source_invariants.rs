@@ -150,6 +150,7 @@ fn clone_config(
         verify,
         admin_timeout: TIMEOUT,
         retry: RetryPolicy::default(),
+        owner: None,
     }
 }
 

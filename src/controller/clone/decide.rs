@@ -2,10 +2,13 @@
 //! the new status, the event to record, the effect to carry out and when to look again; and
 //! [`settled`], whether a clone without work in flight has anything left to do.
 
-use crate::api::conditions::{reason, EXPIRED, INITIALIZED, READY, RECONCILING, STALLED, VERIFIED};
+use crate::api::conditions::{
+    reason, DELETION_BLOCKED, EXPIRED, EXPIRY_BLOCKED, INITIALIZED, READY, RECONCILING, STALLED,
+    VERIFIED,
+};
 use crate::api::{
     Checksum, ClonePhase, CloneProgress as StatusProgress, DatabaseClone, DatabaseCloneStatus,
-    ExpirationPolicy, Failure, StoreSpec, VerifyMode,
+    ExpirationPolicy, Failure, Lineage, StoreSpec, VerifyMode,
 };
 use crate::controller::conditions::{is_true, true_reason, Conditions};
 use crate::controller::{to_k8s_time, Notice, Problem};
@@ -31,8 +34,61 @@ pub enum Work {
     Startable(StoreSpec),
     Running(Option<CloneProgress>),
     Finished(Result<CloneReport, Problem>),
-    /// Nothing in flight and the status says there is nothing to do (see [`settled`]).
-    Settled,
+    /// Nothing in flight and the status says there is nothing to do (see [`settled`]), with what
+    /// the reconcile checked of a Ready clone.
+    Settled(SettledCheck),
+}
+
+/// What a reconcile checked of a settled, Ready clone.
+#[derive(Clone, Debug, Default, PartialEq)]
+pub struct SettledCheck {
+    /// Its data broke: an object it pins, or a parent's checkpoint it holds, is gone.
+    pub broken: Option<Problem>,
+    /// What depends on its data (looked up when its expiry is due): while anything does, it
+    /// does not expire.
+    pub holders: Vec<String>,
+    /// When to check its health again (when checks are on).
+    pub next_check: Option<Duration>,
+}
+
+/// How often a clone held by others looks again (their going also wakes it).
+pub const HELD_RECHECK: Duration = Duration::from_secs(30);
+
+/// Whether a Ready clone's expiry has come.
+pub fn expiry_due(object: &DatabaseClone, now: DateTime<Utc>) -> bool {
+    object.status.as_ref().is_some_and(|status| {
+        is_true(&status.conditions, READY)
+            && status
+                .expiration_time
+                .as_ref()
+                .is_some_and(|t| t.0.as_millisecond() <= now.timestamp_millis())
+    })
+}
+
+/// The status and event of a clone whose deletion waits because `holders` depend on its data.
+pub fn deletion_blocked(
+    object: &DatabaseClone,
+    holders: &[String],
+    now: DateTime<Utc>,
+) -> (DatabaseCloneStatus, Option<Notice>) {
+    let mut status = object.status.clone().unwrap_or_default();
+    let newly = !is_true(&status.conditions, DELETION_BLOCKED);
+    let message = held_message("deletion", holders);
+    Conditions::new(
+        &mut status.conditions,
+        object.metadata.generation,
+        to_k8s_time(now),
+    )
+    .set(DELETION_BLOCKED, true, reason::DEPENDENTS_EXIST, &message);
+    let event = newly.then(|| Notice::warning("Delete", "DeletionBlocked", message));
+    (status, event)
+}
+
+fn held_message(what: &str, holders: &[String]) -> String {
+    format!(
+        "the clone's data stays while others depend on it: {}; its {what} proceeds once they are gone",
+        holders.join(", ")
+    )
 }
 
 /// What the reconciler should do besides writing the status.
@@ -102,14 +158,26 @@ pub fn decide(
     let mut effect = Effect::None;
     let mut requeue_after = None;
     match work {
-        Work::Settled => {
-            if let Some(expires) = previous
-                .expiration_time
-                .as_ref()
-                .filter(|_| is_true(&previous.conditions, READY))
-            {
+        Work::Settled(check) => {
+            let ready = is_true(&previous.conditions, READY);
+            if let Some(problem) = check.broken.as_ref().filter(|_| ready) {
+                (phase, requeue_after) = failed(&mut conditions, problem, retry_delay);
+                event = Some(Notice::warning(
+                    "Check",
+                    &problem.reason,
+                    problem.message.clone(),
+                ));
+            } else if let Some(expires) = previous.expiration_time.as_ref().filter(|_| ready) {
                 let left = expires.0.as_millisecond() - now.timestamp_millis();
-                if left <= 0 {
+                if left <= 0 && !check.holders.is_empty() {
+                    let message = held_message("expiry", &check.holders);
+                    if !conditions.is_true(EXPIRY_BLOCKED) {
+                        event = Some(Notice::warning("Expire", "ExpiryBlocked", message.clone()));
+                    }
+                    conditions.set(EXPIRY_BLOCKED, true, reason::DEPENDENTS_EXIST, &message);
+                    requeue_after = Some(HELD_RECHECK);
+                } else if left <= 0 {
+                    conditions.clear(EXPIRY_BLOCKED);
                     match object.spec.expiration_policy {
                         ExpirationPolicy::Delete => effect = Effect::DeleteObject,
                         ExpirationPolicy::ExpireData => {
@@ -126,6 +194,12 @@ pub fn decide(
                 } else {
                     requeue_after = Some(Duration::from_millis(left as u64 + 200));
                 }
+            }
+            if ready && check.broken.is_none() && effect == Effect::None {
+                requeue_after = match (requeue_after, check.next_check) {
+                    (Some(a), Some(b)) => Some(a.min(b)),
+                    (a, b) => a.or(b),
+                };
             }
         }
         Work::Waiting(problem) => {
@@ -274,6 +348,15 @@ fn failed(
 fn record_report(status: &mut DatabaseCloneStatus, report: &CloneReport, now: DateTime<Utc>) {
     let now = to_k8s_time(now);
     status.source_checkpoint_id = Some(report.source_checkpoint_id.to_string());
+    status.lineage = report
+        .parents
+        .iter()
+        .map(|parent| Lineage {
+            path: parent.path.clone(),
+            source_checkpoint_id: parent.source_checkpoint_id.to_string(),
+            final_checkpoint_id: parent.final_checkpoint_id.map(|id| id.to_string()),
+        })
+        .collect();
     status.completion_time = Some(now.clone());
     status.store_retries = Some(i64::try_from(report.store_retries).unwrap_or(i64::MAX));
     status.progress = Some(progress_status(&CloneProgress {
@@ -333,6 +416,7 @@ mod tests {
     fn report() -> CloneReport {
         CloneReport {
             source_checkpoint_id: uuid::Uuid::from_u128(9),
+            parents: Vec::new(),
             objects_referenced: 5,
             bytes_referenced: 1000,
             objects_copied: 1,
@@ -474,7 +558,7 @@ mod tests {
         let later = now() + chrono::TimeDelta::seconds(16);
         let early = decide(
             &object(s.clone(), Some(ready.clone())),
-            &Work::Settled,
+            &Work::Settled(SettledCheck::default()),
             now() + chrono::TimeDelta::seconds(5),
             Duration::ZERO,
         );
@@ -482,7 +566,7 @@ mod tests {
         assert!(early.requeue_after.unwrap() >= Duration::from_secs(10));
         let delete = decide(
             &object(s.clone(), Some(ready.clone())),
-            &Work::Settled,
+            &Work::Settled(SettledCheck::default()),
             later,
             Duration::ZERO,
         );
@@ -490,7 +574,7 @@ mod tests {
         s["expirationPolicy"] = json!("ExpireData");
         let expire = decide(
             &object(s, Some(ready)),
-            &Work::Settled,
+            &Work::Settled(SettledCheck::default()),
             later,
             Duration::ZERO,
         );

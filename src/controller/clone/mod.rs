@@ -7,9 +7,10 @@ pub mod decide;
 mod pool;
 mod source;
 
-pub use decide::{decide, settled, Decision, Effect, Work, PROGRESS_INTERVAL};
+pub use decide::{decide, settled, Decision, Effect, SettledCheck, Work, PROGRESS_INTERVAL};
 pub use pool::ClonePool;
 
+use crate::api::conditions::READY;
 use crate::api::{DatabaseCheckpoint, DatabaseClone, DeletionPolicy, VerifyMode};
 use crate::controller::shell::{self, Reconcile};
 use crate::controller::stores::{leave_data_behind, open_store};
@@ -19,9 +20,10 @@ use chrono::Utc;
 use k8s_openapi::api::core::v1::{ObjectReference, Secret};
 use kube::api::DeleteParams;
 use kube::runtime::controller::Action;
+use kube::runtime::reflector::{ObjectRef, Store};
 use kube::runtime::watcher;
 use kube::{Api, Resource, ResourceExt};
-use source::{latest_checkpoint_name, resolve, Resolved};
+use source::{latest_checkpoint_name, owner_of, resolve, Resolved};
 use std::sync::Arc;
 use std::time::Duration;
 use tracing::info;
@@ -64,7 +66,7 @@ async fn apply(object: &DatabaseClone, ctx: &Context) -> Result<Action, Error> {
     let mut start = None;
     let work = match ctx.clones.observe(&uid) {
         Some(work) => work,
-        None if settled(object) => Work::Settled,
+        None if settled(object) => Work::Settled(check_settled(object, ctx).await?),
         None => match resolve(object, ctx).await? {
             Ok(Resolved { config, store }) => {
                 start = Some(config);
@@ -110,8 +112,14 @@ async fn apply(object: &DatabaseClone, ctx: &Context) -> Result<Action, Error> {
             return Ok(Action::await_change());
         }
         Effect::ExpireData => {
-            // Not deleting the object, so the data is never left behind here.
-            delete_data(object, ctx).await?;
+            // Not deleting the object, so the data is never left behind here; decide checked the
+            // holders, and one that appeared since keeps the data.
+            if let DataDeletion::Held(holders) = delete_data(object, ctx).await? {
+                return Err(Error::Blocked(format!(
+                    "the clone's data is held by {}",
+                    holders.join(", ")
+                )));
+            }
         }
         Effect::StartWork | Effect::None => {}
     }
@@ -127,27 +135,180 @@ async fn apply(object: &DatabaseClone, ctx: &Context) -> Result<Action, Error> {
 
 async fn cleanup(object: &DatabaseClone, ctx: &Context) -> Result<Action, Error> {
     ctx.clones.cancel(&object.uid().unwrap_or_default());
-    if object.spec.deletion_policy == DeletionPolicy::Delete {
-        match delete_data(object, ctx).await {
-            Ok(true) => {}
-            Ok(false) => return Ok(Action::await_change()),
-            Err(error) => {
-                let notice = Notice::warning("Delete", "DeleteFailed", error.to_string());
-                ctx.publish(object, source_ref(object), &notice).await;
-                return Err(error);
-            }
-        }
-        let notice = Notice::normal("Delete", "Deleted", "deleted the clone's data");
-        ctx.publish(object, source_ref(object), &notice).await;
+    if object.spec.deletion_policy == DeletionPolicy::Retain {
+        return Ok(Action::await_change());
     }
+    let notice = match delete_data(object, ctx).await {
+        Ok(DataDeletion::Deleted) => {
+            Notice::normal("Delete", "Deleted", "deleted the clone's data")
+        }
+        Ok(DataDeletion::LeftBehind) => return Ok(Action::await_change()),
+        Ok(DataDeletion::NotOwned(owner)) => Notice::normal(
+            "Delete",
+            "DataNotOwned",
+            format!(
+                "the data at {} belongs to {owner}, so deleting this object leaves it",
+                object.spec.target.path.0
+            ),
+        ),
+        Ok(DataDeletion::Held(holders)) => {
+            let (status, event) = decide::deletion_blocked(object, &holders, Utc::now());
+            let api = Api::<DatabaseClone>::namespaced(
+                ctx.client.clone(),
+                &object.namespace().unwrap_or_default(),
+            );
+            shell::write_status(&api, object, &status).await?;
+            if let Some(notice) = &event {
+                ctx.publish(object, source_ref(object), notice).await;
+            }
+            return Err(Error::Blocked(format!(
+                "the clone's data is held by {}",
+                holders.join(", ")
+            )));
+        }
+        Err(error) => {
+            let notice = Notice::warning("Delete", "DeleteFailed", error.to_string());
+            ctx.publish(object, source_ref(object), &notice).await;
+            return Err(error);
+        }
+    };
+    ctx.publish(object, source_ref(object), &notice).await;
     Ok(Action::await_change())
 }
 
-/// Deletes the clone's data, given the store recorded in its status; `Ok(false)` when it was left
-/// behind because the store's Secret stayed missing (see [`leave_data_behind`]).
-async fn delete_data(object: &DatabaseClone, ctx: &Context) -> Result<bool, Error> {
+/// What became of a clone's data when it was to be deleted.
+enum DataDeletion {
+    Deleted,
+    /// Left in the store because its Secret stayed missing (see [`leave_data_behind`]).
+    LeftBehind,
+    /// Someone else owns the target: it was not touched.
+    NotOwned(String),
+    /// Kept: these depend on it.
+    Held(Vec<String>),
+}
+
+/// The checks of a settled clone: when it is Ready, its data's health (when checks are on) and,
+/// when its expiry is due, what depends on its data.
+async fn check_settled(object: &DatabaseClone, ctx: &Context) -> Result<SettledCheck, Error> {
+    let mut check = SettledCheck::default();
+    let ready = object
+        .status
+        .as_ref()
+        .is_some_and(|s| crate::controller::conditions::is_true(&s.conditions, READY));
+    let expiry_due = decide::expiry_due(object, Utc::now());
+    if !ready || (ctx.health.is_none() && !expiry_due) {
+        return Ok(check);
+    }
+    let Some(target) = target_database(object, ctx).await? else {
+        return Ok(check);
+    };
+    if let Some(rounds) = &ctx.health {
+        match target.check_health(rounds).await {
+            Ok(()) => {}
+            Err(error) if error.fault() == Fault::Permanent => {
+                check.broken = Some(Problem::from(&error));
+            }
+            // A store that does not answer now says nothing about the data; look next round.
+            Err(error) => tracing::warn!(%error, "health check of a Ready clone failed"),
+        }
+        let spread = object.uid().map_or(0, |uid| uid.len() as u64 * 37 % 1000);
+        check.next_check = Some(rounds.until_next_round() + Duration::from_millis(spread));
+    }
+    if expiry_due {
+        check.holders = holders_of(object, ctx, &target).await?;
+    }
+    Ok(check)
+}
+
+/// The clone's database, from the store its status records; `None` when work never started or the
+/// store cannot be opened now.
+async fn target_database(object: &DatabaseClone, ctx: &Context) -> Result<Option<Database>, Error> {
     let Some(store_spec) = object.status.as_ref().and_then(|s| s.store.clone()) else {
-        return Ok(true); // work never started, so there is nothing to delete
+        return Ok(None);
+    };
+    let namespace = object.namespace().unwrap_or_default();
+    Ok(open_store(&ctx.client, &namespace, &store_spec)
+        .await?
+        .ok()
+        .map(|store| {
+            Database::new(
+                store,
+                &object.spec.target.path.0,
+                ctx.settings.admin_timeout,
+            )
+        }))
+}
+
+/// What holds checkpoints of the clone's data, in words: the operator's own objects by name,
+/// others counted with their checkpoint ids.
+async fn holders_of(
+    object: &DatabaseClone,
+    ctx: &Context,
+    target: &Database,
+) -> Result<Vec<String>, Error> {
+    let own = latest_checkpoint_name(object);
+    let held = target
+        .holders(Utc::now(), |c| c.name.as_deref() == Some(own.as_str()))
+        .await?;
+    if held.is_empty() {
+        return Ok(Vec::new());
+    }
+    let namespace = object.namespace().unwrap_or_default();
+    let clones = Api::<DatabaseClone>::namespaced(ctx.client.clone(), &namespace)
+        .list(&Default::default())
+        .await?;
+    let path = &object.spec.target.path.0;
+    let mut named = Vec::new();
+    let mut others = Vec::new();
+    for checkpoint in held {
+        let id = checkpoint.id.to_string();
+        let clone = clones.items.iter().find(|c| {
+            c.status.as_ref().is_some_and(|s| {
+                s.lineage
+                    .iter()
+                    .any(|l| &l.path == path && l.final_checkpoint_id.as_deref() == Some(&id))
+            })
+        });
+        let name = checkpoint.name.as_deref().unwrap_or_default();
+        match (
+            clone,
+            name.strip_prefix("k8s:"),
+            name.strip_prefix("k8s-clone:"),
+        ) {
+            (Some(clone), _, _) => named.push(format!(
+                "DatabaseClone {}/{}",
+                clone.namespace().unwrap_or_default(),
+                clone.name_any()
+            )),
+            (None, Some(object), _) => {
+                named.push(format!("DatabaseCheckpoint {}", object_name(object)))
+            }
+            (None, _, Some(object)) => named.push(format!("DatabaseClone {}", object_name(object))),
+            _ => others.push(id),
+        }
+    }
+    if !others.is_empty() {
+        named.push(format!(
+            "{} other checkpoint(s) (ids {})",
+            others.len(),
+            others.join(", ")
+        ));
+    }
+    Ok(named)
+}
+
+/// `namespace/name` of a SlateDB checkpoint name's `namespace/name/uid` part.
+fn object_name(qualified: &str) -> &str {
+    qualified
+        .rsplit_once('/')
+        .map_or(qualified, |(object, _)| object)
+}
+
+/// Deletes the clone's data, given the store recorded in its status: only a target this object
+/// owns, and only while nothing else depends on it.
+async fn delete_data(object: &DatabaseClone, ctx: &Context) -> Result<DataDeletion, Error> {
+    let Some(store_spec) = object.status.as_ref().and_then(|s| s.store.clone()) else {
+        return Ok(DataDeletion::Deleted); // work never started, so there is nothing to delete
     };
     let namespace = object.namespace().unwrap_or_default();
     let store = match open_store(&ctx.client, &namespace, &store_spec).await? {
@@ -159,7 +320,7 @@ async fn delete_data(object: &DatabaseClone, ctx: &Context) -> Result<bool, Erro
             );
             let notice = Notice::warning("Delete", "DataLeftBehind", note);
             ctx.publish(object, source_ref(object), &notice).await;
-            return Ok(false);
+            return Ok(DataDeletion::LeftBehind);
         }
         Err(problem) => {
             return Err(Error::Blocked(format!(
@@ -173,7 +334,19 @@ async fn delete_data(object: &DatabaseClone, ctx: &Context) -> Result<bool, Erro
         &object.spec.target.path.0,
         ctx.settings.admin_timeout,
     );
+    let owner = owner_of(object);
+    match target.owner().await? {
+        Some(existing) if existing.uid == owner.uid => {}
+        Some(existing) => return Ok(DataDeletion::NotOwned(existing.to_string())),
+        // No record: the work never claimed the target (it stalled before), so nothing there is ours.
+        None => return Ok(DataDeletion::NotOwned("no one this operator knows".into())),
+    }
+    let holders = holders_of(object, ctx, &target).await?;
+    if !holders.is_empty() {
+        return Ok(DataDeletion::Held(holders));
+    }
     target.delete_database().await?;
+    target.release(&owner).await?;
     if let Some(database) = &object.spec.source.database {
         // A temporary checkpoint of an unfinished clone of the latest state would pin the parent.
         let parent = Database::new(store, &database.path.0, ctx.settings.admin_timeout);
@@ -186,7 +359,51 @@ async fn delete_data(object: &DatabaseClone, ctx: &Context) -> Result<bool, Erro
             }
         }
     }
-    Ok(true)
+    Ok(DataDeletion::Deleted)
+}
+
+/// A checkpoint's change wakes the clones made from it, and the clone whose database it is a
+/// checkpoint of (its deletion may free that clone's held data).
+fn clones_related_to_checkpoint(
+    clones: Store<DatabaseClone>,
+) -> impl Fn(DatabaseCheckpoint) -> Vec<ObjectRef<DatabaseClone>> {
+    move |checkpoint| {
+        let namespace = checkpoint.namespace();
+        let name = checkpoint.name_any();
+        let path = &checkpoint.spec.database.path.0;
+        let related = |c: &DatabaseClone| {
+            let made_from = c.spec.source.checkpoint_ref.as_ref();
+            made_from.is_some_and(|r| r.name == name) || &c.spec.target.path.0 == path
+        };
+        clones
+            .state()
+            .into_iter()
+            .filter(|c| c.namespace() == namespace && related(c))
+            .map(|c| ObjectRef::from_obj(&*c))
+            .collect()
+    }
+}
+
+/// A clone's change (its deletion above all) wakes the clones whose data it references: they may
+/// be waiting for it to go.
+fn parents_of_clone(
+    clones: Store<DatabaseClone>,
+) -> impl Fn(DatabaseClone) -> Vec<ObjectRef<DatabaseClone>> {
+    move |child| {
+        let namespace = child.namespace();
+        let lineage = child.status.map(|s| s.lineage).unwrap_or_default();
+        clones
+            .state()
+            .into_iter()
+            .filter(|c| {
+                c.namespace() == namespace
+                    && lineage
+                        .iter()
+                        .any(|parent| parent.path == c.spec.target.path.0)
+            })
+            .map(|c| ObjectRef::from_obj(&*c))
+            .collect()
+    }
 }
 
 /// Runs the clone controller until a shutdown signal: woken by its objects, by the checkpoints
@@ -198,10 +415,12 @@ pub async fn run(ctx: Arc<Context>, namespace: Option<String>) {
         .watches(
             ctx.scoped_api::<DatabaseCheckpoint>(namespace),
             watcher::Config::default(),
-            shell::objects_naming::<_, DatabaseCheckpoint>(clones.clone(), |clone| {
-                let checkpoint = clone.spec.source.checkpoint_ref.as_ref();
-                checkpoint.map(|r| r.name.as_str())
-            }),
+            clones_related_to_checkpoint(clones.clone()),
+        )
+        .watches(
+            ctx.scoped_api::<DatabaseClone>(namespace),
+            watcher::Config::default(),
+            parents_of_clone(clones.clone()),
         )
         .watches(
             ctx.scoped_api::<Secret>(namespace),

@@ -7,7 +7,7 @@ use crate::api::{DatabaseCheckpoint, DatabaseClone, StoreSpec, VerifyMode};
 use crate::controller::conditions::is_true;
 use crate::controller::stores::open_store;
 use crate::controller::{Context, Outcome, Problem};
-use crate::engine::{CloneConfig, CloneSourceCheckpoint, Fault, RetryPolicy, Verification};
+use crate::engine::{CloneConfig, CloneSourceCheckpoint, Fault, Owner, RetryPolicy, Verification};
 use kube::{Api, ResourceExt};
 
 /// A resolved source: what the engine needs, and the store to record in the status.
@@ -24,6 +24,15 @@ pub fn latest_checkpoint_name(object: &DatabaseClone) -> String {
         object.name_any(),
         object.uid().unwrap_or_default()
     )
+}
+
+/// The object as the owner of its target.
+pub fn owner_of(object: &DatabaseClone) -> Owner {
+    Owner {
+        namespace: object.namespace().unwrap_or_default(),
+        name: object.name_any(),
+        uid: object.uid().unwrap_or_default(),
+    }
 }
 
 fn problem<T>(fault: Fault, reason: &str, message: String) -> Outcome<T> {
@@ -139,6 +148,7 @@ pub async fn resolve(object: &DatabaseClone, ctx: &Context) -> Outcome<Resolved>
         verify,
         admin_timeout: ctx.settings.admin_timeout,
         retry: RetryPolicy::default(),
+        owner: Some(owner_of(object)),
     };
     Ok(Ok(Resolved {
         config,
