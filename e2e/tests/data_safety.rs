@@ -384,5 +384,21 @@ async fn a_ready_clone_whose_data_breaks_turns_stalled(kind: StoreKind) {
     let script = repo_path("charts/slatedb-operator/argocd/slatedb.io/DatabaseClone/health.lua");
     let (health, _) = run_health_check(&script, &object);
     assert_eq!(health, "Degraded");
+    // The checkpoint that pins the same object says so too.
+    let nightly = eventually(Duration::from_secs(30), "nightly Stalled", || async {
+        let cp = checkpoints.get("nightly").await.ok()?;
+        let stalled = cp
+            .status
+            .as_ref()?
+            .conditions
+            .iter()
+            .find(|c| c.type_ == "Stalled")?;
+        (stalled.reason == "SourceDataMissing").then_some(cp)
+    })
+    .await;
+    let ready = nightly.status.unwrap().conditions;
+    assert!(ready
+        .iter()
+        .any(|c| c.type_ == "Ready" && c.status == "False"));
     env.cleanup().await;
 }

@@ -291,6 +291,7 @@ impl CheckpointSeen {
                 },
                 obtained,
                 fingerprint,
+                recheck_in: None,
             },
             CheckpointSeen::Failed(p) => Observation::Failed(p),
         }
@@ -829,6 +830,7 @@ fn check_checkpoint_decision(
             checkpoint,
             obtained,
             fingerprint,
+            ..
         } => {
             prop_assert_eq!(
                 status.checkpoint_id.clone(),
@@ -869,6 +871,7 @@ fn check_checkpoint_decision(
                     checkpoint: checkpoint.clone(),
                     obtained: None,
                     fingerprint: None,
+                    recheck_in: None,
                 },
                 dependents,
                 now,

@@ -59,7 +59,10 @@ pub(super) fn manifest_path(db: &Path, manifest_id: u64) -> Path {
 }
 
 impl Database {
-    async fn pinned_manifest(&self, manifest_id: u64) -> Result<VersionedManifest, EngineError> {
+    pub(super) async fn pinned_manifest(
+        &self,
+        manifest_id: u64,
+    ) -> Result<VersionedManifest, EngineError> {
         self.bounded(
             "read_manifest",
             self.admin().read_manifest(Some(manifest_id)),
@@ -295,7 +298,13 @@ async fn check_object(
     let blocks = if object.is_wal {
         0
     } else {
-        walk_sst_blocks(&object, content).await?
+        // SlateDB's reader retries what fails inside it; bound the walk like every other call.
+        tokio::time::timeout(timeout, walk_sst_blocks(&object, content))
+            .await
+            .map_err(|_| EngineError::Timeout {
+                operation: "check SST blocks",
+                after: timeout,
+            })??
     };
     let sha256 = hashing.await.map_err(|e| EngineError::Store {
         operation: "hash object content",

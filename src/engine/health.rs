@@ -147,7 +147,25 @@ impl Database {
     /// pins is gone, or a parent no longer holds its final checkpoint.
     pub async fn check_health(&self, rounds: &HealthRounds) -> Result<(), EngineError> {
         let manifest = self.latest_manifest().await?;
-        let resolver = PathResolver::new(self.path.clone(), &manifest);
+        self.check_manifest_health(&manifest, rounds).await
+    }
+
+    /// [`Database::check_health`] of the manifest a checkpoint pins.
+    pub async fn check_checkpoint_health(
+        &self,
+        manifest_id: u64,
+        rounds: &HealthRounds,
+    ) -> Result<(), EngineError> {
+        let manifest = self.pinned_manifest(manifest_id).await?;
+        self.check_manifest_health(&manifest, rounds).await
+    }
+
+    async fn check_manifest_health(
+        &self,
+        manifest: &slatedb::VersionedManifest,
+        rounds: &HealthRounds,
+    ) -> Result<(), EngineError> {
+        let resolver = PathResolver::new(self.path.clone(), manifest);
         let mut by_directory: BTreeMap<Path, Vec<Path>> = BTreeMap::new();
         for view in manifest.all_sst_views() {
             let path = resolver.sst_path(&view.sst.id);

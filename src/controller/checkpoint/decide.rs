@@ -22,6 +22,8 @@ pub enum Observation {
         obtained: Option<Obtained>,
         /// A new fingerprint, or `None` when the recorded one still applies.
         fingerprint: Option<Fingerprint>,
+        /// When to check the health of its data again (when checks are on).
+        recheck_in: Option<Duration>,
     },
     Failed(Problem),
 }
@@ -73,6 +75,7 @@ pub fn decide(
         Observation::Present {
             checkpoint,
             obtained,
+            recheck_in,
             ..
         } => {
             conditions.clear(STALLED);
@@ -108,10 +111,14 @@ pub fn decide(
                         }
                         None => None,
                     };
-                    // Wake up exactly at expiry.
-                    let requeue = remaining
+                    // Wake up exactly at expiry, or for the next health check if sooner.
+                    let at_expiry = remaining
                         .and_then(|left| left.to_std().ok())
                         .map(|d| d + Duration::from_millis(200));
+                    let requeue = match (at_expiry, *recheck_in) {
+                        (Some(a), Some(b)) => Some(a.min(b)),
+                        (a, b) => a.or(b),
+                    };
                     (Some(CheckpointPhase::Ready), event, requeue)
                 }
             }
@@ -256,6 +263,7 @@ mod tests {
             checkpoint: checkpoint(None),
             obtained: Some(Obtained::Created),
             fingerprint: Some(fingerprint()),
+            recheck_in: None,
         };
         let d = decide(
             &object(None),
@@ -280,6 +288,7 @@ mod tests {
             checkpoint: checkpoint(Some(30)),
             obtained: None,
             fingerprint: None,
+            recheck_in: None,
         };
         let d = decide(
             &object(None),
@@ -298,6 +307,7 @@ mod tests {
             checkpoint: checkpoint(Some(-1)),
             obtained: None,
             fingerprint: None,
+            recheck_in: None,
         };
         let d2 = decide(
             &object(Some(d.status)),
@@ -366,6 +376,7 @@ mod tests {
             checkpoint: checkpoint(None),
             obtained: None,
             fingerprint: Some(fingerprint()),
+            recheck_in: None,
         };
         let ready = decide(
             &object(None),
@@ -408,6 +419,7 @@ mod tests {
             checkpoint: checkpoint(None),
             obtained: None,
             fingerprint: Some(fingerprint()),
+            recheck_in: None,
         };
         let d2 = decide(
             &object(Some(d.status)),
@@ -425,6 +437,7 @@ mod tests {
             checkpoint: checkpoint(None),
             obtained: None,
             fingerprint: Some(fingerprint()),
+            recheck_in: None,
         };
         let dependents = Dependents {
             total: 3,

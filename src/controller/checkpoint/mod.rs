@@ -50,7 +50,7 @@ async fn apply(object: &DatabaseCheckpoint, ctx: &Context) -> Result<Action, Err
     let dependents = dependents_of(object, ctx).await?;
     set_protection(object, &api, !dependents.in_progress.is_empty()).await?;
     let observation = match open_database(object, ctx).await? {
-        Ok(db) => observe(object, &db, &dependents).await,
+        Ok(db) => observe(object, &db, &dependents, ctx.health.as_ref()).await,
         Err(problem) => Observation::Failed(problem),
     };
     let retry_delay = match &observation {

@@ -2,14 +2,16 @@
 //! fingerprinted when needed) and the DatabaseClones that depend on it.
 
 use super::decide::{Dependents, Observation};
-use crate::api::conditions::{INITIALIZED, STALLED};
+use crate::api::conditions::{INITIALIZED, READY, STALLED};
 use crate::api::{
     AdoptCheckpoint, CheckpointSourceMode, ChecksumMode, DatabaseCheckpoint, DatabaseClone,
 };
 use crate::controller::conditions::is_true;
 use crate::controller::stores::open_store;
 use crate::controller::{Context, Outcome, Problem};
-use crate::engine::{crash_point, CheckpointSelector, Database, EngineError, Obtained};
+use crate::engine::{
+    crash_point, CheckpointSelector, Database, EngineError, HealthRounds, Obtained,
+};
 use chrono::Utc;
 use kube::api::ListParams;
 use kube::{Api, ResourceExt};
@@ -47,8 +49,9 @@ pub(super) async fn observe(
     object: &DatabaseCheckpoint,
     db: &Database,
     dependents: &Dependents,
+    health: Option<&HealthRounds>,
 ) -> Observation {
-    match observe_checkpoint(object, db, dependents).await {
+    match observe_checkpoint(object, db, dependents, health).await {
         Ok(observation) => observation,
         Err(error) => Observation::Failed(Problem::from(&error)),
     }
@@ -58,6 +61,7 @@ async fn observe_checkpoint(
     object: &DatabaseCheckpoint,
     db: &Database,
     dependents: &Dependents,
+    health: Option<&HealthRounds>,
 ) -> Result<Observation, EngineError> {
     let status = object.status.clone().unwrap_or_default();
     let lifetime = object
@@ -113,10 +117,22 @@ async fn observe_checkpoint(
     } else {
         Some(db.fingerprint(checkpoint.manifest_id, want_content).await?)
     };
+    // A checkpoint already Ready: is everything it pins still there?
+    let was_ready = is_true(&status.conditions, READY) && obtained.is_none();
+    let recheck_in = match health {
+        Some(rounds) if was_ready => {
+            db.check_checkpoint_health(checkpoint.manifest_id, rounds)
+                .await?;
+            Some(rounds.until_next_round())
+        }
+        Some(rounds) => Some(rounds.until_next_round()),
+        None => None,
+    };
     Ok(Observation::Present {
         checkpoint,
         obtained,
         fingerprint,
+        recheck_in,
     })
 }
 
