@@ -171,7 +171,13 @@ impl Operator {
         let file = std::fs::File::create(&log).expect("operator log");
         let mut cmd = Command::new(&bin);
         cmd.args(["--log-format", "json", "run", "--namespaces", namespaces])
-            .args(["--admin-timeout-seconds", "30", "--http-port", "0"]);
+            .args([
+                "--admin-timeout-seconds",
+                "30",
+                "--http-port",
+                "0",
+                "--allow-local-stores",
+            ]);
         if let Ok(c) = std::env::var("BENCH_CLONE_CONCURRENCY") {
             cmd.args(["--clone-concurrency", &c]);
         }

@@ -30,7 +30,7 @@ say "Writing a sample database: 10000 keys in 5 SSTs at file://$store_dir/prod/o
 "$operator" sample --store "file://$store_dir" --path prod/orders --keys 10000 --ssts 5
 
 say "Starting the operator (log: $E2E_STATE_DIR/operator.log)"
-"$operator" --log-format json run --http-port 18080 >"$E2E_STATE_DIR/operator.log" 2>&1 &
+"$operator" --log-format json run --http-port 18080 --allow-local-stores >"$E2E_STATE_DIR/operator.log" 2>&1 &
 operator_pid=$!
 
 $kubectl create namespace demo --dry-run=client -o yaml | $kubectl apply -f - >/dev/null

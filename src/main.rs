@@ -1,5 +1,6 @@
 use clap::{Parser, Subcommand};
 use slatedb_operator::controller::runtime::{self, LeaderElection, OperatorOptions};
+use slatedb_operator::controller::store_policy::{InlineStores, StorePolicy};
 use slatedb_operator::controller::Settings;
 use slatedb_operator::engine::{CloneProgress, EngineError, Verification};
 use slatedb_operator::offline_commands::{exit_code, exit_code_for};
@@ -170,6 +171,20 @@ enum Command {
         /// parent's checkpoint held), in seconds; 0 turns the checks off.
         #[arg(long, default_value_t = 600, env = "HEALTH_CHECK_SECONDS")]
         health_check_seconds: u64,
+        /// Which inline stores (a URL and a Secret in the object) objects may use: none, only
+        /// those with explicit credentials in their Secret, or any (never one pointing at the
+        /// operator's own identity).
+        #[arg(
+            long,
+            value_enum,
+            default_value = "with-credentials",
+            env = "INLINE_STORES"
+        )]
+        inline_stores: InlineStores,
+        /// Let inline stores be `file://` or `memory://` and reach loopback endpoints (for the
+        /// demo and tests on one machine).
+        #[arg(long, env = "ALLOW_LOCAL_STORES")]
+        allow_local_stores: bool,
         /// Namespaces to watch, comma-separated (default: all namespaces).
         #[arg(long, value_delimiter = ',', env = "WATCH_NAMESPACES")]
         namespaces: Vec<String>,
@@ -296,6 +311,8 @@ fn main() -> ExitCode {
             max_backoff_seconds,
             clone_concurrency,
             health_check_seconds,
+            inline_stores,
+            allow_local_stores,
             namespaces,
             controllers,
             http_port,
@@ -314,6 +331,10 @@ fn main() -> ExitCode {
                     clone_concurrency,
                     health_check_period: (health_check_seconds > 0)
                         .then(|| Duration::from_secs(health_check_seconds)),
+                    store_policy: StorePolicy {
+                        inline: inline_stores,
+                        allow_local: allow_local_stores,
+                    },
                     ..Settings::default()
                 },
                 namespaces: namespaces.into_iter().filter(|n| !n.is_empty()).collect(),

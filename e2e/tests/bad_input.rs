@@ -98,6 +98,7 @@ fn table(store: &TestStore, namespace: &str) -> Vec<Row> {
         checkpoint_adopt_rows(store),
         checkpoint_lifetime_rows(store),
         other_namespace_rows(namespace),
+        refused_store_rows(),
         stalled_rows(store),
         reference_rows(store, namespace),
         empty_decoded_range_rows(),
@@ -756,6 +757,62 @@ fn other_namespace_rows(namespace: &str) -> Vec<Row> {
 }
 
 /// Manifests the API server admits and the operator then stalls with a reason.
+/// Secrets of inline stores the operator must refuse to open (created by [`run_table`]): explicit
+/// keys, plus an option pointing the operator at its own identity or at a link-local endpoint.
+const REFUSED_SECRETS: [(&str, &str, &str); 3] = [
+    (
+        "identity-option",
+        "AWS_WEB_IDENTITY_TOKEN_FILE",
+        "/var/run/secrets/eks.amazonaws.com/serviceaccount/token",
+    ),
+    (
+        "container-credentials",
+        "AWS_CONTAINER_CREDENTIALS_FULL_URI",
+        "http://169.254.170.2/v2/credentials",
+    ),
+    (
+        "link-local-endpoint",
+        "AWS_ENDPOINT",
+        "http://169.254.169.254",
+    ),
+];
+
+/// Inline stores the operator must not open, whatever is under them.
+fn refused_store_rows() -> Vec<Row> {
+    let s3 = |secret: Option<&str>| match secret {
+        Some(name) => json!({"url": "s3://e2e-bucket/refused", "secretRef": {"name": name}}),
+        None => json!({"url": "s3://e2e-bucket/refused"}),
+    };
+    vec![
+        stalled(
+            "store-inline-without-credentials",
+            Cp,
+            json!({"database": {"store": s3(None), "path": PARENT}}),
+            "StoreNotAllowed",
+        ),
+        stalled(
+            "store-web-identity-token-file",
+            Cp,
+            json!({"database": {"store": s3(Some("identity-option")), "path": PARENT}}),
+            "StoreNotAllowed",
+        ),
+        stalled(
+            "store-container-credentials",
+            Cl,
+            json!({"source": {"database": {"store": s3(Some("container-credentials")), "path": PARENT}},
+                   "target": {"path": "clones/refused"}}),
+            "StoreNotAllowed",
+        ),
+        stalled(
+            "store-link-local-endpoint",
+            Cl,
+            json!({"source": {"database": {"store": s3(Some("link-local-endpoint")), "path": PARENT}},
+                   "target": {"path": "clones/refused-2"}}),
+            "StoreNotAllowed",
+        ),
+    ]
+}
+
 fn stalled_rows(store: &TestStore) -> Vec<Row> {
     vec![
         stalled(
@@ -1093,6 +1150,17 @@ async fn run_table(prefix: &str, make_table: fn(&TestStore, &str) -> Vec<Row>) {
     .await;
     parent_and_checkpoint(&env, &store, 200, 1).await;
     write_sample_db(&store, OTHER_DB, 50, 1).await;
+    for (name, key, value) in REFUSED_SECRETS {
+        let secret: k8s_openapi::api::core::v1::Secret = serde_json::from_value(json!({
+            "metadata": {"name": name},
+            "stringData": {"AWS_ACCESS_KEY_ID": "id", "AWS_SECRET_ACCESS_KEY": "secret", key: value}
+        }))
+        .unwrap();
+        env.api::<k8s_openapi::api::core::v1::Secret>()
+            .create(&Default::default(), &secret)
+            .await
+            .unwrap();
+    }
     let other_before = objects_under(&store, OTHER_DB).await;
     let parent_before = objects_under(&store, PARENT).await;
 
@@ -1136,6 +1204,18 @@ async fn run_table(prefix: &str, make_table: fn(&TestStore, &str) -> Vec<Row>) {
     for (row, result) in admitted.iter().zip(settled) {
         if let Err(problem) = result {
             failures.push(format!("{}: {problem}", row.label));
+        }
+    }
+    // The refused inline stores were never used: nothing of theirs exists on the S3 server.
+    if let Ok(root) = std::env::var("E2E_S3_ROOT") {
+        let refused = std::path::Path::new(&root)
+            .join("e2e-bucket")
+            .join("refused");
+        if refused.exists() {
+            failures.push(format!(
+                "a refused store was written to: {}",
+                refused.display()
+            ));
         }
     }
     // A look later still finds each Stalled row Stalled with the same reason (no flapping).

@@ -323,7 +323,7 @@ fn expected_operator_rules() -> Value {
         {"apiGroups": ["slatedb.io"], "resources": ["databasecheckpoints/finalizers", "databaseclones/finalizers"],
          "verbs": ["update"]},
         {"apiGroups": ["events.k8s.io"], "resources": ["events"], "verbs": ["create", "patch"]},
-        {"apiGroups": [""], "resources": ["secrets"], "verbs": ["get", "list", "watch"]},
+        {"apiGroups": [""], "resources": ["secrets"], "verbs": ["get"]},
     ])
 }
 
@@ -385,6 +385,7 @@ fn default_values_render_a_cluster_wide_restricted_operator() {
         "--admin-timeout-seconds=30",
         "--max-backoff-seconds=300",
         "--health-check-seconds=600",
+        "--inline-stores=with-credentials",
         "--leader-election",
         "--lease-name=slatedb-slatedb-operator",
         "--lease-namespace=slatedb-system",

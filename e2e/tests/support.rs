@@ -157,7 +157,8 @@ impl Operator {
                 "--admin-timeout-seconds",
                 "10",
             ])
-            .args(["--max-backoff-seconds", "5"])
+            // The test stores are file:// and an S3 server on loopback.
+            .args(["--max-backoff-seconds", "5", "--allow-local-stores"])
             .args(if extra_args.contains(&"--http-port") {
                 &[][..]
             } else {
@@ -191,6 +192,7 @@ impl Operator {
                 "10",
                 "--max-backoff-seconds",
                 "5",
+                "--allow-local-stores",
             ])
             .args(args)
             .env("KUBECONFIG", kubeconfig)

@@ -10,7 +10,7 @@
 //!   checkpoint's observation of SlateDB).
 //!
 //! Beside them: [`conditions`] (condition bookkeeping), [`stores`] (opening the stores objects
-//! name, with their Secrets), [`runtime`] (leader election, the controllers' tasks), [`server`]
+//! name, with their Secrets), [`store_policy`] (which inline stores may be opened at all), [`runtime`] (leader election, the controllers' tasks), [`server`]
 //! (`/healthz`, `/readyz`, `/metrics`) and [`metrics`].
 
 pub mod checkpoint;
@@ -22,6 +22,7 @@ pub mod metrics;
 pub mod runtime;
 pub mod server;
 pub mod shell;
+pub mod store_policy;
 pub mod stores;
 
 use crate::engine::{Backoff, EngineError, Fault};
@@ -49,6 +50,8 @@ pub struct Settings {
     pub clone_concurrency: usize,
     /// How often a Ready clone's data is re-checked; `None` turns the checks off.
     pub health_check_period: Option<Duration>,
+    /// Which inline stores objects may use.
+    pub store_policy: store_policy::StorePolicy,
 }
 
 impl Default for Settings {
@@ -59,6 +62,7 @@ impl Default for Settings {
             backoff_max: Duration::from_secs(300),
             clone_concurrency: 8,
             health_check_period: Some(Duration::from_secs(600)),
+            store_policy: store_policy::StorePolicy::default(),
         }
     }
 }

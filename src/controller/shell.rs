@@ -10,7 +10,7 @@ use k8s_openapi::NamespaceResourceScope;
 use kube::api::{Patch, PatchParams};
 use kube::runtime::controller::Action;
 use kube::runtime::finalizer::{finalizer, Event as FinalizerEvent};
-use kube::runtime::reflector::{ObjectRef, Store};
+use kube::runtime::reflector::Store;
 use kube::runtime::{watcher, Controller};
 use kube::{Api, Resource, ResourceExt};
 use serde::de::DeserializeOwned;
@@ -127,24 +127,6 @@ pub fn controller<K: Reconcile>(
     let store = controller.store();
     ctx.controller_started(store.clone());
     (controller, store)
-}
-
-/// A watch mapper: the objects in `objects` that name the watched object `W` that changed (a
-/// Secret, a checkpoint), in its namespace, as `named` reads the name from each of them.
-pub fn objects_naming<K: Reconcile, W: Resource>(
-    objects: Store<K>,
-    named: fn(&K) -> Option<&str>,
-) -> impl Fn(W) -> Vec<ObjectRef<K>> {
-    move |changed| {
-        let namespace = changed.namespace();
-        let name = changed.name_any();
-        objects
-            .state()
-            .into_iter()
-            .filter(|object| object.namespace() == namespace && named(object) == Some(&name))
-            .map(|object| ObjectRef::from_obj(&*object))
-            .collect()
-    }
 }
 
 /// Runs `controller` with the shared reconcile and error policy until a shutdown signal.

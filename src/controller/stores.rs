@@ -1,6 +1,7 @@
 //! Opening the object stores that objects name: the options from their Secret, one shared client
 //! per configuration, and when a deleted object's cleanup gives up on a store whose Secret is gone.
 
+use super::store_policy::StorePolicy;
 use super::{Outcome, Problem};
 use crate::api::conditions::reason;
 use crate::api::StoreSpec;
@@ -27,7 +28,12 @@ pub enum SecretProblem {
 }
 
 /// Opens the store a spec names, with the options of its Secret.
-pub async fn open_store(client: &Client, namespace: &str, spec: &StoreSpec) -> Outcome<Store> {
+pub async fn open_store(
+    client: &Client,
+    policy: &StorePolicy,
+    namespace: &str,
+    spec: &StoreSpec,
+) -> Outcome<Store> {
     let secret = spec.secret_ref.as_ref().map(|s| s.name.as_str());
     let options = match store_options(client, namespace, secret).await? {
         Ok(options) => options,
@@ -49,7 +55,17 @@ pub async fn open_store(client: &Client, namespace: &str, spec: &StoreSpec) -> O
         wal_url: spec.wal_url.as_ref().map(|u| u.0.clone()),
         ignore_unknown_options: false,
     };
-    Ok(open_shared(config).map_err(|e| Problem::from(&e)))
+    // Opening makes no request: a bad URL or option is named first, and a refused store is
+    // never used.
+    let store = open_shared(config.clone()).map_err(|e| Problem::from(&e));
+    if let (Ok(_), Some(message)) = (&store, policy.refuse_inline(&config)) {
+        return Ok(Err(Problem {
+            fault: Fault::Permanent,
+            reason: "StoreNotAllowed".into(),
+            message,
+        }));
+    }
+    Ok(store)
 }
 
 /// Stores opened so far, by configuration. Each opened store is an HTTP client with its own TLS

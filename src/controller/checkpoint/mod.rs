@@ -14,7 +14,6 @@ use crate::controller::stores::leave_data_behind;
 use crate::controller::{Context, Error, Notice, Problem};
 use crate::engine::{EngineError, Fault};
 use chrono::Utc;
-use k8s_openapi::api::core::v1::Secret;
 use kube::api::{Patch, PatchParams};
 use kube::runtime::controller::Action;
 use kube::runtime::reflector::ObjectRef;
@@ -209,31 +208,23 @@ async fn delete_slatedb_checkpoints(
     Ok(())
 }
 
-/// Runs the checkpoint controller until a shutdown signal: woken by its objects, by the clones
-/// that reference them, and by the Secrets their stores name.
+/// Runs the checkpoint controller until a shutdown signal: woken by its objects and by the clones
+/// that reference them. It reads only the Secrets its objects name, and watches none: a Secret
+/// created after its object is picked up by the retry of the `SecretNotFound` wait.
 pub async fn run(ctx: Arc<Context>, namespace: Option<String>) {
     let namespace = namespace.as_deref();
-    let (controller, checkpoints) = shell::controller::<DatabaseCheckpoint>(&ctx, namespace);
-    let controller = controller
-        .watches(
-            ctx.scoped_api::<DatabaseClone>(namespace),
-            watcher::Config::default(),
-            |clone| {
-                let namespace = clone.namespace().unwrap_or_default();
-                clone
-                    .spec
-                    .source
-                    .checkpoint_ref
-                    .map(|r| ObjectRef::new(&r.name).within(&namespace))
-            },
-        )
-        .watches(
-            ctx.scoped_api::<Secret>(namespace),
-            watcher::Config::default(),
-            shell::objects_naming::<_, Secret>(checkpoints, |checkpoint| {
-                let secret = checkpoint.spec.database.store.secret_ref.as_ref();
-                secret.map(|s| s.name.as_str())
-            }),
-        );
+    let (controller, _) = shell::controller::<DatabaseCheckpoint>(&ctx, namespace);
+    let controller = controller.watches(
+        ctx.scoped_api::<DatabaseClone>(namespace),
+        watcher::Config::default(),
+        |clone| {
+            let namespace = clone.namespace().unwrap_or_default();
+            clone
+                .spec
+                .source
+                .checkpoint_ref
+                .map(|r| ObjectRef::new(&r.name).within(&namespace))
+        },
+    );
     shell::run(controller, ctx).await;
 }

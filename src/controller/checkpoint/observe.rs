@@ -34,7 +34,13 @@ pub(super) fn own_checkpoint_name(object: &DatabaseCheckpoint) -> String {
 /// Opens the object's database, or says why it cannot.
 pub(super) async fn open_database(object: &DatabaseCheckpoint, ctx: &Context) -> Outcome<Database> {
     let namespace = object.namespace().unwrap_or_default();
-    let store = open_store(&ctx.client, &namespace, &object.spec.database.store).await?;
+    let store = open_store(
+        &ctx.client,
+        &ctx.settings.store_policy,
+        &namespace,
+        &object.spec.database.store,
+    )
+    .await?;
     Ok(store.map(|store| {
         Database::new(
             store,

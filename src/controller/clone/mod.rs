@@ -17,7 +17,7 @@ use crate::controller::stores::{leave_data_behind, open_store};
 use crate::controller::{Context, Error, Notice, Problem};
 use crate::engine::{Database, Fault};
 use chrono::Utc;
-use k8s_openapi::api::core::v1::{ObjectReference, Secret};
+use k8s_openapi::api::core::v1::ObjectReference;
 use kube::api::DeleteParams;
 use kube::runtime::controller::Action;
 use kube::runtime::reflector::{ObjectRef, Store};
@@ -227,16 +227,21 @@ async fn target_database(object: &DatabaseClone, ctx: &Context) -> Result<Option
         return Ok(None);
     };
     let namespace = object.namespace().unwrap_or_default();
-    Ok(open_store(&ctx.client, &namespace, &store_spec)
-        .await?
-        .ok()
-        .map(|store| {
-            Database::new(
-                store,
-                &object.spec.target.path.0,
-                ctx.settings.admin_timeout,
-            )
-        }))
+    Ok(open_store(
+        &ctx.client,
+        &ctx.settings.store_policy,
+        &namespace,
+        &store_spec,
+    )
+    .await?
+    .ok()
+    .map(|store| {
+        Database::new(
+            store,
+            &object.spec.target.path.0,
+            ctx.settings.admin_timeout,
+        )
+    }))
 }
 
 /// What holds checkpoints of the clone's data, in words: the operator's own objects by name,
@@ -311,7 +316,14 @@ async fn delete_data(object: &DatabaseClone, ctx: &Context) -> Result<DataDeleti
         return Ok(DataDeletion::Deleted); // work never started, so there is nothing to delete
     };
     let namespace = object.namespace().unwrap_or_default();
-    let store = match open_store(&ctx.client, &namespace, &store_spec).await? {
+    let store = match open_store(
+        &ctx.client,
+        &ctx.settings.store_policy,
+        &namespace,
+        &store_spec,
+    )
+    .await?
+    {
         Ok(store) => store,
         Err(problem) if leave_data_behind(&problem, &object.metadata, Utc::now()) => {
             let note = format!(
@@ -407,7 +419,9 @@ fn parents_of_clone(
 }
 
 /// Runs the clone controller until a shutdown signal: woken by its objects, by the checkpoints
-/// they clone, and by the Secrets their source stores name.
+/// they clone and by the clones that reference them. It reads only the Secrets its objects name,
+/// and watches none: a Secret created after its object is picked up by the retry of the
+/// `SecretNotFound` wait.
 pub async fn run(ctx: Arc<Context>, namespace: Option<String>) {
     let namespace = namespace.as_deref();
     let (controller, clones) = shell::controller::<DatabaseClone>(&ctx, namespace);
@@ -420,15 +434,7 @@ pub async fn run(ctx: Arc<Context>, namespace: Option<String>) {
         .watches(
             ctx.scoped_api::<DatabaseClone>(namespace),
             watcher::Config::default(),
-            parents_of_clone(clones.clone()),
-        )
-        .watches(
-            ctx.scoped_api::<Secret>(namespace),
-            watcher::Config::default(),
-            shell::objects_naming::<_, Secret>(clones, |clone| {
-                let database = clone.spec.source.database.as_ref();
-                database.and_then(|d| d.store.secret_ref.as_ref().map(|s| s.name.as_str()))
-            }),
+            parents_of_clone(clones),
         );
     shell::run(controller, ctx).await;
 }

@@ -130,7 +130,14 @@ pub async fn resolve(object: &DatabaseClone, ctx: &Context) -> Outcome<Resolved>
         Some(Ok(bounds)) => Some(bounds),
         Some(Err(message)) => return problem(Fault::Permanent, "InvalidKeyRange", message),
     };
-    let store = match open_store(&ctx.client, &namespace, &store_spec).await? {
+    let store = match open_store(
+        &ctx.client,
+        &ctx.settings.store_policy,
+        &namespace,
+        &store_spec,
+    )
+    .await?
+    {
         Ok(store) => store,
         Err(p) => return Ok(Err(p)),
     };

@@ -1,0 +1,335 @@
+//! Which inline stores (a URL and a Secret named in the object itself) the operator opens for a
+//! namespace. An inline store must never reach what the namespace was not given: the operator's
+//! own files (`file://`), its own identity (instance roles, web-identity tokens, managed
+//! identities, metadata endpoints) or its own network neighbourhood (loopback, link-local). So,
+//! by the operator's `--inline-stores` policy, an inline store is refused outright (`Deny`),
+//! opened only with explicit credentials from its Secret (`WithCredentials`, the chart's default:
+//! without them the object-store client would fall back to the operator's ambient identity), or
+//! opened as it is (`Allow`, for single-team clusters). Whatever the policy, options that point
+//! the client at the operator's identity and link-local endpoints are refused; `file://`,
+//! `memory://` and loopback endpoints only pass with `--allow-local-stores` (the demo and e2e).
+
+use crate::engine::StoreConfig;
+use object_store::aws::AmazonS3ConfigKey as S3;
+use object_store::azure::AzureConfigKey as Azure;
+use object_store::gcp::GoogleConfigKey as Gcs;
+use object_store::ClientConfigKey as Client;
+use std::net::IpAddr;
+use std::str::FromStr;
+
+/// The `--inline-stores` policy.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, clap::ValueEnum)]
+pub enum InlineStores {
+    Deny,
+    #[default]
+    WithCredentials,
+    Allow,
+}
+
+/// What the operator lets inline stores reach.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct StorePolicy {
+    pub inline: InlineStores,
+    /// `file://`, `memory://` and loopback endpoints (for the demo and the tests).
+    pub allow_local: bool,
+}
+
+/// How an option of an inline store is treated.
+enum Role {
+    /// Points the client at the operator's own identity or files.
+    Identity,
+    /// An explicit credential.
+    Credential,
+    /// An endpoint URL, checked for loopback and link-local hosts.
+    Endpoint,
+    /// Reaches the operator's loopback (the Azure storage emulator).
+    Loopback,
+    Other,
+}
+
+fn s3_role(key: &S3) -> Role {
+    match key {
+        S3::WebIdentityTokenFile
+        | S3::RoleArn
+        | S3::RoleSessionName
+        | S3::ContainerCredentialsRelativeUri
+        | S3::ContainerCredentialsFullUri
+        | S3::ContainerAuthorizationTokenFile
+        | S3::MetadataEndpoint
+        | S3::ImdsV1Fallback => Role::Identity,
+        S3::AccessKeyId | S3::SecretAccessKey | S3::SkipSignature => Role::Credential,
+        S3::Endpoint | S3::S3Endpoint | S3::StsEndpoint => Role::Endpoint,
+        S3::Client(client) => client_role(client),
+        _ => Role::Other,
+    }
+}
+
+fn gcs_role(key: &Gcs) -> Role {
+    match key {
+        Gcs::ServiceAccount | Gcs::ApplicationCredentials => Role::Identity,
+        Gcs::ServiceAccountKey | Gcs::BearerToken | Gcs::SkipSignature => Role::Credential,
+        Gcs::BaseUrl => Role::Endpoint,
+        Gcs::Client(client) => client_role(client),
+        _ => Role::Other,
+    }
+}
+
+fn azure_role(key: &Azure) -> Role {
+    match key {
+        Azure::MsiEndpoint
+        | Azure::ObjectId
+        | Azure::MsiResourceId
+        | Azure::FederatedTokenFile
+        | Azure::UseAzureCli
+        | Azure::FabricWorkloadHost
+        | Azure::FabricSessionToken => Role::Identity,
+        Azure::AccessKey
+        | Azure::SasKey
+        | Azure::Token
+        | Azure::ClientSecret
+        | Azure::SkipSignature => Role::Credential,
+        Azure::Endpoint | Azure::AuthorityHost => Role::Endpoint,
+        Azure::UseEmulator => Role::Loopback,
+        Azure::Client(client) => client_role(client),
+        _ => Role::Other,
+    }
+}
+
+fn client_role(key: &Client) -> Role {
+    match key {
+        Client::ProxyUrl => Role::Endpoint,
+        _ => Role::Other,
+    }
+}
+
+/// The role of option `key` of a store with URL scheme `scheme`, `None` for a key the backend
+/// does not know (the store itself refuses those).
+fn role(scheme: &str, key: &str) -> Option<Role> {
+    let key = key.to_ascii_lowercase();
+    match scheme {
+        "s3" | "s3a" => S3::from_str(&key).ok().map(|k| s3_role(&k)),
+        "gs" => Gcs::from_str(&key).ok().map(|k| gcs_role(&k)),
+        "az" | "adl" | "azure" | "abfs" | "abfss" => {
+            Azure::from_str(&key).ok().map(|k| azure_role(&k))
+        }
+        _ => None,
+    }
+}
+
+/// Whether `endpoint`'s host is loopback (`Some(false)`), link-local or a cloud metadata name
+/// (`Some(true)`: never allowed), or neither (`None`).
+fn local_host(endpoint: &str) -> Option<bool> {
+    let url = url::Url::parse(endpoint).ok()?;
+    let host = url
+        .host_str()?
+        .trim_start_matches('[')
+        .trim_end_matches(']');
+    let metadata_names = ["metadata.google.internal", "metadata", "instance-data"];
+    if metadata_names.contains(&host.to_ascii_lowercase().as_str()) {
+        return Some(true);
+    }
+    if host.eq_ignore_ascii_case("localhost") {
+        return Some(false);
+    }
+    match host.parse::<IpAddr>().ok()? {
+        IpAddr::V4(ip) if ip.is_link_local() => Some(true),
+        IpAddr::V6(ip) if (ip.segments()[0] & 0xffc0) == 0xfe80 => Some(true),
+        ip if ip.is_loopback() => Some(false),
+        _ => None,
+    }
+}
+
+impl StorePolicy {
+    /// Why the inline store `config` may not be opened, in words naming the rule and the fix;
+    /// `None` when it may.
+    pub fn refuse_inline(&self, config: &StoreConfig) -> Option<String> {
+        if self.inline == InlineStores::Deny {
+            return Some(
+                "inline stores are turned off on this cluster (--inline-stores=Deny); ask an \
+                 administrator for a store this namespace may use"
+                    .into(),
+            );
+        }
+        let urls = std::iter::once(&config.url).chain(config.wal_url.as_ref());
+        for url in urls {
+            let scheme = url.split_once("://").map_or("", |(scheme, _)| scheme);
+            if matches!(scheme, "file" | "memory") && !self.allow_local {
+                return Some(format!(
+                    "{url}: {scheme}:// stores reach the operator's own filesystem or memory and \
+                     are allowed only when the operator runs with --allow-local-stores"
+                ));
+            }
+        }
+        let scheme = config
+            .url
+            .split_once("://")
+            .map_or("", |(scheme, _)| scheme);
+        let mut credentials = matches!(scheme, "file" | "memory");
+        for (key, value) in &config.options {
+            match role(scheme, key) {
+                Some(Role::Identity) => {
+                    return Some(format!(
+                        "option {key} points the operator at its own identity or files; an inline \
+                         store must bring its own credentials"
+                    ))
+                }
+                Some(Role::Credential) => credentials = true,
+                Some(Role::Endpoint) => match local_host(value) {
+                    Some(true) => {
+                        return Some(format!(
+                            "option {key} points at a link-local or metadata address ({value}), \
+                             which no store may use"
+                        ))
+                    }
+                    Some(false) if !self.allow_local => {
+                        return Some(format!(
+                            "option {key} points at the operator's own loopback ({value}), allowed \
+                             only when the operator runs with --allow-local-stores"
+                        ))
+                    }
+                    _ => {}
+                },
+                Some(Role::Loopback) if !self.allow_local => {
+                    return Some(format!(
+                        "option {key} points at the operator's own loopback, allowed only when the \
+                         operator runs with --allow-local-stores"
+                    ))
+                }
+                _ => {}
+            }
+        }
+        if self.inline == InlineStores::WithCredentials && !credentials {
+            return Some(format!(
+                "an inline {scheme}:// store needs explicit credentials in the Secret its \
+                 secretRef names (for S3 AWS_ACCESS_KEY_ID and AWS_SECRET_ACCESS_KEY); without \
+                 them the operator would use its own identity (--inline-stores=WithCredentials)"
+            ));
+        }
+        None
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn config(url: &str, options: &[(&str, &str)]) -> StoreConfig {
+        StoreConfig {
+            url: url.into(),
+            options: options
+                .iter()
+                .map(|(k, v)| (k.to_string(), v.to_string()))
+                .collect(),
+            ..Default::default()
+        }
+    }
+
+    const KEYS: [(&str, &str); 2] = [
+        ("AWS_ACCESS_KEY_ID", "id"),
+        ("AWS_SECRET_ACCESS_KEY", "secret"),
+    ];
+
+    #[test]
+    fn with_credentials_needs_them_and_never_an_identity_option() {
+        let policy = StorePolicy::default();
+        assert_eq!(policy.refuse_inline(&config("s3://b/p", &KEYS)), None);
+        let none = policy.refuse_inline(&config("s3://b/p", &[])).unwrap();
+        assert!(none.contains("explicit credentials"), "{none}");
+        for identity in [
+            "AWS_WEB_IDENTITY_TOKEN_FILE",
+            "aws_role_arn",
+            "AWS_CONTAINER_CREDENTIALS_RELATIVE_URI",
+            "AWS_CONTAINER_CREDENTIALS_FULL_URI",
+            "aws_metadata_endpoint",
+            "AWS_IMDSV1_FALLBACK",
+        ] {
+            let mut options = KEYS.to_vec();
+            options.push((identity, "x"));
+            let refused = policy.refuse_inline(&config("s3://b/p", &options)).unwrap();
+            assert!(refused.contains(identity), "{refused}");
+        }
+        for (url, key) in [
+            ("gs://b", "GOOGLE_APPLICATION_CREDENTIALS"),
+            ("gs://b", "google_service_account"),
+            ("az://c", "AZURE_FEDERATED_TOKEN_FILE"),
+            ("az://c", "azure_msi_endpoint"),
+            ("az://c", "azure_use_azure_cli"),
+        ] {
+            let refused = policy.refuse_inline(&config(url, &[(key, "x")])).unwrap();
+            assert!(refused.contains(key), "{refused}");
+        }
+        let gcs = config("gs://b", &[("GOOGLE_SERVICE_ACCOUNT_KEY", "{}")]);
+        assert_eq!(policy.refuse_inline(&gcs), None);
+    }
+
+    #[test]
+    fn local_stores_and_local_endpoints_need_the_flag_and_link_local_never_passes() {
+        let strict = StorePolicy::default();
+        let local = StorePolicy {
+            allow_local: true,
+            ..Default::default()
+        };
+        let file = config("file:///data", &[]);
+        assert!(strict
+            .refuse_inline(&file)
+            .unwrap()
+            .contains("--allow-local-stores"));
+        assert_eq!(local.refuse_inline(&file), None);
+        for endpoint in [
+            "http://127.0.0.1:9000",
+            "http://localhost:9000",
+            "http://[::1]:9000",
+        ] {
+            let mut options = KEYS.to_vec();
+            options.push(("AWS_ENDPOINT", endpoint));
+            let s3 = config("s3://b", &options);
+            assert!(
+                strict.refuse_inline(&s3).unwrap().contains("loopback"),
+                "{endpoint}"
+            );
+            assert_eq!(local.refuse_inline(&s3), None, "{endpoint}");
+        }
+        for endpoint in [
+            "http://169.254.169.254",
+            "http://[fe80::1]/",
+            "http://metadata.google.internal",
+        ] {
+            let mut options = KEYS.to_vec();
+            options.push(("AWS_ENDPOINT", endpoint));
+            let refused = local.refuse_inline(&config("s3://b", &options)).unwrap();
+            assert!(refused.contains("link-local"), "{endpoint}: {refused}");
+        }
+        let mut proxied = KEYS.to_vec();
+        proxied.push(("aws_proxy_url", "http://169.254.170.2"));
+        assert!(local.refuse_inline(&config("s3://b", &proxied)).is_some());
+        let emulator = config(
+            "az://c",
+            &[
+                ("AZURE_STORAGE_USE_EMULATOR", "true"),
+                ("AZURE_STORAGE_ACCOUNT_KEY", "k"),
+            ],
+        );
+        assert!(strict.refuse_inline(&emulator).is_some());
+        assert_eq!(local.refuse_inline(&emulator), None);
+    }
+
+    #[test]
+    fn allow_opens_what_passes_the_identity_checks_and_deny_nothing() {
+        let allow = StorePolicy {
+            inline: InlineStores::Allow,
+            allow_local: false,
+        };
+        assert_eq!(allow.refuse_inline(&config("s3://b", &[])), None);
+        assert!(allow
+            .refuse_inline(&config("s3://b", &[("AWS_WEB_IDENTITY_TOKEN_FILE", "/t")]))
+            .is_some());
+        let deny = StorePolicy {
+            inline: InlineStores::Deny,
+            allow_local: true,
+        };
+        assert!(deny
+            .refuse_inline(&config("s3://b", &KEYS))
+            .unwrap()
+            .contains("Deny"));
+    }
+}
