@@ -93,7 +93,12 @@ impl Context {
         Context {
             recorder: Recorder::new(client.clone(), reporter),
             client,
-            clones: clone::ClonePool::new(settings.clone_concurrency),
+            // Every call of a clone is bounded by the admin timeout; a job silent for many of them
+            // is stuck.
+            clones: clone::ClonePool::new(
+                settings.clone_concurrency,
+                (settings.admin_timeout * 6).max(Duration::from_secs(60)),
+            ),
             health: settings
                 .health_check_period
                 .map(crate::engine::HealthRounds::new),

@@ -1,5 +1,8 @@
 //! The bounded pool that runs clone work off the reconcile loop: one job per object uid, at
-//! most `clone_concurrency` at once, each ending with an outcome even if it panics.
+//! most `clone_concurrency` at once, each ending with an outcome even if it panics, and none
+//! left hanging: every store and SlateDB call of a clone is bounded, so a job that reports no
+//! progress for much longer than that is stopped and reported as a transient failure (the retry
+//! resumes from what the store holds).
 
 use super::decide::Work;
 use crate::controller::Problem;
@@ -7,6 +10,7 @@ use crate::engine::{initialize_clone, CloneConfig, CloneProgress, CloneReport, F
 use futures::FutureExt;
 use std::collections::HashMap;
 use std::sync::{Arc, Mutex};
+use std::time::{Duration, Instant};
 use tokio::sync::Semaphore;
 use tokio::task::JoinHandle;
 
@@ -14,57 +18,92 @@ use tokio::task::JoinHandle;
 pub struct ClonePool {
     slots: Arc<Semaphore>,
     jobs: Mutex<HashMap<String, Job>>,
+    /// How long a running job may go without reporting progress.
+    stuck_after: Duration,
+}
+
+/// What a job last reported, and when (`None` while it waits for a slot).
+#[derive(Default)]
+struct Reported {
+    progress: Option<CloneProgress>,
+    at: Option<Instant>,
 }
 
 struct Job {
-    progress: Arc<Mutex<Option<CloneProgress>>>,
+    reported: Arc<Mutex<Reported>>,
     outcome: Arc<Mutex<Option<Result<CloneReport, Problem>>>>,
     handle: JoinHandle<()>,
 }
 
+fn lock<T>(mutex: &Mutex<T>) -> std::sync::MutexGuard<'_, T> {
+    mutex
+        .lock()
+        .unwrap_or_else(|poisoned| poisoned.into_inner())
+}
+
 impl ClonePool {
-    pub fn new(concurrency: usize) -> ClonePool {
+    /// A pool of `concurrency` slots whose jobs are stopped after `stuck_after` without progress.
+    pub fn new(concurrency: usize, stuck_after: Duration) -> ClonePool {
         ClonePool {
             slots: Arc::new(Semaphore::new(concurrency.max(1))),
             jobs: Mutex::default(),
+            stuck_after,
         }
     }
 
     fn jobs(&self) -> std::sync::MutexGuard<'_, HashMap<String, Job>> {
-        self.jobs
-            .lock()
-            .unwrap_or_else(|poisoned| poisoned.into_inner())
+        lock(&self.jobs)
     }
 
-    /// What the job of `uid` is doing, without blocking on it.
+    /// What the job of `uid` is doing, without blocking on it. A job silent for longer than
+    /// `stuck_after` is stopped and reported as a transient failure.
     pub(super) fn observe(&self, uid: &str) -> Option<Work> {
         let mut jobs = self.jobs();
         let job = jobs.get(uid)?;
-        let outcome = job.outcome.lock().unwrap_or_else(|e| e.into_inner()).take();
-        match outcome {
-            Some(outcome) => {
-                jobs.remove(uid);
-                Some(Work::Finished(outcome))
-            }
-            None => Some(Work::Running(
-                job.progress
-                    .lock()
-                    .unwrap_or_else(|e| e.into_inner())
-                    .clone(),
-            )),
+        let finished = lock(&job.outcome).take();
+        if let Some(outcome) = finished {
+            jobs.remove(uid);
+            return Some(Work::Finished(outcome));
         }
+        let (progress, silent) = {
+            let reported = lock(&job.reported);
+            (
+                reported.progress.clone(),
+                reported.at.map(|at| at.elapsed()),
+            )
+        };
+        if silent.is_some_and(|silent| silent > self.stuck_after) {
+            let step = progress.as_ref().map_or("ResolveSource", |p| p.step.name());
+            tracing::warn!(step, stuck_after = ?self.stuck_after, "clone work made no progress; stopping it");
+            if let Some(job) = jobs.remove(uid) {
+                job.handle.abort();
+            }
+            return Some(Work::Finished(Err(Problem {
+                fault: Fault::Transient,
+                reason: "CloneStuck".into(),
+                message: format!(
+                    "clone work made no progress for {}s at step {step}; it was stopped and \
+                     resumes from what the store holds",
+                    self.stuck_after.as_secs()
+                ),
+            })));
+        }
+        Some(Work::Running(progress))
     }
 
     pub(super) fn spawn(&self, uid: &str, config: CloneConfig) {
-        let progress = Arc::new(Mutex::new(None));
+        let reported = Arc::new(Mutex::new(Reported::default()));
         let outcome = Arc::new(Mutex::new(None));
         let slots = self.slots.clone();
-        let (progress_sink, outcome_sink) = (progress.clone(), outcome.clone());
+        let (reported_sink, outcome_sink) = (reported.clone(), outcome.clone());
         let handle = tokio::spawn(async move {
             let result = match slots.acquire_owned().await {
                 Ok(_permit) => {
+                    lock(&reported_sink).at = Some(Instant::now());
                     let work = initialize_clone(config, move |p| {
-                        *progress_sink.lock().unwrap_or_else(|e| e.into_inner()) = Some(p);
+                        let mut reported = lock(&reported_sink);
+                        reported.progress = Some(p);
+                        reported.at = Some(Instant::now());
                     });
                     // A panic (a bug, ours or a library's) must still end the job with an outcome.
                     match std::panic::AssertUnwindSafe(work).catch_unwind().await {
@@ -85,12 +124,12 @@ impl ClonePool {
                     message: "the clone pool is closed".into(),
                 }),
             };
-            *outcome_sink.lock().unwrap_or_else(|e| e.into_inner()) = Some(result);
+            *lock(&outcome_sink) = Some(result);
         });
         self.jobs().insert(
             uid.to_string(),
             Job {
-                progress,
+                reported,
                 outcome,
                 handle,
             },
@@ -115,4 +154,68 @@ fn panic_message(panic: &(dyn std::any::Any + Send)) -> &str {
         .copied()
         .or_else(|| panic.downcast_ref::<String>().map(String::as_str))
         .unwrap_or("unknown panic")
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use std::sync::atomic::{AtomicBool, Ordering};
+
+    /// Sets its flag when dropped, as an aborted task drops its future.
+    struct Dropped(Arc<AtomicBool>);
+
+    impl Drop for Dropped {
+        fn drop(&mut self) {
+            self.0.store(true, Ordering::SeqCst);
+        }
+    }
+
+    fn job(silent_for: Option<Duration>, dropped: &Arc<AtomicBool>) -> Job {
+        let guard = Dropped(dropped.clone());
+        Job {
+            reported: Arc::new(Mutex::new(Reported {
+                progress: None,
+                at: silent_for.map(|d| Instant::now() - d),
+            })),
+            outcome: Arc::new(Mutex::new(None)),
+            handle: tokio::spawn(async move {
+                let _guard = guard;
+                std::future::pending::<()>().await
+            }),
+        }
+    }
+
+    #[tokio::test]
+    async fn a_silent_job_is_stopped_and_reported_while_waiting_or_talking_ones_are_not() {
+        let pool = ClonePool::new(2, Duration::from_secs(1));
+        let flags: Vec<Arc<AtomicBool>> = (0..3).map(|_| Arc::default()).collect();
+        pool.jobs()
+            .insert("stuck".into(), job(Some(Duration::from_secs(5)), &flags[0]));
+        pool.jobs()
+            .insert("busy".into(), job(Some(Duration::ZERO), &flags[1]));
+        pool.jobs().insert("queued".into(), job(None, &flags[2]));
+
+        match pool.observe("stuck") {
+            Some(Work::Finished(Err(problem))) => {
+                assert_eq!(problem.reason, "CloneStuck");
+                assert_eq!(problem.fault, Fault::Transient);
+            }
+            other => panic!("{other:?}"),
+        }
+        assert!(pool.observe("stuck").is_none(), "the stuck job is gone");
+        for _ in 0..100 {
+            if flags[0].load(Ordering::SeqCst) {
+                break;
+            }
+            tokio::time::sleep(Duration::from_millis(10)).await;
+        }
+        assert!(flags[0].load(Ordering::SeqCst), "its task was aborted");
+        assert_eq!(pool.observe("busy"), Some(Work::Running(None)));
+        assert_eq!(
+            pool.observe("queued"),
+            Some(Work::Running(None)),
+            "waiting for a slot is not stuck"
+        );
+        assert!(!flags[1].load(Ordering::SeqCst) && !flags[2].load(Ordering::SeqCst));
+    }
 }
