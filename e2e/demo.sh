@@ -10,7 +10,7 @@ say() { printf '\n\033[1m== %s\033[0m\n' "$*"; }
 
 say "Building the operator"
 cargo build --locked --quiet
-operator=$PWD/target/debug/slatedb-operator
+operator=${CARGO_TARGET_DIR:-$PWD/target}/debug/slatedb-operator
 
 say "Starting the control plane (kube-apiserver, etcd, kube-controller-manager, S3 server)"
 e2e/cluster.sh up >/dev/null
