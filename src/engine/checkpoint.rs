@@ -103,7 +103,7 @@ impl Database {
         if let Some(found) = existing.into_iter().max_by_key(|c| c.create_time) {
             return Ok((found, Obtained::Adopted));
         }
-        self.ensure_manifest_preserved().await?;
+        let checked = self.ensure_manifest_preserved().await?;
         let options = CheckpointOptions {
             lifetime,
             source: None,
@@ -115,6 +115,7 @@ impl Database {
                 self.admin().create_detached_checkpoint(&options),
             )
             .await?;
+        self.confirm_manifest_preserved(checked).await?;
         let info = self
             .find_checkpoint(&CheckpointSelector::Id(created.id))
             .await?;
@@ -156,12 +157,13 @@ impl Database {
         id: Uuid,
         lifetime: Option<Duration>,
     ) -> Result<CheckpointInfo, EngineError> {
-        self.ensure_manifest_preserved().await?;
+        let checked = self.ensure_manifest_preserved().await?;
         self.bounded(
             "refresh_checkpoint",
             self.admin().refresh_checkpoint(id, lifetime),
         )
         .await?;
+        self.confirm_manifest_preserved(checked).await?;
         self.find_checkpoint(&CheckpointSelector::Id(id)).await
     }
 
@@ -174,9 +176,10 @@ impl Database {
             .iter()
             .any(|c| c.id == id);
         if exists {
-            self.ensure_manifest_preserved().await?;
+            let checked = self.ensure_manifest_preserved().await?;
             self.bounded("delete_checkpoint", self.admin().delete_checkpoint(id))
                 .await?;
+            self.confirm_manifest_preserved(checked).await?;
         }
         Ok(exists)
     }

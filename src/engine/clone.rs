@@ -304,13 +304,17 @@ async fn clone_once(
         // The builder writes the manifest of the parent and of every database the parent is a
         // clone of (the clone's final checkpoints), and derives the clone's manifest from the
         // parent's as this build decodes it.
-        source.ensure_manifest_preserved().await?;
+        let mut written = vec![(source.clone(), source.ensure_manifest_preserved().await?)];
         for ancestor in source.parents().await? {
-            Database::new(config.store.clone(), &ancestor.path, config.admin_timeout)
-                .ensure_manifest_preserved()
-                .await?;
+            let ancestor =
+                Database::new(config.store.clone(), &ancestor.path, config.admin_timeout);
+            let checked = ancestor.ensure_manifest_preserved().await?;
+            written.push((ancestor, checked));
         }
         run_clone_builder(config, target, &checkpoint, progress, wal_total, wal_bytes).await?;
+        for (database, checked) in written {
+            database.confirm_manifest_preserved(checked).await?;
+        }
     }
     crash_point_at(CloneStep::MarkInitialized);
     let manifest = target.latest_manifest().await?;

@@ -132,19 +132,23 @@ impl Database {
                 }
             })
             .await?;
+        let mut parents = Vec::new();
         if let Some(manifest) = &manifest {
             // delete_db removes this database's final checkpoints from its parents' manifests.
             for parent in manifest.external_dbs() {
                 if parent.final_checkpoint_id.is_some() {
-                    Database::new(self.store.clone(), &parent.path, self.timeout)
-                        .ensure_manifest_preserved()
-                        .await?;
+                    let parent = Database::new(self.store.clone(), &parent.path, self.timeout);
+                    let checked = parent.ensure_manifest_preserved().await?;
+                    parents.push((parent, checked));
                 }
             }
         }
         if manifest.is_some() || has_marker {
             self.bounded("delete_db", self.admin().delete_db(true))
                 .await?;
+        }
+        for (parent, checked) in parents {
+            parent.confirm_manifest_preserved(checked).await?;
         }
         let leftover = self
             .bounded_store(

@@ -663,9 +663,12 @@ impl Database {
     ///
     /// The bytes are checked before SlateDB decodes them, since SlateDB panics on some malformed
     /// fields.
-    pub async fn ensure_manifest_preserved(&self) -> Result<(), EngineError> {
+    ///
+    /// Returns the id of the manifest it checked, for [`Database::confirm_manifest_preserved`]
+    /// after the write (`None` when there is no database at the path).
+    pub async fn ensure_manifest_preserved(&self) -> Result<Option<u64>, EngineError> {
         let Some(id) = self.latest_manifest_id().await? else {
-            return Ok(());
+            return Ok(None);
         };
         let path = manifest_path(&self.path, id);
         let refuse = |Loss { field, detail }| EngineError::ManifestNotPreserved {
@@ -686,7 +689,55 @@ impl Database {
             .ok_or_else(|| EngineError::NotADatabase {
                 path: self.path.to_string(),
             })?;
-        compare_decoded(&raw, &decoded).map_err(refuse)
+        compare_decoded(&raw, &decoded).map_err(refuse)?;
+        Ok(Some(id))
+    }
+
+    /// After a write the guard allowed: every manifest written since the one it checked passes the
+    /// byte checks. One that does not was written by another (newer) writer in the moment between
+    /// the check and the write, and the write may have dropped what it added; nothing can undo
+    /// that, but the caller hears of it instead of reporting success.
+    pub async fn confirm_manifest_preserved(
+        &self,
+        checked: Option<u64>,
+    ) -> Result<(), EngineError> {
+        let since = checked.unwrap_or(0);
+        let directory = self.path.clone().join("manifest");
+        let listing = self.store.main.list_with_delimiter(Some(&directory));
+        let listing = self.bounded_store("list manifests", listing).await?;
+        let mut newer: Vec<u64> = listing
+            .objects
+            .iter()
+            .filter_map(|o| {
+                o.location
+                    .filename()?
+                    .strip_suffix(".manifest")?
+                    .parse()
+                    .ok()
+            })
+            .filter(|&id| id > since)
+            .collect();
+        newer.sort_unstable();
+        for id in newer {
+            let path = manifest_path(&self.path, id);
+            let bytes: Bytes = self
+                .bounded_store("read manifest bytes", async {
+                    self.store.main.get(&path).await?.bytes().await
+                })
+                .await?;
+            if let Err(Loss { field, detail }) = check_bytes(&bytes) {
+                return Err(EngineError::ManifestNotPreserved {
+                    path: self.path.to_string(),
+                    manifest: path.to_string(),
+                    field,
+                    detail: format!(
+                        "{detail} (written by another writer while the operator changed this \
+                         database; the operator's write may have dropped it)"
+                    ),
+                });
+            }
+        }
+        Ok(())
     }
 
     /// The id of the newest manifest object, from a listing of the manifest directory.
@@ -1100,6 +1151,36 @@ mod tests {
         let (_, written) = latest_manifest_file(&dir, "db");
         assert_ne!(written, newer);
         assert_eq!(check_bytes(&written).map(|r| r.checkpoints), Ok(2));
+    }
+
+    #[tokio::test]
+    async fn a_newer_manifest_written_between_the_check_and_the_write_is_reported() {
+        let dir = tempfile::tempdir().unwrap();
+        let store = file_store(&dir);
+        write_compressed_sample_db(&store, "db", 100, 1, None)
+            .await
+            .unwrap();
+        let db = database(&store, "db");
+        let checked = db.ensure_manifest_preserved().await.unwrap().unwrap();
+        db.confirm_manifest_preserved(Some(checked)).await.unwrap();
+        let newer = hand_built_manifest(&Extras {
+            unknown_root_field: true,
+            ..Default::default()
+        });
+        let next = dir
+            .path()
+            .join("db/manifest")
+            .join(format!("{:020}.manifest", checked + 1));
+        std::fs::write(next, newer).unwrap();
+        let error = db
+            .confirm_manifest_preserved(Some(checked))
+            .await
+            .unwrap_err();
+        assert_eq!(error.reason(), "ManifestNotPreserved");
+        assert!(error.to_string().contains("another writer"), "{error}");
+        db.confirm_manifest_preserved(Some(checked + 1))
+            .await
+            .unwrap();
     }
 
     #[tokio::test]
