@@ -758,7 +758,9 @@ fn other_namespace_rows(namespace: &str) -> Vec<Row> {
 
 /// Manifests the API server admits and the operator then stalls with a reason.
 /// Secrets of inline stores the operator must refuse to open (created by [`run_table`]): explicit
-/// keys, plus an option pointing the operator at its own identity or at a link-local endpoint.
+/// keys, plus an option pointing the operator at its own identity. The addresses are loopback
+/// ones that nothing listens on: the store is refused before any request, and no test may send
+/// traffic off this machine (the link-local refusal is unit-tested in `store_policy.rs`).
 const REFUSED_SECRETS: [(&str, &str, &str); 3] = [
     (
         "identity-option",
@@ -768,12 +770,12 @@ const REFUSED_SECRETS: [(&str, &str, &str); 3] = [
     (
         "container-credentials",
         "AWS_CONTAINER_CREDENTIALS_FULL_URI",
-        "http://169.254.170.2/v2/credentials",
+        "http://127.0.0.1:1/v2/credentials",
     ),
     (
-        "link-local-endpoint",
-        "AWS_ENDPOINT",
-        "http://169.254.169.254",
+        "metadata-endpoint",
+        "AWS_METADATA_ENDPOINT",
+        "http://127.0.0.1:1",
     ),
 ];
 
@@ -804,9 +806,9 @@ fn refused_store_rows() -> Vec<Row> {
             "StoreNotAllowed",
         ),
         stalled(
-            "store-link-local-endpoint",
+            "store-metadata-endpoint",
             Cl,
-            json!({"source": {"database": {"store": s3(Some("link-local-endpoint")), "path": PARENT}},
+            json!({"source": {"database": {"store": s3(Some("metadata-endpoint")), "path": PARENT}},
                    "target": {"path": "clones/refused-2"}}),
             "StoreNotAllowed",
         ),

@@ -70,24 +70,62 @@ pub(crate) async fn parent_and_checkpoint(
         json!({"database": {"store": store.store_spec(), "path": PARENT}}),
     )
     .await;
-    let api = env.api::<DatabaseCheckpoint>();
-    eventually(
-        Duration::from_secs(60),
-        "checkpoint nightly Ready",
-        || async {
-            let cp = api.get("nightly").await.ok()?;
-            cp.status?
-                .conditions
-                .iter()
-                .any(|c| c.type_ == "Ready" && c.status == "True")
-                .then_some(())
-        },
-    )
-    .await;
+    wait_checkpoint_ready(env, "nightly").await;
 }
 
 fn clone_spec(target: &str) -> Value {
     json!({"source": {"checkpointRef": {"name": "nightly"}}, "target": {"path": target}})
+}
+
+/// The SST and WAL objects under `path` with their sha256.
+pub(crate) async fn data_objects(store: &TestStore, path: &str) -> BTreeMap<String, String> {
+    let mut objects = objects_under(store, path).await;
+    objects.retain(|key, _| key.contains("/compacted/") || key.contains("/wal/"));
+    objects
+}
+
+/// How many objects are under `prefix` (a listing only: objects may go while it runs).
+pub(crate) async fn count_under(store: &TestStore, prefix: &str) -> usize {
+    use futures::TryStreamExt;
+    let listed: Vec<_> = store
+        .open()
+        .main
+        .list(Some(&prefix.into()))
+        .try_collect()
+        .await
+        .unwrap();
+    listed.len()
+}
+
+/// Waits until the DatabaseCheckpoint `name` is Ready and returns it.
+pub(crate) async fn wait_checkpoint_ready(env: &TestEnv, name: &str) -> DatabaseCheckpoint {
+    let api = env.api::<DatabaseCheckpoint>();
+    eventually(
+        Duration::from_secs(90),
+        &format!("checkpoint {name} Ready"),
+        || async {
+            let cp = api.get(name).await.ok()?;
+            let ready = cp
+                .status
+                .as_ref()?
+                .conditions
+                .iter()
+                .any(|c| c.type_ == "Ready" && c.status == "True");
+            ready.then_some(cp)
+        },
+    )
+    .await
+}
+
+/// Waits until the object `name` is gone from the API server.
+pub(crate) async fn wait_gone<K>(api: &kube::Api<K>, name: &str, timeout: Duration)
+where
+    K: kube::Resource + Clone + serde::de::DeserializeOwned + std::fmt::Debug,
+{
+    eventually(timeout, &format!("{name} gone"), || async {
+        api.get_opt(name).await.unwrap().is_none().then_some(())
+    })
+    .await;
 }
 
 /// Every object under `prefix` with its size and sha256, read through the store.

@@ -4,66 +4,19 @@
 //! parent and every clone back row for row, the parent's SST and WAL objects are byte-identical
 //! to before, and its latest manifest still records each SST's codec.
 
-use crate::clones::{assert_all_rows, condition, create, objects_under, wait_clone};
+use crate::clones::{
+    assert_all_rows, condition, count_under, create, data_objects, wait_checkpoint_ready,
+    wait_clone, wait_gone,
+};
 use crate::support::{eventually, Operator, StoreKind, TestEnv, TestStore};
 use kube::api::DeleteParams;
 use serde_json::json;
 use slatedb_operator::api::{DatabaseCheckpoint, DatabaseClone};
 use slatedb_operator::engine::manifest_guard::CODECS;
 use slatedb_operator::engine::sample::write_compressed_sample_db;
-use std::collections::BTreeMap;
 use std::time::Duration;
 
 const KEYS: usize = 2_000;
-
-/// The parent's SST and WAL objects with their sha256.
-async fn data_objects(store: &TestStore, path: &str) -> BTreeMap<String, String> {
-    let mut objects = objects_under(store, path).await;
-    objects.retain(|key, _| key.contains("/compacted/") || key.contains("/wal/"));
-    objects
-}
-
-/// How many objects are under `prefix` (a listing only: objects may go while it runs).
-async fn count_under(store: &TestStore, prefix: &str) -> usize {
-    use futures::TryStreamExt;
-    let listed: Vec<_> = store
-        .open()
-        .main
-        .list(Some(&prefix.into()))
-        .try_collect()
-        .await
-        .unwrap();
-    listed.len()
-}
-
-async fn wait_checkpoint_ready(env: &TestEnv, name: &str) -> DatabaseCheckpoint {
-    let api = env.api::<DatabaseCheckpoint>();
-    eventually(
-        Duration::from_secs(90),
-        &format!("checkpoint {name} Ready"),
-        || async {
-            let cp = api.get(name).await.ok()?;
-            let ready = cp
-                .status
-                .as_ref()?
-                .conditions
-                .iter()
-                .any(|c| c.type_ == "Ready" && c.status == "True");
-            ready.then_some(cp)
-        },
-    )
-    .await
-}
-
-async fn wait_gone<K>(api: &kube::Api<K>, name: &str)
-where
-    K: kube::Resource + Clone + serde::de::DeserializeOwned + std::fmt::Debug,
-{
-    eventually(Duration::from_secs(60), &format!("{name} gone"), || async {
-        api.get_opt(name).await.unwrap().is_none().then_some(())
-    })
-    .await;
-}
 
 on_both_stores!(every_codec_survives_checkpoint_clone_verify_and_delete);
 async fn every_codec_survives_checkpoint_clone_verify_and_delete(kind: StoreKind) {
@@ -164,11 +117,10 @@ async fn every_codec_survives_checkpoint_clone_verify_and_delete(kind: StoreKind
                     .await
                     .unwrap();
             }
-            wait_gone(&clones, clone).await;
-            assert!(
-                objects_under(&store, &format!("clones/{clone}"))
-                    .await
-                    .is_empty(),
+            wait_gone(&clones, clone, Duration::from_secs(60)).await;
+            assert_eq!(
+                count_under(&store, &format!("clones/{clone}")).await,
+                0,
                 "{clone}: data deleted"
             );
         }
@@ -176,7 +128,7 @@ async fn every_codec_survives_checkpoint_clone_verify_and_delete(kind: StoreKind
             .delete(&checkpoint, &DeleteParams::default())
             .await
             .unwrap();
-        wait_gone(&checkpoints, &checkpoint).await;
+        wait_gone(&checkpoints, &checkpoint, Duration::from_secs(60)).await;
 
         let database = store.database(&parent);
         assert!(

@@ -3,68 +3,21 @@
 //! (a Ready clone whose data breaks behind its back turns Stalled).
 
 use crate::argocd::run_health_check;
-use crate::clones::{assert_all_rows, condition, create, objects_under, wait_clone, PARENT};
+use crate::clones::{
+    assert_all_rows, condition, count_under, create, data_objects, wait_checkpoint_ready,
+    wait_clone, wait_gone, PARENT,
+};
 use crate::support::{eventually, repo_path, Operator, StoreKind, TestEnv, TestStore};
 use kube::api::DeleteParams;
-use kube::Api;
 use serde_json::json;
 use slatedb::config::{FlushOptions, FlushType};
 use slatedb_operator::api::{DatabaseCheckpoint, DatabaseClone};
 use slatedb_operator::engine::sample::sample_row;
-use std::collections::BTreeMap;
 use std::time::Duration;
 
 const KEYS: usize = 2_000;
 /// Rows the application writes into the first clone, into SSTs of its own.
 const OWN_KEYS: usize = 500;
-
-async fn wait_checkpoint_ready(env: &TestEnv, name: &str) {
-    let api = env.api::<DatabaseCheckpoint>();
-    eventually(
-        Duration::from_secs(90),
-        &format!("{name} Ready"),
-        || async {
-            let cp = api.get(name).await.ok()?;
-            let status = cp.status?;
-            status
-                .conditions
-                .iter()
-                .any(|c| c.type_ == "Ready" && c.status == "True")
-                .then_some(())
-        },
-    )
-    .await;
-}
-
-async fn wait_gone<K>(api: &Api<K>, name: &str, timeout: Duration)
-where
-    K: kube::Resource + Clone + serde::de::DeserializeOwned + std::fmt::Debug,
-{
-    eventually(timeout, &format!("{name} gone"), || async {
-        api.get_opt(name).await.unwrap().is_none().then_some(())
-    })
-    .await;
-}
-
-/// The parent's SST and WAL objects with their hashes.
-async fn data_objects(store: &TestStore, path: &str) -> BTreeMap<String, String> {
-    let mut objects = objects_under(store, path).await;
-    objects.retain(|key, _| key.contains("/compacted/") || key.contains("/wal/"));
-    objects
-}
-
-/// How many objects are under `prefix` (a listing only).
-async fn count_under(store: &TestStore, prefix: &str) -> usize {
-    use futures::TryStreamExt;
-    let listed: Vec<_> = store
-        .open()
-        .main
-        .list(Some(&prefix.into()))
-        .try_collect()
-        .await
-        .unwrap();
-    listed.len()
-}
 
 /// A prod database with checkpoint `nightly`, and a Ready clone `c1` of it.
 async fn prod_and_first_clone(env: &TestEnv, store: &TestStore, c1: serde_json::Value) {

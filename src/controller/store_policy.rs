@@ -214,14 +214,7 @@ mod tests {
     use super::*;
 
     fn config(url: &str, options: &[(&str, &str)]) -> StoreConfig {
-        StoreConfig {
-            url: url.into(),
-            options: options
-                .iter()
-                .map(|(k, v)| (k.to_string(), v.to_string()))
-                .collect(),
-            ..Default::default()
-        }
+        StoreConfig::with_options(url, options)
     }
 
     const KEYS: [(&str, &str); 2] = [

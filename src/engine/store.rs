@@ -35,6 +35,20 @@ pub struct Store {
     pub wal: Option<Arc<dyn ObjectStore>>,
 }
 
+impl StoreConfig {
+    /// A configuration of `url` with `options` (key, value).
+    pub fn with_options(url: &str, options: &[(&str, &str)]) -> StoreConfig {
+        StoreConfig {
+            url: url.into(),
+            options: options
+                .iter()
+                .map(|(k, v)| (k.to_string(), v.to_string()))
+                .collect(),
+            ..Default::default()
+        }
+    }
+}
+
 impl Store {
     /// Opens the store behind the layers every store gets: retries of transient failures over
     /// request counting (and the faults the [`FAULTS_ENV`] test hook asks for).
@@ -158,14 +172,7 @@ mod tests {
     use object_store::ObjectStoreExt;
 
     fn config(url: &str, options: &[(&str, &str)]) -> StoreConfig {
-        StoreConfig {
-            url: url.into(),
-            options: options
-                .iter()
-                .map(|(k, v)| (k.to_string(), v.to_string()))
-                .collect(),
-            ..Default::default()
-        }
+        StoreConfig::with_options(url, options)
     }
 
     #[test]
