@@ -168,10 +168,11 @@ async fn a_clone_others_depend_on_is_kept_until_they_go(kind: StoreKind) {
     env.cleanup().await;
 }
 
-#[tokio::test]
-async fn the_expiry_of_a_clone_others_depend_on_waits_for_them() {
+on_both_stores!(the_expiry_of_a_clone_others_depend_on_waits_for_them);
+async fn the_expiry_of_a_clone_others_depend_on_waits_for_them(kind: StoreKind) {
     let env = TestEnv::new("lineage-ttl").await;
-    let store = TestStore::new(StoreKind::File, &env.namespace);
+    let store = TestStore::new(kind, &env.namespace);
+    store.create_secret(&env).await;
     let _operator = Operator::start(&env.namespace, &[]);
     let c1 = json!({"source": {"checkpointRef": {"name": "nightly"}}, "target": {"path": "clones/c1"},
                     "expireAfter": "6s", "expirationPolicy": "Delete"});
