@@ -427,7 +427,7 @@ cmd_up() {
 
   log "starting kube-controller-manager"
   start kube-controller-manager "$KCM" --kubeconfig "$STATE/kubeconfig" --leader-elect=false --secure-port 0 \
-    --controllers garbage-collector-controller,namespace-controller,serviceaccount-controller,serviceaccount-token-controller \
+    --controllers garbage-collector-controller,namespace-controller,serviceaccount-controller,serviceaccount-token-controller,clusterrole-aggregation-controller \
     --service-account-private-key-file "$p/sa.key" --root-ca-file "$p/ca.crt"
   wait_for 90 kube-controller-manager "the default ServiceAccount" kc --request-timeout=5s get serviceaccount default -n default
 

@@ -1,7 +1,7 @@
 //! The CustomResourceDefinitions generated from the types in [`crate::api`], as committed under `crds/`,
 //! and their installation into a cluster.
 
-use crate::api::{DatabaseCheckpoint, DatabaseClone};
+use crate::api::{DatabaseCheckpoint, DatabaseClone, DatabaseStore};
 use k8s_openapi::apiextensions_apiserver::pkg::apis::apiextensions::v1::CustomResourceDefinition;
 use kube::api::{Patch, PatchParams};
 use kube::runtime::wait::{await_condition, conditions};
@@ -21,6 +21,10 @@ pub fn generated() -> Result<Vec<(&'static str, String)>, serde_yaml::Error> {
         (
             "databaseclones.slatedb.io.yaml",
             serde_yaml::to_string(&DatabaseClone::crd())?,
+        ),
+        (
+            "databasestores.slatedb.io.yaml",
+            serde_yaml::to_string(&DatabaseStore::crd())?,
         ),
     ])
 }
@@ -48,7 +52,11 @@ pub enum InstallError {
 /// conflicts, and waits until the API server reports each one Established (it serves the kind).
 pub async fn install_crds(client: &Client, field_manager: &str) -> Result<(), InstallError> {
     let crds: Api<CustomResourceDefinition> = Api::all(client.clone());
-    for crd in [DatabaseCheckpoint::crd(), DatabaseClone::crd()] {
+    for crd in [
+        DatabaseCheckpoint::crd(),
+        DatabaseClone::crd(),
+        DatabaseStore::crd(),
+    ] {
         let name = crd.name_any();
         crds.patch(
             &name,

@@ -4,6 +4,7 @@ use slatedb_operator::controller::store_policy::{InlineStores, StorePolicy};
 use slatedb_operator::controller::Settings;
 use slatedb_operator::engine::{CloneProgress, EngineError, Verification};
 use slatedb_operator::offline_commands::{exit_code, exit_code_for};
+use std::collections::BTreeMap;
 use std::net::SocketAddr;
 use std::path::PathBuf;
 use std::process::ExitCode;
@@ -208,11 +209,34 @@ enum Command {
         /// Namespace of the Lease (default: the pod's namespace, from POD_NAMESPACE).
         #[arg(long, env = "POD_NAMESPACE", default_value = "default")]
         lease_namespace: String,
+        /// The operator's own namespace, where the credentials Secrets of DatabaseStores live
+        /// (default: the pod's namespace, from POD_NAMESPACE).
+        #[arg(long, env = "POD_NAMESPACE", default_value = "default")]
+        operator_namespace: String,
+        /// Serve only the DatabaseStores with these labels (`key=value,...`), so that several
+        /// operators can share a cluster; default: all.
+        #[arg(long, env = "STORE_SELECTOR", value_parser = parse_labels, default_value = "")]
+        store_selector: Labels,
         #[arg(long, default_value_t = 15, env = "LEASE_DURATION_SECONDS")]
         lease_duration_seconds: u64,
         #[arg(long, default_value_t = 5, env = "LEASE_GRACE_SECONDS")]
         lease_grace_seconds: u64,
     },
+}
+
+/// Labels given as `key=value,...`.
+#[derive(Clone, Debug)]
+struct Labels(BTreeMap<String, String>);
+
+fn parse_labels(text: &str) -> Result<Labels, String> {
+    let mut labels = BTreeMap::new();
+    for pair in text.split(',').filter(|p| !p.trim().is_empty()) {
+        let (key, value) = pair
+            .split_once('=')
+            .ok_or_else(|| format!("{pair:?} is not key=value"))?;
+        labels.insert(key.trim().to_string(), value.trim().to_string());
+    }
+    Ok(Labels(labels))
 }
 
 fn init_logging(format: LogFormat, default_level: &str) {
@@ -319,6 +343,8 @@ fn main() -> ExitCode {
             leader_election,
             lease_name,
             lease_namespace,
+            operator_namespace,
+            store_selector,
             lease_duration_seconds,
             lease_grace_seconds,
         } => {
@@ -335,9 +361,11 @@ fn main() -> ExitCode {
                         inline: inline_stores,
                         allow_local: allow_local_stores,
                     },
+                    operator_namespace,
+                    namespaces: namespaces.into_iter().filter(|n| !n.is_empty()).collect(),
+                    store_selector: store_selector.0,
                     ..Settings::default()
                 },
-                namespaces: namespaces.into_iter().filter(|n| !n.is_empty()).collect(),
                 run_checkpoints: controllers.contains(&ControllerKind::Checkpoint),
                 run_clones: controllers.contains(&ControllerKind::Clone),
                 http_address: (http_port != 0).then(|| SocketAddr::from(([0, 0, 0, 0], http_port))),

@@ -52,6 +52,8 @@ pub fn store_from_env(url: &str) -> Result<Store, EngineError> {
         options,
         wal_url: None,
         ignore_unknown_options: true,
+        // A local command acts as the user who runs it, with their identity.
+        ambient: true,
     })
 }
 

@@ -9,7 +9,7 @@ use crate::support::{eventually, write_sample_db, Operator, StoreKind, TestEnv, 
 use kube::api::{ApiResource, DynamicObject, PostParams};
 use kube::{Api, Resource};
 use serde_json::{json, Value};
-use slatedb_operator::api::{DatabaseCheckpoint, DatabaseClone};
+use slatedb_operator::api::{DatabaseCheckpoint, DatabaseClone, DatabaseStore};
 use std::time::{Duration, Instant};
 
 /// A database that is not the source: clones must not overwrite it.
@@ -19,9 +19,11 @@ const OTHER_DB: &str = "other/db";
 enum Kind {
     Checkpoint,
     Clone,
+    /// A DatabaseStore (cluster-scoped): admission rows only.
+    Store,
 }
 // Short names keep the rows compact.
-use Kind::{Checkpoint as Cp, Clone as Cl};
+use Kind::{Checkpoint as Cp, Clone as Cl, Store as St};
 
 /// How the manifest reaches the API server.
 #[derive(Clone, Debug)]
@@ -80,6 +82,8 @@ fn manifest(kind: Kind, name: &str, spec: Value) -> Value {
     match kind {
         Kind::Checkpoint => checkpoint_manifest(name, spec),
         Kind::Clone => clone_manifest(name, spec),
+        Kind::Store => json!({"apiVersion": "slatedb.io/v1alpha1", "kind": "DatabaseStore",
+                              "metadata": {"name": format!("bad-input-{name}")}, "spec": spec}),
     }
 }
 
@@ -99,6 +103,8 @@ fn table(store: &TestStore, namespace: &str) -> Vec<Row> {
         checkpoint_lifetime_rows(store),
         other_namespace_rows(namespace),
         refused_store_rows(),
+        database_store_shape_rows(),
+        database_store_use_rows(namespace),
         stalled_rows(store),
         reference_rows(store, namespace),
         empty_decoded_range_rows(),
@@ -542,12 +548,6 @@ fn checkpoint_shape_rows(store: &TestStore) -> Vec<Row> {
             "spec.database.store: Required value",
         ),
         rejected(
-            "cp-no-url",
-            Cp,
-            json!({"database": {"store": {}, "path": PARENT}}),
-            "spec.database.store.url: Required value",
-        ),
-        rejected(
             "cp-secret-empty-name",
             Cp,
             json!({"database": {"store": {"url": "s3://b", "secretRef": {"name": ""}}, "path": PARENT}}),
@@ -815,6 +815,212 @@ fn refused_store_rows() -> Vec<Row> {
     ]
 }
 
+/// A valid DatabaseStore spec with `value` at `pointer`.
+fn store_with(pointer: &str, value: Value) -> Value {
+    let spec = json!({"url": "s3://bucket", "credentials": {"secretRef": {"name": "creds"}},
+                      "namespaces": {"names": ["team-a"]}});
+    with(spec, pointer, value)
+}
+
+/// DatabaseStores and store references the API server refuses.
+fn database_store_shape_rows() -> Vec<Row> {
+    let no_field = |spec: Value, field: &str| {
+        let mut spec = spec;
+        spec.as_object_mut().unwrap().remove(field);
+        spec
+    };
+    vec![
+        rejected(
+            "store-ref-and-url",
+            Cp,
+            json!({"database": {"store": {"ref": "shared", "url": "s3://b"}, "path": PARENT}}),
+            "store needs exactly one of ref (a DatabaseStore) or url",
+        ),
+        rejected(
+            "store-neither-ref-nor-url",
+            Cp,
+            json!({"database": {"store": {}, "path": PARENT}}),
+            "store needs exactly one of ref (a DatabaseStore) or url",
+        ),
+        rejected(
+            "store-ref-with-secret",
+            Cl,
+            json!({"source": {"database": {"store": {"ref": "shared", "secretRef": {"name": "s"}}, "path": PARENT}},
+                   "target": {"path": "clones/x"}}),
+            "a store ref takes no secretRef or walUrl",
+        ),
+        rejected(
+            "store-ref-empty",
+            Cp,
+            json!({"database": {"store": {"ref": ""}, "path": PARENT}}),
+            "should be at least 1 chars long",
+        ),
+        rejected(
+            "dbstore-both-credentials",
+            St,
+            store_with("/credentials/ambient", json!(true)),
+            "credentials needs exactly one of secretRef or ambient: true",
+        ),
+        rejected(
+            "dbstore-no-credentials",
+            St,
+            store_with("/credentials", json!({})),
+            "credentials needs exactly one of secretRef or ambient: true",
+        ),
+        rejected(
+            "dbstore-no-namespaces",
+            St,
+            store_with("/namespaces", json!({"names": []})),
+            "namespaces needs names or a selector",
+        ),
+        rejected(
+            "dbstore-bad-namespace-name",
+            St,
+            store_with("/namespaces/names", json!(["Team_A"])),
+            "must be a namespace name",
+        ),
+        rejected(
+            "dbstore-absolute-prefix",
+            St,
+            store_with("/readPrefixes", json!(["/{namespace}"])),
+            "a prefix is relative",
+        ),
+        rejected(
+            "dbstore-dotdot-prefix",
+            St,
+            store_with("/writePrefixes", json!(["{namespace}/../other"])),
+            "a prefix must not contain '..' segments",
+        ),
+        rejected(
+            "dbstore-unknown-placeholder",
+            St,
+            store_with("/writePrefixes", json!(["{tenant}"])),
+            "the only placeholder a prefix may hold is {namespace}",
+        ),
+        rejected(
+            "dbstore-bad-url",
+            St,
+            store_with("/url", json!("http://bucket")),
+            "must be an object-store URL",
+        ),
+        rejected(
+            "dbstore-no-url",
+            St,
+            no_field(store_with("/namespaces/names", json!(["a"])), "url"),
+            "spec.url: Required value",
+        ),
+    ]
+}
+
+/// Names of the DatabaseStores [`run_table`] makes for the test in `namespace`.
+fn test_store(namespace: &str, role: &str) -> String {
+    format!("{namespace}-{role}")
+}
+
+/// Uses of DatabaseStores that do not allow them (stores made by [`run_table`]).
+fn database_store_use_rows(namespace: &str) -> Vec<Row> {
+    let on = |role: &str, path: &str| json!({"database": {"store": {"ref": test_store(namespace, role)}, "path": path}});
+    let own_db = format!("{namespace}/db");
+    vec![
+        stalled(
+            "store-other-namespaces",
+            Cp,
+            on("elsewhere", &own_db),
+            "StoreNotAllowed",
+        ),
+        stalled(
+            "store-read-outside-prefix",
+            Cp,
+            on("own", "other-team/db"),
+            "StoreNotAllowed",
+        ),
+        stalled(
+            "store-write-outside-prefix",
+            Cl,
+            json!({"source": on("own", &own_db), "target": {"path": "other-team/clone"}}),
+            "StoreNotAllowed",
+        ),
+        stalled(
+            "store-not-served",
+            Cp,
+            on("foreign", &own_db),
+            "StoreNotAllowed",
+        ),
+        stalled(
+            "store-secret-without-credentials",
+            Cp,
+            on("no-credentials", &own_db),
+            "InvalidStore",
+        ),
+        stalled(
+            "store-credential-in-spec-options",
+            Cp,
+            on("key-in-spec", &own_db),
+            "InvalidStore",
+        ),
+        Row {
+            label: "store-missing",
+            kind: Cp,
+            manifest: manifest(Cp, "store-missing", on("no-such-store", &own_db)),
+            via: Via::Create,
+            expect: Outcome::Reconciling {
+                reason: "StoreNotFound",
+                contains: format!(
+                    "DatabaseStore {} does not exist",
+                    test_store(namespace, "no-such-store")
+                ),
+            },
+        },
+    ]
+}
+
+/// Makes the DatabaseStores the rows of [`database_store_use_rows`] name.
+async fn make_test_stores(env: &TestEnv, store: &TestStore) {
+    let ns = &env.namespace;
+    let file = |namespaces: Value| json!({"url": store.url, "credentials": {"ambient": true}, "namespaces": namespaces});
+    env.create_store(
+        &test_store(ns, "elsewhere"),
+        file(json!({"names": ["somebody-else"]})),
+        true,
+    )
+    .await;
+    env.create_store(&test_store(ns, "own"), file(json!({"names": [ns]})), true)
+        .await;
+    env.create_store(
+        &test_store(ns, "foreign"),
+        file(json!({"names": [ns]})),
+        false,
+    )
+    .await;
+    let s3 = |secret: &str, options: Value| {
+        json!({"url": "s3://e2e-bucket/refused", "credentials": {"secretRef": {"name": secret}},
+               "options": options, "namespaces": {"names": [ns]}})
+    };
+    let no_keys: k8s_openapi::api::core::v1::Secret = serde_json::from_value(json!({
+        "metadata": {"name": "no-keys"}, "stringData": {"AWS_REGION": "us-east-1"}
+    }))
+    .unwrap();
+    env.api::<k8s_openapi::api::core::v1::Secret>()
+        .create(&Default::default(), &no_keys)
+        .await
+        .unwrap();
+    env.create_store(
+        &test_store(ns, "no-credentials"),
+        s3("no-keys", json!({})),
+        true,
+    )
+    .await;
+    env.create_store(
+        &test_store(ns, "key-in-spec"),
+        s3(
+            "no-keys",
+            json!({"AWS_SECRET_ACCESS_KEY": "in-plain-sight"}),
+        ),
+        true,
+    )
+    .await;
+}
+
 fn stalled_rows(store: &TestStore) -> Vec<Row> {
     vec![
         stalled(
@@ -992,6 +1198,10 @@ fn api_for(env: &TestEnv, kind: Kind) -> Api<DynamicObject> {
     match kind {
         Kind::Checkpoint => dynamic_api::<DatabaseCheckpoint>(env),
         Kind::Clone => dynamic_api::<DatabaseClone>(env),
+        Kind::Store => Api::all_with(
+            env.client.clone(),
+            &ApiResource::erase::<DatabaseStore>(&()),
+        ),
     }
 }
 
@@ -1016,11 +1226,18 @@ async fn submit(env: &TestEnv, row: &Row) -> Result<(), (u16, String)> {
                     .expect("a raw-bytes row has a @@ placeholder");
                 body = [&body[..at], &bytes[..], &body[at + 2..]].concat();
             }
-            let resource = match row.kind {
-                Kind::Checkpoint => ApiResource::erase::<DatabaseCheckpoint>(&()),
-                Kind::Clone => ApiResource::erase::<DatabaseClone>(&()),
+            let (resource, namespace) = match row.kind {
+                Kind::Checkpoint => (
+                    ApiResource::erase::<DatabaseCheckpoint>(&()),
+                    Some(env.namespace.as_str()),
+                ),
+                Kind::Clone => (
+                    ApiResource::erase::<DatabaseClone>(&()),
+                    Some(env.namespace.as_str()),
+                ),
+                Kind::Store => (ApiResource::erase::<DatabaseStore>(&()), None),
             };
-            let url = DynamicObject::url_path(&resource, Some(&env.namespace));
+            let url = DynamicObject::url_path(&resource, namespace);
             let mut request = kube::core::Request::new(url)
                 .create(&PostParams::default(), body)
                 .unwrap();
@@ -1163,6 +1380,7 @@ async fn run_table(prefix: &str, make_table: fn(&TestStore, &str) -> Vec<Row>) {
             .await
             .unwrap();
     }
+    make_test_stores(&env, &store).await;
     let other_before = objects_under(&store, OTHER_DB).await;
     let parent_before = objects_under(&store, PARENT).await;
 

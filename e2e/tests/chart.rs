@@ -564,6 +564,68 @@ fn watch_namespaces_get_roles_instead_of_a_cluster_role() {
 }
 
 #[test]
+fn stores_are_read_cluster_wide_and_secrets_only_where_they_are_named() {
+    let full = "slatedb-slatedb-operator";
+    let docs = render("slatedb-system", &[]);
+    assert_eq!(
+        get(&docs, "ClusterRole", &format!("{full}-stores"))["rules"],
+        json!([
+            {"apiGroups": ["slatedb.io"], "resources": ["databasestores"],
+             "verbs": ["get", "list", "watch", "patch", "update"]},
+            {"apiGroups": ["slatedb.io"], "resources": ["databasestores/status"],
+             "verbs": ["get", "patch", "update"]},
+            {"apiGroups": ["slatedb.io"], "resources": ["databasestores/finalizers"], "verbs": ["update"]},
+            {"apiGroups": [""], "resources": ["namespaces"], "verbs": ["get"]},
+        ])
+    );
+    let binding = get(&docs, "ClusterRoleBinding", &format!("{full}-stores"));
+    assert_eq!(binding["subjects"][0]["name"], full);
+    // DatabaseStores' credentials: get, in the operator's own namespace only.
+    let credentials = get(&docs, "Role", &format!("{full}-store-credentials"));
+    assert_eq!(credentials["metadata"]["namespace"], "slatedb-system");
+    assert_eq!(
+        credentials["rules"],
+        json!([{"apiGroups": [""], "resources": ["secrets"], "verbs": ["get"]}])
+    );
+    // No Secret is ever listed or watched, anywhere.
+    for doc in docs
+        .iter()
+        .filter(|d| d["kind"] == "ClusterRole" || d["kind"] == "Role")
+    {
+        for rule in doc["rules"].as_array().unwrap() {
+            if rule["resources"]
+                .as_array()
+                .unwrap()
+                .contains(&json!("secrets"))
+            {
+                assert_eq!(rule["verbs"], json!(["get"]), "{}", doc["metadata"]["name"]);
+            }
+        }
+    }
+    // Without inline stores the operator reads no Secret of any namespace it watches.
+    let deny = render("slatedb-system", &["--set", "inlineStores=Deny"]);
+    let rules = get(&deny, "ClusterRole", full)["rules"]
+        .as_array()
+        .unwrap()
+        .clone();
+    assert!(
+        rules.iter().all(|r| !r["resources"]
+            .as_array()
+            .unwrap()
+            .contains(&json!("secrets"))),
+        "{rules:?}"
+    );
+    assert!(container_args(&deny, full).contains(&"--inline-stores=deny".to_string()));
+    let selected = render(
+        "slatedb-system",
+        &["--set-json", r#"storeSelector={"team":"a","env":"prod"}"#],
+    );
+    assert!(
+        container_args(&selected, full).contains(&"--store-selector=env=prod,team=a".to_string())
+    );
+}
+
+#[test]
 fn the_operator_accepts_every_flag_the_chart_passes() {
     // The image's ENTRYPOINT is `slatedb-operator run` and the chart's args follow it: clap parses every
     // argument before it acts on a trailing --help, so an unknown flag or a bad value fails here.
@@ -728,13 +790,22 @@ async fn all_options_values_pass_server_side_dry_run() {
         assert!(counts.contains_key(kind), "no {kind} rendered: {counts:?}");
     }
     assert_eq!(
-        counts["Role"], 3,
-        "one per watched namespace plus the lease Role"
+        counts["Role"], 4,
+        "one per watched namespace, the lease Role and the store-credentials Role"
     );
-    assert!(
-        !counts.contains_key("ClusterRoleBinding"),
-        "watched namespaces only"
-    );
+    // The one cluster-wide grant is for the cluster-scoped DatabaseStores (and the labels of the
+    // namespaces that use them): nothing on checkpoints, clones or Secrets.
+    assert_eq!(counts["ClusterRoleBinding"], 1, "{counts:?}");
+    let stores = get(&docs, "ClusterRole", "slatedb-operator-all-stores");
+    for rule in stores["rules"].as_array().unwrap() {
+        for resource in rule["resources"].as_array().unwrap() {
+            let resource = resource.as_str().unwrap();
+            assert!(
+                resource.starts_with("databasestores") || resource == "namespaces",
+                "{resource} granted cluster-wide"
+            );
+        }
+    }
     let args = container_args(&docs, "slatedb-operator-all");
     assert!(args.contains(&format!(
         "--namespaces={},{}",

@@ -46,6 +46,7 @@ async fn examples_pass_server_side_dry_run() {
     example_manifests(&repo_path("examples"), &mut manifests);
     let names: Vec<&str> = manifests.iter().map(|(n, _)| n.as_str()).collect();
     for expected in [
+        "examples/database-store.yaml",
         "examples/nightly-checkpoint.yaml",
         "examples/pr-clone.yaml",
         "kustomize/overlays/pr-1234",
@@ -62,11 +63,13 @@ async fn examples_pass_server_side_dry_run() {
         if what.contains("examples/nightly-checkpoint.yaml") {
             let checkpoint = get(&docs, "DatabaseCheckpoint", "nightly");
             assert_eq!(checkpoint["spec"]["lifetime"], "48h");
-            assert!(checkpoint["spec"]["database"]["store"]["url"]
-                .as_str()
-                .unwrap()
-                .starts_with("s3://"));
-            assert!(checkpoint["spec"]["database"]["store"]["secretRef"]["name"].is_string());
+            assert_eq!(checkpoint["spec"]["database"]["store"]["ref"], "shared-s3");
+        }
+        if what.contains("examples/database-store.yaml") {
+            let store = get(&docs, "DatabaseStore", "shared-s3");
+            assert!(store["spec"]["url"].as_str().unwrap().starts_with("s3://"));
+            assert!(store["spec"]["credentials"]["secretRef"]["name"].is_string());
+            assert_eq!(store["spec"]["writePrefixes"][0], "{namespace}");
         }
         if what.contains("examples/pr-clone.yaml") {
             let clone = &docs[0];

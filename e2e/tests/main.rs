@@ -20,3 +20,4 @@ mod examples;
 mod faults;
 mod operations;
 mod restarts;
+mod tenants;

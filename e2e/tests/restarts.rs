@@ -204,10 +204,7 @@ async fn a_killed_and_restarted_apiserver_does_not_stop_the_clones() {
         .create(&PostParams::default(), &ns)
         .await
         .expect("creating the test namespace");
-    let env = TestEnv {
-        client,
-        namespace: NAMESPACE.into(),
-    };
+    let env = TestEnv::existing(client, NAMESPACE);
     let store = TestStore::new(StoreKind::File, NAMESPACE);
     let log_path = Path::new(env!("CARGO_TARGET_TMPDIR"))
         .join(format!("restarts-operator-{}.log", std::process::id()));

@@ -29,7 +29,24 @@ fn required_env(name: &str) -> String {
 pub struct TestEnv {
     pub client: Client,
     pub namespace: String,
+    /// The DatabaseStores the test made (cluster-scoped, so [`TestEnv::cleanup`] deletes them).
+    stores: std::sync::Mutex<Vec<String>>,
 }
+
+/// The label that picks the DatabaseStores an e2e operator serves (`--store-selector`): its
+/// namespace, so that concurrent tests' operators never touch each other's stores.
+pub const STORE_LABEL: &str = "slatedb.io/e2e-operator";
+
+/// The environment every e2e operator starts with: the cloud metadata endpoints its object-store
+/// clients would ask for an ambient identity point at a loopback port nothing listens on, so no
+/// test can reach a real metadata address even by mistake (a test may override them).
+const NO_METADATA: [(&str, &str); 2] = [
+    ("AWS_METADATA_ENDPOINT", "http://127.0.0.1:1"),
+    (
+        "AZURE_MSI_ENDPOINT",
+        "http://127.0.0.1:1/metadata/identity/oauth2/token",
+    ),
+];
 
 impl TestEnv {
     /// Connects to the cluster named by `KUBECONFIG`, makes sure both CRDs are installed and
@@ -57,7 +74,7 @@ impl TestEnv {
             .create(&PostParams::default(), &ns)
             .await
             .expect("creating the test namespace");
-        TestEnv { client, namespace }
+        TestEnv::existing(client, &namespace)
     }
 
     pub fn api<K>(&self) -> Api<K>
@@ -68,12 +85,56 @@ impl TestEnv {
         Api::namespaced(self.client.clone(), &self.namespace)
     }
 
-    /// Deletes the namespace; the namespace controller removes what is left in it.
+    /// A test environment in namespace `namespace`, which exists, through `client`.
+    pub fn existing(client: Client, namespace: &str) -> TestEnv {
+        TestEnv {
+            client,
+            namespace: namespace.into(),
+            stores: Default::default(),
+        }
+    }
+
+    /// Creates DatabaseStore `name` with `spec`, labelled for this test's operator unless
+    /// `served` is false, and returns it.
+    pub async fn create_store(&self, name: &str, spec: serde_json::Value, served: bool) -> String {
+        let labels = match served {
+            true => serde_json::json!({STORE_LABEL: self.namespace}),
+            false => serde_json::json!({}),
+        };
+        let store: slatedb_operator::api::DatabaseStore =
+            serde_json::from_value(serde_json::json!({
+                "apiVersion": "slatedb.io/v1alpha1", "kind": "DatabaseStore",
+                "metadata": {"name": name, "labels": labels}, "spec": spec
+            }))
+            .expect("a DatabaseStore manifest");
+        Api::<slatedb_operator::api::DatabaseStore>::all(self.client.clone())
+            .create(&PostParams::default(), &store)
+            .await
+            .unwrap_or_else(|e| panic!("creating DatabaseStore {name}: {e}"));
+        self.stores.lock().unwrap().push(name.to_string());
+        name.to_string()
+    }
+
+    /// Deletes the namespace (the namespace controller removes what is left in it) and the
+    /// test's DatabaseStores, releasing their in-use finalizers: the operator stops with the test.
     pub async fn cleanup(self) {
-        Api::<Namespace>::all(self.client)
+        Api::<Namespace>::all(self.client.clone())
             .delete(&self.namespace, &DeleteParams::default())
             .await
             .expect("deleting the test namespace");
+        let stores = Api::<slatedb_operator::api::DatabaseStore>::all(self.client.clone());
+        let names = self.stores.lock().unwrap().clone();
+        for name in names {
+            let _ = stores.delete(&name, &DeleteParams::default()).await;
+            let release = serde_json::json!({"metadata": {"finalizers": null}});
+            let _ = stores
+                .patch(
+                    &name,
+                    &kube::api::PatchParams::default(),
+                    &kube::api::Patch::Merge(&release),
+                )
+                .await;
+        }
     }
 
     /// Runs the cluster's kubectl in this test's namespace and returns its standard output.
@@ -129,6 +190,14 @@ where
     }
 }
 
+/// The value of `--namespaces` in `args` (the test namespace an operator serves), for its store
+/// selector.
+fn store_owner(args: &[&str]) -> String {
+    args.windows(2)
+        .find(|w| w[0] == "--namespaces")
+        .map_or("none".into(), |w| w[1].replace(',', "."))
+}
+
 /// The operator binary running as a child process, watching one test namespace; killed on drop.
 pub struct Operator {
     child: std::process::Child,
@@ -144,6 +213,16 @@ impl Operator {
         extra_env: &[(&str, &str)],
         extra_args: &[&str],
     ) -> Operator {
+        Operator::start_in(namespace, extra_env, extra_args, true)
+    }
+
+    /// Like [`Operator::start_with_args`]; `allow_local` passes `--allow-local-stores`.
+    pub fn start_in(
+        namespace: &str,
+        extra_env: &[(&str, &str)],
+        extra_args: &[&str],
+        allow_local: bool,
+    ) -> Operator {
         let log =
             std::fs::File::create(std::env::temp_dir().join(format!("operator-{namespace}.log")))
                 .expect("creating the operator log");
@@ -157,14 +236,18 @@ impl Operator {
                 "--admin-timeout-seconds",
                 "10",
             ])
+            .args(["--max-backoff-seconds", "5"])
             // The test stores are file:// and an S3 server on loopback.
-            .args(["--max-backoff-seconds", "5", "--allow-local-stores"])
+            .args(allow_local.then_some("--allow-local-stores"))
+            .args(["--operator-namespace", namespace])
+            .arg(format!("--store-selector={STORE_LABEL}={namespace}"))
             .args(if extra_args.contains(&"--http-port") {
                 &[][..]
             } else {
                 &["--http-port", "0"][..]
             })
             .args(extra_args)
+            .envs(NO_METADATA)
             .envs(extra_env.iter().copied())
             .env("RUST_LOG", "info,slatedb=warn,slatedb_operator=info")
             .stdout(log.try_clone().unwrap())
@@ -195,7 +278,9 @@ impl Operator {
                 "--allow-local-stores",
             ])
             .args(args)
+            .arg(format!("--store-selector={STORE_LABEL}={}", store_owner(args)))
             .env("KUBECONFIG", kubeconfig)
+            .envs(NO_METADATA)
             .envs(env.iter().copied())
             .env(
                 "RUST_LOG",

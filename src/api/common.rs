@@ -1,18 +1,29 @@
 //! Types shared by both kinds: object-store locations, validated strings, checksums, conditions.
 
 use k8s_openapi::apimachinery::pkg::apis::meta::v1::{Condition, Time};
+use kube::KubeSchema;
 use schemars::{json_schema, JsonSchema, Schema, SchemaGenerator};
 use serde::{Deserialize, Serialize};
 use std::borrow::Cow;
 use std::time::Duration;
 
-/// Where a database's objects live.
-#[derive(Serialize, Deserialize, Clone, Debug, PartialEq, Eq, JsonSchema)]
+/// Where a database's objects live: a `DatabaseStore` by name (`ref`), or, where the operator
+/// allows inline stores, a URL with the Secret holding its credentials.
+#[derive(KubeSchema, Serialize, Deserialize, Clone, Debug, PartialEq, Eq)]
 #[serde(rename_all = "camelCase")]
+#[x_kube(validation = Rule::new("has(self.ref) != has(self.url)")
+    .message("store needs exactly one of ref (a DatabaseStore) or url (an inline store)"))]
+#[x_kube(validation = Rule::new("!has(self.ref) || (!has(self.secretRef) && !has(self.walUrl))")
+    .message("a store ref takes no secretRef or walUrl: the DatabaseStore holds them"))]
 pub struct StoreSpec {
-    /// Object-store URL: `file:///dir`, `s3://bucket[/prefix]`, `gs://bucket[/prefix]` or
-    /// `az://container[/prefix]`.
-    pub url: StoreUrl,
+    /// Name of a DatabaseStore an administrator made available to this namespace.
+    #[serde(rename = "ref", default, skip_serializing_if = "Option::is_none")]
+    #[schemars(length(min = 1, max = 253))]
+    pub store_ref: Option<String>,
+    /// Object-store URL of an inline store: `file:///dir`, `s3://bucket[/prefix]`,
+    /// `gs://bucket[/prefix]` or `az://container[/prefix]`.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub url: Option<StoreUrl>,
     /// A Secret in the same namespace whose keys are object-store options, for example
     /// `AWS_ACCESS_KEY_ID`, `AWS_SECRET_ACCESS_KEY`, `AWS_ENDPOINT`, `AWS_REGION`.
     #[serde(default, skip_serializing_if = "Option::is_none")]
@@ -20,6 +31,28 @@ pub struct StoreSpec {
     /// Object-store URL of a separate WAL store, when the database keeps its WAL apart.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub wal_url: Option<StoreUrl>,
+}
+
+impl StoreSpec {
+    /// An inline store of `url` without a Secret.
+    pub fn inline(url: &str) -> StoreSpec {
+        StoreSpec {
+            store_ref: None,
+            url: Some(StoreUrl(url.into())),
+            secret_ref: None,
+            wal_url: None,
+        }
+    }
+}
+
+impl std::fmt::Display for StoreSpec {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        match (&self.store_ref, &self.url) {
+            (Some(name), _) => write!(f, "DatabaseStore {name}"),
+            (None, Some(url)) => f.write_str(&url.0),
+            (None, None) => f.write_str("no store"),
+        }
+    }
 }
 
 /// A reference to a Secret in the namespace of the referring object.

@@ -27,6 +27,13 @@ pub mod reason {
     pub const INVALID_SECRET: &str = "InvalidSecret";
     /// Others hold checkpoints of the object's data (see `DeletionBlocked`, `ExpiryBlocked`).
     pub const DEPENDENTS_EXIST: &str = "DependentsExist";
+    /// The DatabaseStore an object names does not exist.
+    pub const STORE_NOT_FOUND: &str = "StoreNotFound";
+    /// The store does not allow this use: not this namespace or path, or an inline store the
+    /// operator's policy refuses.
+    pub const STORE_NOT_ALLOWED: &str = "StoreNotAllowed";
+    /// A DatabaseStore's configuration cannot be used as it is.
+    pub const INVALID_STORE: &str = "InvalidStore";
     /// An object the data needs is gone from the store.
     pub const SOURCE_DATA_MISSING: &str = "SourceDataMissing";
 }

@@ -4,10 +4,12 @@ mod checkpoint;
 mod clone;
 mod common;
 pub mod conditions;
+pub mod store;
 
 pub use checkpoint::*;
 pub use clone::*;
 pub use common::*;
+pub use store::{DatabaseStore, DatabaseStoreSpec, DatabaseStoreStatus};
 
 #[cfg(test)]
 mod tests;

@@ -8,7 +8,7 @@ use super::conditions::is_true;
 use super::Problem;
 use crate::api::{
     CheckpointPhase, ClonePhase, DatabaseCheckpoint, DatabaseCheckpointStatus, DatabaseClone,
-    DatabaseCloneStatus, StoreSpec, StoreUrl,
+    DatabaseCloneStatus, StoreSpec,
 };
 use crate::engine::{
     CheckpointInfo, CloneProgress, CloneReport, CloneStep, Fault, Fingerprint, Obtained,
@@ -172,11 +172,7 @@ fn store() -> impl Strategy<Value = StoreSpec> {
         Just("file:///data".to_string()),
         Just("s3://bucket/prefix".to_string())
     ]
-    .prop_map(|url| StoreSpec {
-        url: StoreUrl(url),
-        secret_ref: None,
-        wal_url: None,
-    })
+    .prop_map(|url| StoreSpec::inline(&url))
 }
 
 fn work() -> impl Strategy<Value = Work> {
@@ -429,11 +425,7 @@ fn reachable(object: &DatabaseClone, job: bool, work: Work) -> Work {
         _ if settled => Work::Settled(Default::default()),
         Work::Waiting(_) | Work::Startable(_) => work,
         Work::Finished(Err(p)) => Work::Waiting(p),
-        _ => Work::Startable(StoreSpec {
-            url: StoreUrl("file:///data".into()),
-            secret_ref: None,
-            wal_url: None,
-        }),
+        _ => Work::Startable(StoreSpec::inline("file:///data")),
     }
 }
 
@@ -986,11 +978,7 @@ proptest! {
 #[test]
 fn clone_decide_survives_attempts_at_the_maximum() {
     let object = unchecked_clone("1h", Some(i32::MAX));
-    let store = StoreSpec {
-        url: StoreUrl("file:///data".into()),
-        secret_ref: None,
-        wal_url: None,
-    };
+    let store = StoreSpec::inline("file:///data");
     let _ = clone::decide(
         &object,
         &Work::Startable(store),

@@ -9,8 +9,8 @@
 //! - further files for the kind's own concerns (the clone's source resolution and work pool, the
 //!   checkpoint's observation of SlateDB).
 //!
-//! Beside them: [`conditions`] (condition bookkeeping), [`stores`] (opening the stores objects
-//! name, with their Secrets), [`store_policy`] (which inline stores may be opened at all), [`runtime`] (leader election, the controllers' tasks), [`server`]
+//! Beside them: [`conditions`] (condition bookkeeping), [`store`] (the DatabaseStore kind's controller), [`stores`]
+//! (opening the stores objects name: DatabaseStores and inline stores, with their Secrets), [`store_policy`] (which inline stores may be opened at all), [`runtime`] (leader election, the controllers' tasks), [`server`]
 //! (`/healthz`, `/readyz`, `/metrics`) and [`metrics`].
 
 pub mod checkpoint;
@@ -22,6 +22,7 @@ pub mod metrics;
 pub mod runtime;
 pub mod server;
 pub mod shell;
+pub mod store;
 pub mod store_policy;
 pub mod stores;
 
@@ -52,6 +53,13 @@ pub struct Settings {
     pub health_check_period: Option<Duration>,
     /// Which inline stores objects may use.
     pub store_policy: store_policy::StorePolicy,
+    /// The namespace the operator runs in, where DatabaseStores' credentials Secrets live.
+    pub operator_namespace: String,
+    /// The namespaces whose objects the operator reconciles; empty means all.
+    pub namespaces: Vec<String>,
+    /// The labels of the DatabaseStores this operator serves (all when empty), so several
+    /// operators can share a cluster.
+    pub store_selector: std::collections::BTreeMap<String, String>,
 }
 
 impl Default for Settings {
@@ -63,6 +71,9 @@ impl Default for Settings {
             clone_concurrency: 8,
             health_check_period: Some(Duration::from_secs(600)),
             store_policy: store_policy::StorePolicy::default(),
+            operator_namespace: "default".into(),
+            namespaces: Vec::new(),
+            store_selector: Default::default(),
         }
     }
 }
@@ -132,13 +143,9 @@ impl Context {
     /// An Api over one namespace, or over all.
     pub fn scoped_api<K>(&self, namespace: Option<&str>) -> Api<K>
     where
-        K: kube::Resource<Scope = k8s_openapi::NamespaceResourceScope>,
-        <K as kube::Resource>::DynamicType: Default,
+        K: kube::Resource<Scope = k8s_openapi::NamespaceResourceScope, DynamicType = ()>,
     {
-        match namespace {
-            Some(namespace) => Api::namespaced(self.client.clone(), namespace),
-            None => Api::all(self.client.clone()),
-        }
+        shell::namespaced_api(self.client.clone(), namespace)
     }
 
     /// Registers a starting controller; readiness waits for its cache to sync.

@@ -1,7 +1,7 @@
 //! Assembles the running operator: probes and metrics endpoint, leader election, and the
 //! controllers of each watched namespace.
 
-use super::{checkpoint, clone, server, Context, Settings};
+use super::{checkpoint, clone, server, store, Context, Settings};
 use futures::future::join_all;
 use kube::Client;
 use kube_lease_manager::LeaseManagerBuilder;
@@ -24,9 +24,8 @@ pub struct LeaderElection {
 
 #[derive(Clone, Debug)]
 pub struct OperatorOptions {
+    /// The settings, among them the namespaces to watch.
     pub settings: Settings,
-    /// Namespaces to watch; empty watches all.
-    pub namespaces: Vec<String>,
     pub run_checkpoints: bool,
     pub run_clones: bool,
     pub http_address: Option<SocketAddr>,
@@ -75,12 +74,16 @@ pub async fn run(client: Client, options: OperatorOptions) -> Result<(), String>
             }
         });
     }
-    let scopes: Vec<Option<String>> = if options.namespaces.is_empty() {
+    let namespaces = &options.settings.namespaces;
+    let scopes: Vec<Option<String>> = if namespaces.is_empty() {
         vec![None]
     } else {
-        options.namespaces.iter().cloned().map(Some).collect()
+        namespaces.iter().cloned().map(Some).collect()
     };
     let mut tasks: Vec<Task> = Vec::new();
+    if options.run_checkpoints || options.run_clones {
+        tasks.push(Box::pin(store::run(ctx.clone())));
+    }
     for namespace in scopes {
         if options.run_checkpoints {
             tasks.push(Box::pin(checkpoint::run(ctx.clone(), namespace.clone())));

@@ -12,7 +12,7 @@ use kube::runtime::controller::Action;
 use kube::runtime::finalizer::{finalizer, Event as FinalizerEvent};
 use kube::runtime::reflector::Store;
 use kube::runtime::{watcher, Controller};
-use kube::{Api, Resource, ResourceExt};
+use kube::{Api, Client, Resource, ResourceExt};
 use serde::de::DeserializeOwned;
 use serde::Serialize;
 use std::fmt::Debug;
@@ -23,17 +23,18 @@ use tracing::Instrument;
 
 /// What a kind's controller provides to the shared shell.
 pub trait Reconcile:
-    Resource<DynamicType = (), Scope = NamespaceResourceScope>
-    + Clone
-    + Debug
-    + DeserializeOwned
-    + Serialize
-    + Send
-    + Sync
-    + 'static
+    Resource<DynamicType = ()> + Clone + Debug + DeserializeOwned + Serialize + Send + Sync + 'static
 {
     /// Held while the object's data must be cleaned up with it.
     const CLEANUP_FINALIZER: &'static str;
+
+    /// The kind's API in `namespace` (all namespaces when `None`; cluster-scoped kinds ignore it).
+    fn api(client: Client, namespace: Option<&str>) -> Api<Self>;
+
+    /// The watch of the kind's controller.
+    fn watch_config(_ctx: &Context) -> watcher::Config {
+        watcher::Config::default().any_semantic()
+    }
 
     /// Brings the world in line with the object (finalizer present, not being deleted).
     fn apply(
@@ -52,8 +53,9 @@ pub trait Reconcile:
 pub async fn reconcile<K: Reconcile>(object: Arc<K>, ctx: Arc<Context>) -> Result<Action, Error> {
     let kind = K::kind(&());
     let _timer = ctx.metrics.reconcile(&kind);
-    let namespace = object.namespace().unwrap_or_default();
-    let api = Api::<K>::namespaced(ctx.client.clone(), &namespace);
+    let namespace = object.namespace();
+    let api = K::api(ctx.client.clone(), namespace.as_deref());
+    let namespace = namespace.unwrap_or_default();
     let span = tracing::info_span!("reconcile", kind = %kind, namespace = %namespace, name = %object.name_any());
     // The watch cache may lag our own writes (the finalizer, the status): a stale copy would make
     // the finalizer patch fail its precondition, and decisions must build on the stored status.
@@ -79,6 +81,17 @@ pub async fn reconcile<K: Reconcile>(object: Arc<K>, ctx: Arc<Context>) -> Resul
 /// The error policy of every kind: count, log, and retry with per-object backoff.
 pub fn error_policy<K: Reconcile>(object: Arc<K>, error: &Error, ctx: Arc<Context>) -> Action {
     ctx.requeue_after_error(&K::kind(&()), object.as_ref(), error)
+}
+
+/// [`Reconcile::api`] of a namespaced kind.
+pub fn namespaced_api<K>(client: Client, namespace: Option<&str>) -> Api<K>
+where
+    K: Resource<DynamicType = (), Scope = NamespaceResourceScope>,
+{
+    match namespace {
+        Some(namespace) => Api::namespaced(client, namespace),
+        None => Api::all(client),
+    }
 }
 
 /// A decision's "look again after" as the controller's action: no delay waits for a change.
@@ -119,11 +132,8 @@ pub fn controller<K: Reconcile>(
     ctx: &Arc<Context>,
     namespace: Option<&str>,
 ) -> (Controller<K>, Store<K>) {
-    let controller = Controller::new(
-        ctx.scoped_api::<K>(namespace),
-        watcher::Config::default().any_semantic(),
-    )
-    .trigger_backoff(WatchBackoff::default());
+    let controller = Controller::new(K::api(ctx.client.clone(), namespace), K::watch_config(ctx))
+        .trigger_backoff(WatchBackoff::default());
     let store = controller.store();
     ctx.controller_started(store.clone());
     (controller, store)

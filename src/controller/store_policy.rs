@@ -139,58 +139,73 @@ fn local_host(endpoint: &str) -> Option<bool> {
     }
 }
 
+/// What the options of a store amount to.
+struct Options {
+    /// An option naming explicit credentials is present.
+    credentials: bool,
+    /// The first option that points the client at the operator's own identity or files.
+    identity: Option<String>,
+}
+
+fn scheme_of(url: &str) -> &str {
+    url.split_once("://").map_or("", |(scheme, _)| scheme)
+}
+
+/// The option that makes a backend send unsigned requests: an object store client without
+/// credentials otherwise asks the machine's metadata service for the operator's identity.
+fn anonymous_option(scheme: &str) -> Option<&'static str> {
+    match scheme {
+        "s3" | "s3a" => Some("aws_skip_signature"),
+        "gs" => Some("google_skip_signature"),
+        "az" | "adl" | "azure" | "abfs" | "abfss" => Some("azure_skip_signature"),
+        _ => None,
+    }
+}
+
 impl StorePolicy {
-    /// Why the inline store `config` may not be opened, in words naming the rule and the fix;
-    /// `None` when it may.
-    pub fn refuse_inline(&self, config: &StoreConfig) -> Option<String> {
-        if self.inline == InlineStores::Deny {
-            return Some(
-                "inline stores are turned off on this cluster (--inline-stores=Deny); ask an \
-                 administrator for a store this namespace may use"
-                    .into(),
-            );
-        }
+    /// `file://` and `memory://` URLs, and endpoint options: link-local and metadata addresses
+    /// never pass, loopback only with `--allow-local-stores` or when `loopback_trusted` (a store
+    /// an administrator made). Returns what the options amount to.
+    fn check_reach(&self, config: &StoreConfig, loopback_trusted: bool) -> Result<Options, String> {
         let urls = std::iter::once(&config.url).chain(config.wal_url.as_ref());
         for url in urls {
-            let scheme = url.split_once("://").map_or("", |(scheme, _)| scheme);
+            let scheme = scheme_of(url);
             if matches!(scheme, "file" | "memory") && !self.allow_local {
-                return Some(format!(
+                return Err(format!(
                     "{url}: {scheme}:// stores reach the operator's own filesystem or memory and \
                      are allowed only when the operator runs with --allow-local-stores"
                 ));
             }
         }
-        let scheme = config
-            .url
-            .split_once("://")
-            .map_or("", |(scheme, _)| scheme);
-        let mut credentials = matches!(scheme, "file" | "memory");
+        let scheme = scheme_of(&config.url);
+        let loopback_allowed = self.allow_local || loopback_trusted;
+        let mut found = Options {
+            credentials: matches!(scheme, "file" | "memory"),
+            identity: None,
+        };
         for (key, value) in &config.options {
             match role(scheme, key) {
                 Some(Role::Identity) => {
-                    return Some(format!(
-                        "option {key} points the operator at its own identity or files; an inline \
-                         store must bring its own credentials"
-                    ))
+                    found.identity.get_or_insert_with(|| key.clone());
                 }
-                Some(Role::Credential) => credentials = true,
+                Some(Role::Credential) => found.credentials = true,
                 Some(Role::Endpoint) => match local_host(value) {
                     Some(true) => {
-                        return Some(format!(
+                        return Err(format!(
                             "option {key} points at a link-local or metadata address ({value}), \
                              which no store may use"
                         ))
                     }
-                    Some(false) if !self.allow_local => {
-                        return Some(format!(
+                    Some(false) if !loopback_allowed => {
+                        return Err(format!(
                             "option {key} points at the operator's own loopback ({value}), allowed \
                              only when the operator runs with --allow-local-stores"
                         ))
                     }
                     _ => {}
                 },
-                Some(Role::Loopback) if !self.allow_local => {
-                    return Some(format!(
+                Some(Role::Loopback) if !loopback_allowed => {
+                    return Err(format!(
                         "option {key} points at the operator's own loopback, allowed only when the \
                          operator runs with --allow-local-stores"
                     ))
@@ -198,14 +213,81 @@ impl StorePolicy {
                 _ => {}
             }
         }
-        if self.inline == InlineStores::WithCredentials && !credentials {
-            return Some(format!(
+        Ok(found)
+    }
+
+    /// The inline store `config` as it may be opened, or why it may not, in words naming the
+    /// rule and the fix. Under `Allow`, a store without credentials is opened anonymous: it
+    /// never falls back to the operator's identity.
+    pub fn admit_inline(&self, mut config: StoreConfig) -> Result<StoreConfig, String> {
+        if self.inline == InlineStores::Deny {
+            return Err(
+                "inline stores are turned off on this cluster (--inline-stores=Deny); use a \
+                 DatabaseStore an administrator made for this namespace (store: {ref: NAME})"
+                    .into(),
+            );
+        }
+        let found = self.check_reach(&config, false)?;
+        if let Some(key) = found.identity {
+            return Err(format!(
+                "option {key} points the operator at its own identity or files; an inline store \
+                 must bring its own credentials"
+            ));
+        }
+        if found.credentials {
+            return Ok(config);
+        }
+        let scheme = scheme_of(&config.url).to_string();
+        if self.inline == InlineStores::WithCredentials {
+            return Err(format!(
                 "an inline {scheme}:// store needs explicit credentials in the Secret its \
                  secretRef names (for S3 AWS_ACCESS_KEY_ID and AWS_SECRET_ACCESS_KEY); without \
                  them the operator would use its own identity (--inline-stores=WithCredentials)"
             ));
         }
-        None
+        if let Some(option) = anonymous_option(&scheme) {
+            config.options.insert(option.into(), "true".into());
+        }
+        Ok(config)
+    }
+
+    /// Why the store an administrator made (a DatabaseStore) may not be opened as `config`, in
+    /// words naming the rule and the fix; `None` when it may. Loopback endpoints are the
+    /// administrator's choice; the operator's own identity only with `ambient`.
+    pub fn refuse_database_store(&self, config: &StoreConfig) -> Option<String> {
+        let found = match self.check_reach(config, true) {
+            Ok(found) => found,
+            Err(message) => return Some(message),
+        };
+        if config.ambient {
+            return None;
+        }
+        if let Some(key) = found.identity {
+            return Some(format!(
+                "option {key} points the operator at its own identity or files; set \
+                 credentials.ambient: true to let this store use the operator's identity"
+            ));
+        }
+        (!found.credentials).then(|| {
+            "the credentials Secret holds no credentials (for S3 AWS_ACCESS_KEY_ID and \
+             AWS_SECRET_ACCESS_KEY); add them, or set credentials.ambient: true to use the \
+             operator's own identity"
+                .into()
+        })
+    }
+
+    /// The first of `options` (a DatabaseStore's `spec.options`) that holds a credential or
+    /// points at an identity: those belong in the credentials Secret or behind `ambient`.
+    pub fn secret_option_in_spec<'a>(
+        scheme: &str,
+        options: impl IntoIterator<Item = &'a String>,
+    ) -> Option<&'a String> {
+        options.into_iter().find(|key| {
+            matches!(
+                role(scheme, key),
+                Some(Role::Credential) | Some(Role::Identity)
+            )
+        })
     }
 }
 
@@ -217,6 +299,10 @@ mod tests {
         StoreConfig::with_options(url, options)
     }
 
+    fn refused(policy: &StorePolicy, config: &StoreConfig) -> Option<String> {
+        policy.admit_inline(config.clone()).err()
+    }
+
     const KEYS: [(&str, &str); 2] = [
         ("AWS_ACCESS_KEY_ID", "id"),
         ("AWS_SECRET_ACCESS_KEY", "secret"),
@@ -225,8 +311,8 @@ mod tests {
     #[test]
     fn with_credentials_needs_them_and_never_an_identity_option() {
         let policy = StorePolicy::default();
-        assert_eq!(policy.refuse_inline(&config("s3://b/p", &KEYS)), None);
-        let none = policy.refuse_inline(&config("s3://b/p", &[])).unwrap();
+        assert_eq!(refused(&policy, &config("s3://b/p", &KEYS)), None);
+        let none = refused(&policy, &config("s3://b/p", &[])).unwrap();
         assert!(none.contains("explicit credentials"), "{none}");
         for identity in [
             "AWS_WEB_IDENTITY_TOKEN_FILE",
@@ -238,7 +324,7 @@ mod tests {
         ] {
             let mut options = KEYS.to_vec();
             options.push((identity, "x"));
-            let refused = policy.refuse_inline(&config("s3://b/p", &options)).unwrap();
+            let refused = refused(&policy, &config("s3://b/p", &options)).unwrap();
             assert!(refused.contains(identity), "{refused}");
         }
         for (url, key) in [
@@ -248,11 +334,11 @@ mod tests {
             ("az://c", "azure_msi_endpoint"),
             ("az://c", "azure_use_azure_cli"),
         ] {
-            let refused = policy.refuse_inline(&config(url, &[(key, "x")])).unwrap();
+            let refused = refused(&policy, &config(url, &[(key, "x")])).unwrap();
             assert!(refused.contains(key), "{refused}");
         }
         let gcs = config("gs://b", &[("GOOGLE_SERVICE_ACCOUNT_KEY", "{}")]);
-        assert_eq!(policy.refuse_inline(&gcs), None);
+        assert_eq!(refused(&policy, &gcs), None);
     }
 
     #[test]
@@ -263,11 +349,10 @@ mod tests {
             ..Default::default()
         };
         let file = config("file:///data", &[]);
-        assert!(strict
-            .refuse_inline(&file)
+        assert!(refused(&strict, &file)
             .unwrap()
             .contains("--allow-local-stores"));
-        assert_eq!(local.refuse_inline(&file), None);
+        assert_eq!(refused(&local, &file), None);
         for endpoint in [
             "http://127.0.0.1:9000",
             "http://localhost:9000",
@@ -277,10 +362,10 @@ mod tests {
             options.push(("AWS_ENDPOINT", endpoint));
             let s3 = config("s3://b", &options);
             assert!(
-                strict.refuse_inline(&s3).unwrap().contains("loopback"),
+                refused(&strict, &s3).unwrap().contains("loopback"),
                 "{endpoint}"
             );
-            assert_eq!(local.refuse_inline(&s3), None, "{endpoint}");
+            assert_eq!(refused(&local, &s3), None, "{endpoint}");
         }
         for endpoint in [
             "http://169.254.169.254",
@@ -289,12 +374,12 @@ mod tests {
         ] {
             let mut options = KEYS.to_vec();
             options.push(("AWS_ENDPOINT", endpoint));
-            let refused = local.refuse_inline(&config("s3://b", &options)).unwrap();
+            let refused = refused(&local, &config("s3://b", &options)).unwrap();
             assert!(refused.contains("link-local"), "{endpoint}: {refused}");
         }
         let mut proxied = KEYS.to_vec();
         proxied.push(("aws_proxy_url", "http://169.254.170.2"));
-        assert!(local.refuse_inline(&config("s3://b", &proxied)).is_some());
+        assert!(refused(&local, &config("s3://b", &proxied)).is_some());
         let emulator = config(
             "az://c",
             &[
@@ -302,8 +387,8 @@ mod tests {
                 ("AZURE_STORAGE_ACCOUNT_KEY", "k"),
             ],
         );
-        assert!(strict.refuse_inline(&emulator).is_some());
-        assert_eq!(local.refuse_inline(&emulator), None);
+        assert!(refused(&strict, &emulator).is_some());
+        assert_eq!(refused(&local, &emulator), None);
     }
 
     #[test]
@@ -312,17 +397,81 @@ mod tests {
             inline: InlineStores::Allow,
             allow_local: false,
         };
-        assert_eq!(allow.refuse_inline(&config("s3://b", &[])), None);
-        assert!(allow
-            .refuse_inline(&config("s3://b", &[("AWS_WEB_IDENTITY_TOKEN_FILE", "/t")]))
-            .is_some());
+        assert_eq!(refused(&allow, &config("s3://b", &[])), None);
+        assert!(refused(
+            &allow,
+            &config("s3://b", &[("AWS_WEB_IDENTITY_TOKEN_FILE", "/t")])
+        )
+        .is_some());
         let deny = StorePolicy {
             inline: InlineStores::Deny,
             allow_local: true,
         };
-        assert!(deny
-            .refuse_inline(&config("s3://b", &KEYS))
+        assert!(refused(&deny, &config("s3://b", &KEYS))
             .unwrap()
             .contains("Deny"));
+    }
+
+    #[test]
+    fn allow_opens_a_store_without_credentials_unsigned_never_with_the_operators_identity() {
+        let allow = StorePolicy {
+            inline: InlineStores::Allow,
+            allow_local: false,
+        };
+        for (url, option) in [
+            ("s3://b", "aws_skip_signature"),
+            ("gs://b", "google_skip_signature"),
+            ("az://c", "azure_skip_signature"),
+        ] {
+            let admitted = allow.admit_inline(config(url, &[])).unwrap();
+            assert_eq!(
+                admitted.options.get(option).map(String::as_str),
+                Some("true")
+            );
+            assert!(!admitted.ambient);
+        }
+        let signed = allow.admit_inline(config("s3://b", &KEYS)).unwrap();
+        assert!(!signed.options.contains_key("aws_skip_signature"));
+    }
+
+    #[test]
+    fn a_database_store_needs_credentials_or_ambient_and_may_use_loopback() {
+        let policy = StorePolicy::default();
+        let mut keys = KEYS.to_vec();
+        keys.push(("AWS_ENDPOINT", "http://127.0.0.1:9000"));
+        assert_eq!(policy.refuse_database_store(&config("s3://b", &keys)), None);
+        let bare = config("s3://b", &[("AWS_REGION", "eu-west-1")]);
+        let refused = policy.refuse_database_store(&bare).unwrap();
+        assert!(refused.contains("ambient: true"), "{refused}");
+        let ambient = StoreConfig {
+            ambient: true,
+            ..bare.clone()
+        };
+        assert_eq!(policy.refuse_database_store(&ambient), None);
+        let token_file = config("s3://b", &[("AWS_WEB_IDENTITY_TOKEN_FILE", "/t")]);
+        assert!(policy
+            .refuse_database_store(&token_file)
+            .unwrap()
+            .contains("AWS_WEB_IDENTITY_TOKEN_FILE"));
+        let link_local = StoreConfig {
+            ambient: true,
+            ..config("s3://b", &[("AWS_ENDPOINT", "http://169.254.169.254")])
+        };
+        assert!(policy
+            .refuse_database_store(&link_local)
+            .unwrap()
+            .contains("link-local"));
+        assert!(policy
+            .refuse_database_store(&config("file:///data", &[]))
+            .unwrap()
+            .contains("--allow-local-stores"));
+        let options = [
+            "AWS_REGION".to_string(),
+            "aws_secret_access_key".to_string(),
+        ];
+        assert_eq!(
+            StorePolicy::secret_option_in_spec("s3", &options),
+            Some(&options[1])
+        );
     }
 }

@@ -26,6 +26,10 @@ pub struct StoreConfig {
     /// Skip options the backend does not know instead of failing (for options gathered from the
     /// environment, which holds unrelated variables too).
     pub ignore_unknown_options: bool,
+    /// Start from the backend's settings in this process's environment (`AWS_*`, `GOOGLE_*`,
+    /// `AZURE_*`: the process's own identity, such as an instance role or a web-identity token)
+    /// before applying `options`. Only a store an administrator marked `ambient` sets this.
+    pub ambient: bool,
 }
 
 /// An opened store, rooted at the URL's path, so database paths are relative to it.
@@ -59,7 +63,7 @@ impl Store {
             tracing::warn!(?plan, "injecting object-store faults ({FAULTS_ENV} is set)");
         }
         let layered = |url: &str| -> Result<Arc<dyn ObjectStore>, EngineError> {
-            let store = open_url(url, &config.options, config.ignore_unknown_options)?;
+            let store = open_url(url, config)?;
             let counted = Arc::new(InstrumentedStore::new(store, faults.clone()));
             Ok(Arc::new(RetryingStore::new(counted, StoreRetry::default())))
         };
@@ -68,17 +72,34 @@ impl Store {
         Ok(Store { main, wal })
     }
 
+    /// Whether the store answers and accepts its credentials: one listing of a prefix no database
+    /// uses, in each of its stores, within `timeout`. Writes nothing.
+    pub async fn probe(&self, timeout: std::time::Duration) -> Result<(), EngineError> {
+        let prefix = Path::from(".slatedb-operator-probe");
+        for store in std::iter::once(&self.main).chain(self.wal.as_ref()) {
+            let operation = "probe the store";
+            match tokio::time::timeout(timeout, store.list_with_delimiter(Some(&prefix))).await {
+                Ok(Ok(_)) => {}
+                Ok(Err(source)) => return Err(EngineError::Store { operation, source }),
+                Err(_) => {
+                    return Err(EngineError::Timeout {
+                        operation,
+                        after: timeout,
+                    })
+                }
+            }
+        }
+        Ok(())
+    }
+
     /// The store holding WAL objects: the WAL store if there is one, else the main store.
     pub fn wal_or_main(&self) -> &Arc<dyn ObjectStore> {
         self.wal.as_ref().unwrap_or(&self.main)
     }
 }
 
-fn open_url(
-    url: &str,
-    options: &BTreeMap<String, String>,
-    lenient: bool,
-) -> Result<Arc<dyn ObjectStore>, EngineError> {
+fn open_url(url: &str, config: &StoreConfig) -> Result<Arc<dyn ObjectStore>, EngineError> {
+    let (options, lenient) = (&config.options, config.ignore_unknown_options);
     let invalid = |reason: String| EngineError::InvalidUrl {
         url: url.to_string(),
         reason,
@@ -101,21 +122,33 @@ fn open_url(
             Arc::new(InMemory::new())
         }
         ObjectStoreScheme::AmazonS3 => {
-            let mut builder = AmazonS3Builder::new().with_url(url);
+            let builder = match config.ambient {
+                true => AmazonS3Builder::from_env(),
+                false => AmazonS3Builder::new(),
+            };
+            let mut builder = builder.with_url(url);
             for (key, value) in parse_options::<AmazonS3ConfigKey>(options, lenient, "s3")? {
                 builder = builder.with_config(key, value);
             }
             Arc::new(builder.build().map_err(config_error)?)
         }
         ObjectStoreScheme::GoogleCloudStorage => {
-            let mut builder = GoogleCloudStorageBuilder::new().with_url(url);
+            let builder = match config.ambient {
+                true => GoogleCloudStorageBuilder::from_env(),
+                false => GoogleCloudStorageBuilder::new(),
+            };
+            let mut builder = builder.with_url(url);
             for (key, value) in parse_options::<GoogleConfigKey>(options, lenient, "gcs")? {
                 builder = builder.with_config(key, value);
             }
             Arc::new(builder.build().map_err(config_error)?)
         }
         ObjectStoreScheme::MicrosoftAzure => {
-            let mut builder = MicrosoftAzureBuilder::new().with_url(url);
+            let builder = match config.ambient {
+                true => MicrosoftAzureBuilder::from_env(),
+                false => MicrosoftAzureBuilder::new(),
+            };
+            let mut builder = builder.with_url(url);
             for (key, value) in parse_options::<AzureConfigKey>(options, lenient, "azure")? {
                 builder = builder.with_config(key, value);
             }

@@ -94,7 +94,10 @@ retry fits in the renewal window.
 - apiGroups: ["events.k8s.io"]
   resources: ["events"]
   verbs: ["create", "patch"]
+{{- if ne .Values.inlineStores "Deny" }}
+# The Secrets inline stores name: read one by one, never listed or watched.
 - apiGroups: [""]
   resources: ["secrets"]
   verbs: ["get"]
+{{- end }}
 {{- end }}

@@ -10,6 +10,7 @@ pub use decide::{decide, Decision, Dependents, Observation};
 
 use crate::api::{CheckpointSourceMode, DatabaseCheckpoint, DatabaseClone, DeletionPolicy};
 use crate::controller::shell::{self, Reconcile};
+use crate::controller::store;
 use crate::controller::stores::leave_data_behind;
 use crate::controller::{Context, Error, Notice, Problem};
 use crate::engine::{EngineError, Fault};
@@ -32,6 +33,10 @@ pub const PROTECTION_FINALIZER: &str = "slatedb.io/clone-source-protection";
 
 impl Reconcile for DatabaseCheckpoint {
     const CLEANUP_FINALIZER: &'static str = CLEANUP_FINALIZER;
+
+    fn api(client: kube::Client, namespace: Option<&str>) -> Api<Self> {
+        shell::namespaced_api(client, namespace)
+    }
 
     async fn apply(object: Arc<Self>, ctx: Arc<Context>) -> Result<Action, Error> {
         apply(&object, &ctx).await
@@ -208,12 +213,16 @@ async fn delete_slatedb_checkpoints(
     Ok(())
 }
 
-/// Runs the checkpoint controller until a shutdown signal: woken by its objects and by the clones
-/// that reference them. It reads only the Secrets its objects name, and watches none: a Secret
-/// created after its object is picked up by the retry of the `SecretNotFound` wait.
+/// Runs the checkpoint controller until a shutdown signal: woken by its objects, by the
+/// DatabaseStores they name and by the clones that reference them. It reads only the Secrets its
+/// stores name, and watches none: a Secret created after its object is picked up by the retry of
+/// the `SecretNotFound` wait.
 pub async fn run(ctx: Arc<Context>, namespace: Option<String>) {
     let namespace = namespace.as_deref();
-    let (controller, _) = shell::controller::<DatabaseCheckpoint>(&ctx, namespace);
+    let (controller, checkpoints) = shell::controller::<DatabaseCheckpoint>(&ctx, namespace);
+    let controller = store::watch_stores(controller, &ctx, checkpoints, |checkpoint, name| {
+        store::names_store(Some(&checkpoint.spec.database.store), name)
+    });
     let controller = controller.watches(
         ctx.scoped_api::<DatabaseClone>(namespace),
         watcher::Config::default(),

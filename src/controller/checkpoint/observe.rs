@@ -7,7 +7,7 @@ use crate::api::{
     AdoptCheckpoint, CheckpointSourceMode, ChecksumMode, DatabaseCheckpoint, DatabaseClone,
 };
 use crate::controller::conditions::is_true;
-use crate::controller::stores::open_store;
+use crate::controller::stores::{open_store, PathUse};
 use crate::controller::{Context, Outcome, Problem};
 use crate::engine::{
     crash_point, CheckpointSelector, Database, EngineError, HealthRounds, Obtained,
@@ -34,20 +34,15 @@ pub(super) fn own_checkpoint_name(object: &DatabaseCheckpoint) -> String {
 /// Opens the object's database, or says why it cannot.
 pub(super) async fn open_database(object: &DatabaseCheckpoint, ctx: &Context) -> Outcome<Database> {
     let namespace = object.namespace().unwrap_or_default();
+    let path = &object.spec.database.path.0;
     let store = open_store(
-        &ctx.client,
-        &ctx.settings.store_policy,
+        ctx,
         &namespace,
         &object.spec.database.store,
+        &[PathUse::Read(path)],
     )
     .await?;
-    Ok(store.map(|store| {
-        Database::new(
-            store,
-            &object.spec.database.path.0,
-            ctx.settings.admin_timeout,
-        )
-    }))
+    Ok(store.map(|store| Database::new(store, path, ctx.settings.admin_timeout)))
 }
 
 /// Finds or makes the SlateDB checkpoint and fingerprints it when needed.

@@ -382,7 +382,6 @@ fn previous_reason(status: &DatabaseCloneStatus) -> Option<&str> {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::api::StoreUrl;
     use chrono::TimeZone;
     use serde_json::json;
 
@@ -402,11 +401,7 @@ mod tests {
     }
 
     fn store() -> StoreSpec {
-        StoreSpec {
-            url: StoreUrl("file:///data".into()),
-            secret_ref: None,
-            wal_url: None,
-        }
+        StoreSpec::inline("file:///data")
     }
 
     fn now() -> DateTime<Utc> {

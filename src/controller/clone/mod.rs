@@ -13,7 +13,8 @@ pub use pool::ClonePool;
 use crate::api::conditions::READY;
 use crate::api::{DatabaseCheckpoint, DatabaseClone, DeletionPolicy, VerifyMode};
 use crate::controller::shell::{self, Reconcile};
-use crate::controller::stores::{leave_data_behind, open_store};
+use crate::controller::store;
+use crate::controller::stores::{leave_data_behind, open_store, PathUse};
 use crate::controller::{Context, Error, Notice, Problem};
 use crate::engine::{Database, Fault};
 use chrono::Utc;
@@ -33,6 +34,10 @@ pub const CLEANUP_FINALIZER: &str = "slatedb.io/clone-cleanup";
 
 impl Reconcile for DatabaseClone {
     const CLEANUP_FINALIZER: &'static str = CLEANUP_FINALIZER;
+
+    fn api(client: kube::Client, namespace: Option<&str>) -> Api<Self> {
+        shell::namespaced_api(client, namespace)
+    }
 
     async fn apply(object: Arc<Self>, ctx: Arc<Context>) -> Result<Action, Error> {
         apply(&object, &ctx).await
@@ -227,21 +232,13 @@ async fn target_database(object: &DatabaseClone, ctx: &Context) -> Result<Option
         return Ok(None);
     };
     let namespace = object.namespace().unwrap_or_default();
-    Ok(open_store(
-        &ctx.client,
-        &ctx.settings.store_policy,
-        &namespace,
-        &store_spec,
+    let path = &object.spec.target.path.0;
+    Ok(
+        open_store(ctx, &namespace, &store_spec, &[PathUse::Write(path)])
+            .await?
+            .ok()
+            .map(|store| Database::new(store, path, ctx.settings.admin_timeout)),
     )
-    .await?
-    .ok()
-    .map(|store| {
-        Database::new(
-            store,
-            &object.spec.target.path.0,
-            ctx.settings.admin_timeout,
-        )
-    }))
 }
 
 /// What holds checkpoints of the clone's data, in words: the operator's own objects by name,
@@ -316,19 +313,13 @@ async fn delete_data(object: &DatabaseClone, ctx: &Context) -> Result<DataDeleti
         return Ok(DataDeletion::Deleted); // work never started, so there is nothing to delete
     };
     let namespace = object.namespace().unwrap_or_default();
-    let store = match open_store(
-        &ctx.client,
-        &ctx.settings.store_policy,
-        &namespace,
-        &store_spec,
-    )
-    .await?
-    {
+    let path = &object.spec.target.path.0;
+    let store = match open_store(ctx, &namespace, &store_spec, &[PathUse::Write(path)]).await? {
         Ok(store) => store,
         Err(problem) if leave_data_behind(&problem, &object.metadata, Utc::now()) => {
             let note = format!(
                 "{}, so the clone's data at {} under {} is left in the store; delete it by hand",
-                problem.message, object.spec.target.path.0, store_spec.url.0
+                problem.message, object.spec.target.path.0, store_spec
             );
             let notice = Notice::warning("Delete", "DataLeftBehind", note);
             ctx.publish(object, source_ref(object), &notice).await;
@@ -418,13 +409,18 @@ fn parents_of_clone(
     }
 }
 
-/// Runs the clone controller until a shutdown signal: woken by its objects, by the checkpoints
-/// they clone and by the clones that reference them. It reads only the Secrets its objects name,
-/// and watches none: a Secret created after its object is picked up by the retry of the
+/// Runs the clone controller until a shutdown signal: woken by its objects, by the DatabaseStores
+/// they name, by the checkpoints they clone and by the clones that reference them. It reads only
+/// the Secrets its stores name, and watches none: a Secret created after its object is picked up by the retry of the
 /// `SecretNotFound` wait.
 pub async fn run(ctx: Arc<Context>, namespace: Option<String>) {
     let namespace = namespace.as_deref();
     let (controller, clones) = shell::controller::<DatabaseClone>(&ctx, namespace);
+    let controller = store::watch_stores(controller, &ctx, clones.clone(), |clone, name| {
+        let source = clone.spec.source.database.as_ref().map(|d| &d.store);
+        let recorded = clone.status.as_ref().and_then(|s| s.store.as_ref());
+        store::names_store(source, name) || store::names_store(recorded, name)
+    });
     let controller = controller
         .watches(
             ctx.scoped_api::<DatabaseCheckpoint>(namespace),

@@ -5,7 +5,7 @@ use super::decide::SOURCE_STALLED;
 use crate::api::conditions::{READY, STALLED};
 use crate::api::{DatabaseCheckpoint, DatabaseClone, StoreSpec, VerifyMode};
 use crate::controller::conditions::is_true;
-use crate::controller::stores::open_store;
+use crate::controller::stores::{open_store, PathUse};
 use crate::controller::{Context, Outcome, Problem};
 use crate::engine::{CloneConfig, CloneSourceCheckpoint, Fault, Owner, RetryPolicy, Verification};
 use kube::{Api, ResourceExt};
@@ -130,14 +130,11 @@ pub async fn resolve(object: &DatabaseClone, ctx: &Context) -> Outcome<Resolved>
         Some(Ok(bounds)) => Some(bounds),
         Some(Err(message)) => return problem(Fault::Permanent, "InvalidKeyRange", message),
     };
-    let store = match open_store(
-        &ctx.client,
-        &ctx.settings.store_policy,
-        &namespace,
-        &store_spec,
-    )
-    .await?
-    {
+    let uses = [
+        PathUse::Read(&source_path),
+        PathUse::Write(&object.spec.target.path.0),
+    ];
+    let store = match open_store(ctx, &namespace, &store_spec, &uses).await? {
         Ok(store) => store,
         Err(p) => return Ok(Err(p)),
     };
