@@ -305,6 +305,16 @@ struct OperatorRun {
     idle_rss_mib: f64,
     peak_rss_mib: f64,
     cpu_secs: f64,
+    /// Checkpoints the parent accepted per second, made one after another from this process
+    /// after the clones were Ready: the rate at which its manifest takes writes (the floor of a
+    /// design in which each clone writes the parent's manifest once).
+    parent_checkpoints_per_sec: f64,
+    /// Seconds from deleting every clone at once until the last is gone (`None`: not all within
+    /// the timeout), and how many were gone.
+    delete_secs: Option<f64>,
+    deleted: usize,
+    /// Admin calls the operator's log reports as timed out during the deletion.
+    delete_timeouts: usize,
     log: std::path::PathBuf,
 }
 
@@ -547,8 +557,12 @@ async fn operator_run(
             }
         }
     }
-    drop(operator);
+    let parent_checkpoints_per_sec = sequential_checkpoint_rate(&store).await;
     let log = work.join(format!("operator-{ns}.log"));
+    let timeouts_before = timeouts_in(&log);
+    let (delete_secs, deleted) = delete_all_at_once(&clones, n).await;
+    let delete_timeouts = timeouts_in(&log).saturating_sub(timeouts_before);
+    drop(operator);
     OperatorRun {
         store: store_kind,
         n,
@@ -564,8 +578,69 @@ async fn operator_run(
         idle_rss_mib,
         peak_rss_mib,
         cpu_secs,
+        parent_checkpoints_per_sec,
+        delete_secs,
+        deleted,
+        delete_timeouts,
         log,
     }
+}
+
+/// Checkpoints per second the parent accepts one after another (each writes its manifest once),
+/// each deleted again: the manifest-write floor, in the same run as the clones.
+async fn sequential_checkpoint_rate(store: &slatedb_operator::engine::Store) -> f64 {
+    const ROUNDS: usize = 20;
+    let parent = slatedb_operator::engine::Database::new(
+        store.clone(),
+        PARENT_PATH,
+        Duration::from_secs(30),
+    );
+    let started = Instant::now();
+    for i in 0..ROUNDS {
+        let (checkpoint, _) = parent
+            .obtain_checkpoint(&format!("bench-floor-{i}"), None)
+            .await
+            .expect("a checkpoint of the parent");
+        parent
+            .delete_checkpoint(checkpoint.id)
+            .await
+            .expect("deleting the bench checkpoint");
+    }
+    // Each round writes the manifest twice (add, remove).
+    (2 * ROUNDS) as f64 / started.elapsed().as_secs_f64()
+}
+
+/// Deletes every clone at once and waits until all are gone (at most 300 s); returns the time
+/// it took (when all went) and how many went.
+async fn delete_all_at_once(clones: &Api<DatabaseClone>, n: usize) -> (Option<f64>, usize) {
+    eprintln!("operator_scale: deleting the {n} clones at once");
+    let started = Instant::now();
+    let _ = clones
+        .delete_collection(&DeleteParams::default(), &ListParams::default())
+        .await;
+    let deadline = started + Duration::from_secs(300);
+    loop {
+        let left = clones
+            .list(&ListParams::default())
+            .await
+            .map(|l| l.items.len())
+            .unwrap_or(n);
+        if left == 0 {
+            return (Some(started.elapsed().as_secs_f64()), n);
+        }
+        if Instant::now() > deadline {
+            return (None, n.saturating_sub(left));
+        }
+        tokio::time::sleep(Duration::from_millis(200)).await;
+    }
+}
+
+/// How many admin calls the operator's log reports as timed out so far.
+fn timeouts_in(log: &std::path::Path) -> usize {
+    std::fs::read_to_string(log)
+        .unwrap_or_default()
+        .matches("did not finish within")
+        .count()
 }
 
 // ---- report --------------------------------------------------------------------------------
@@ -653,6 +728,42 @@ fn main() {
     });
     report_apply_to_ready(&apply_rows);
     report(n, conc, &baselines, &runs);
+    report_manifest_floor(&runs);
+}
+
+/// Creation and deletion of the clones against the parent's manifest-write floor.
+fn report_manifest_floor(runs: &[OperatorRun]) {
+    println!("\n### Clones against the parent's manifest-write floor\n");
+    println!(
+        "Every clone created and every clone deleted writes the parent's manifest once. The floor: \
+         checkpoints added to and removed from the same parent one after another from the bench \
+         process after the clones were Ready (20 of each; manifest writes/s). Then every clone is \
+         deleted at once (`deletecollection`) and the bench waits until all are gone (at most 300 s); \
+         timeouts are the operator's \"did not finish within\" log lines meanwhile.\n"
+    );
+    println!("| store | parent manifest writes/s (floor) | clones Ready/s | Ready/s ÷ floor | delete all s | deleted/s | deleted/s ÷ floor | timeouts |");
+    println!("|---|---:|---:|---:|---:|---:|---:|---:|");
+    for r in runs {
+        let floor = r.parent_checkpoints_per_sec;
+        let ready = r.all_ready.map(|t| r.n as f64 / t);
+        let deleted = r.delete_secs.map(|t| r.n as f64 / t);
+        let show = |rate: Option<f64>| rate.map_or("–".to_string(), |x| format!("{x:.1}"));
+        let ratio =
+            |rate: Option<f64>| rate.map_or("–".to_string(), |x| format!("{:.2}", x / floor));
+        println!(
+            "| `{}` | {floor:.1} | {} | {} | {} | {} | {} | {} |",
+            r.store,
+            show(ready),
+            ratio(ready),
+            r.delete_secs
+                .map_or(format!("not all ({} of {})", r.deleted, r.n), |t| format!(
+                    "{t:.1}"
+                )),
+            show(deleted),
+            ratio(deleted),
+            r.delete_timeouts
+        );
+    }
 }
 
 /// Benchmark 1 through the operator: one DatabaseClone at a time, from the user's create until

@@ -1,6 +1,7 @@
 //! Checkpoint operations on one database, each SlateDB call bounded by the database's timeout.
 
 use super::error::EngineError;
+use super::manifest_writes::lock_manifest_writes;
 use super::Database;
 use chrono::{DateTime, Utc};
 use slatedb::config::CheckpointOptions;
@@ -103,6 +104,7 @@ impl Database {
         if let Some(found) = existing.into_iter().max_by_key(|c| c.create_time) {
             return Ok((found, Obtained::Adopted));
         }
+        let _writing = lock_manifest_writes(&[self]).await;
         let checked = self.ensure_manifest_preserved().await?;
         let options = CheckpointOptions {
             lifetime,
@@ -157,6 +159,7 @@ impl Database {
         id: Uuid,
         lifetime: Option<Duration>,
     ) -> Result<CheckpointInfo, EngineError> {
+        let _writing = lock_manifest_writes(&[self]).await;
         let checked = self.ensure_manifest_preserved().await?;
         self.bounded(
             "refresh_checkpoint",
@@ -176,6 +179,7 @@ impl Database {
             .iter()
             .any(|c| c.id == id);
         if exists {
+            let _writing = lock_manifest_writes(&[self]).await;
             let checked = self.ensure_manifest_preserved().await?;
             self.bounded("delete_checkpoint", self.admin().delete_checkpoint(id))
                 .await?;

@@ -7,6 +7,7 @@ use super::checkpoint::{CheckpointInfo, CheckpointSelector};
 use super::crash_point::crash_point;
 use super::error::{EngineError, Fault};
 use super::lineage::ParentLink;
+use super::manifest_writes::lock_manifest_writes;
 use super::ownership::Owner;
 use super::store_layers::counting_retries;
 use super::{Database, Store};
@@ -304,12 +305,18 @@ async fn clone_once(
         // The builder writes the manifest of the parent and of every database the parent is a
         // clone of (the clone's final checkpoints), and derives the clone's manifest from the
         // parent's as this build decodes it.
-        let mut written = vec![(source.clone(), source.ensure_manifest_preserved().await?)];
-        for ancestor in source.parents().await? {
-            let ancestor =
-                Database::new(config.store.clone(), &ancestor.path, config.admin_timeout);
-            let checked = ancestor.ensure_manifest_preserved().await?;
-            written.push((ancestor, checked));
+        let ancestors: Vec<Database> = source
+            .parents()
+            .await?
+            .iter()
+            .map(|a| Database::new(config.store.clone(), &a.path, config.admin_timeout))
+            .collect();
+        let mut writing: Vec<&Database> = vec![&source];
+        writing.extend(&ancestors);
+        let _writing = lock_manifest_writes(&writing).await;
+        let mut written = Vec::new();
+        for database in writing {
+            written.push((database, database.ensure_manifest_preserved().await?));
         }
         run_clone_builder(config, target, &checkpoint, progress, wal_total, wal_bytes).await?;
         for (database, checked) in written {

@@ -3,6 +3,7 @@
 //! fingerprints or clones: probing, reading the latest manifest, deleting.
 
 use super::error::{self, EngineError};
+use super::manifest_writes::lock_manifest_writes;
 use super::Store;
 use futures::TryStreamExt;
 use object_store::path::Path;
@@ -132,22 +133,23 @@ impl Database {
                 }
             })
             .await?;
-        let mut parents = Vec::new();
-        if let Some(manifest) = &manifest {
-            // delete_db removes this database's final checkpoints from its parents' manifests.
-            for parent in manifest.external_dbs() {
-                if parent.final_checkpoint_id.is_some() {
-                    let parent = Database::new(self.store.clone(), &parent.path, self.timeout);
-                    let checked = parent.ensure_manifest_preserved().await?;
-                    parents.push((parent, checked));
-                }
-            }
+        // delete_db removes this database's final checkpoints from its parents' manifests.
+        let parents: Vec<Database> = manifest
+            .iter()
+            .flat_map(|m| m.external_dbs())
+            .filter(|parent| parent.final_checkpoint_id.is_some())
+            .map(|parent| Database::new(self.store.clone(), &parent.path, self.timeout))
+            .collect();
+        let _writing = lock_manifest_writes(&parents.iter().collect::<Vec<_>>()).await;
+        let mut checked_parents = Vec::new();
+        for parent in &parents {
+            checked_parents.push((parent, parent.ensure_manifest_preserved().await?));
         }
         if manifest.is_some() || has_marker {
             self.bounded("delete_db", self.admin().delete_db(true))
                 .await?;
         }
-        for (parent, checked) in parents {
+        for (parent, checked) in checked_parents {
             parent.confirm_manifest_preserved(checked).await?;
         }
         let leftover = self

@@ -35,6 +35,7 @@ mod fingerprint;
 mod health;
 mod lineage;
 pub mod manifest_guard;
+mod manifest_writes;
 mod ownership;
 pub mod sample;
 #[cfg(test)]

@@ -1,0 +1,118 @@
+//! One writer at a time per manifest, within this process. Every clone created or deleted writes
+//! its parent's manifest once (a final checkpoint added, then removed), and so do checkpoints
+//! made, refreshed and deleted; SlateDB writes through a compare-and-swap, so concurrent writers
+//! of one manifest conflict and retry, and the manifest guard's after-write check then reads
+//! every manifest written since its own check. Queueing the operator's writers per database
+//! instead keeps each write to one attempt and each check to one manifest.
+
+use super::Database;
+use std::collections::HashMap;
+use std::sync::{Arc, LazyLock, Mutex, Weak};
+use tokio::sync::OwnedMutexGuard;
+
+/// A database's identity for the lock: the opened store (one shared client per configuration)
+/// and the path in it.
+type Key = (usize, String);
+
+static LOCKS: LazyLock<Mutex<HashMap<Key, Weak<tokio::sync::Mutex<()>>>>> =
+    LazyLock::new(Mutex::default);
+
+/// Held while the operator writes the manifests of some databases; dropping it lets the next
+/// writer of each in.
+#[must_use = "the lock is released when this is dropped"]
+pub struct ManifestWriteLock {
+    _held: Vec<OwnedMutexGuard<()>>,
+}
+
+fn key(database: &Database) -> Key {
+    let store = Arc::as_ptr(&database.store().main) as *const () as usize;
+    (store, database.path().to_string())
+}
+
+/// Waits for, and takes, the write lock of every database in `databases`. They are taken in one
+/// global order, so two writers that need overlapping sets never wait for each other in a cycle.
+pub async fn lock_manifest_writes(databases: &[&Database]) -> ManifestWriteLock {
+    let mut keys: Vec<Key> = databases.iter().map(|db| key(db)).collect();
+    keys.sort();
+    keys.dedup();
+    let mutexes: Vec<Arc<tokio::sync::Mutex<()>>> = {
+        let mut locks = LOCKS
+            .lock()
+            .unwrap_or_else(|poisoned| poisoned.into_inner());
+        // Forget the databases nobody is writing any more.
+        locks.retain(|_, lock| lock.strong_count() > 0);
+        keys.into_iter()
+            .map(|key| {
+                let existing = locks.get(&key).and_then(Weak::upgrade);
+                existing.unwrap_or_else(|| {
+                    let fresh = Arc::new(tokio::sync::Mutex::new(()));
+                    locks.insert(key, Arc::downgrade(&fresh));
+                    fresh
+                })
+            })
+            .collect()
+    };
+    let mut held = Vec::with_capacity(mutexes.len());
+    for mutex in mutexes {
+        held.push(mutex.lock_owned().await);
+    }
+    ManifestWriteLock { _held: held }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::engine::{Store, StoreConfig};
+    use std::time::Duration;
+
+    fn database(store: &Store, path: &str) -> Database {
+        Database::new(store.clone(), path, Duration::from_secs(1))
+    }
+
+    #[tokio::test]
+    async fn writers_of_one_database_queue_and_others_pass() {
+        let store = Store::open(&StoreConfig::with_options("memory:///", &[])).unwrap();
+        let parent = database(&store, "parent");
+        let held = lock_manifest_writes(&[&parent]).await;
+        let same = database(&store, "parent");
+        let waiting =
+            tokio::time::timeout(Duration::from_millis(50), lock_manifest_writes(&[&same])).await;
+        assert!(waiting.is_err(), "a second writer of one database got in");
+        let other = database(&store, "other");
+        let _other =
+            tokio::time::timeout(Duration::from_millis(50), lock_manifest_writes(&[&other]))
+                .await
+                .expect("another database is not held");
+        let elsewhere = Store::open(&StoreConfig::with_options("memory:///", &[])).unwrap();
+        let _elsewhere = tokio::time::timeout(
+            Duration::from_millis(50),
+            lock_manifest_writes(&[&database(&elsewhere, "parent")]),
+        )
+        .await
+        .expect("the same path in another store is another database");
+        drop(held);
+        let _next = tokio::time::timeout(Duration::from_millis(50), lock_manifest_writes(&[&same]))
+            .await
+            .expect("the lock is released on drop");
+    }
+
+    #[tokio::test]
+    async fn overlapping_sets_taken_in_opposite_orders_do_not_deadlock() {
+        let store = Store::open(&StoreConfig::with_options("memory:///", &[])).unwrap();
+        let (a, b) = (database(&store, "a"), database(&store, "b"));
+        let rounds = (0..50).map(|i| {
+            let (a, b) = (a.clone(), b.clone());
+            tokio::spawn(async move {
+                let _held = match i % 2 {
+                    0 => lock_manifest_writes(&[&a, &b]).await,
+                    _ => lock_manifest_writes(&[&b, &a, &b]).await,
+                };
+                tokio::task::yield_now().await;
+            })
+        });
+        tokio::time::timeout(Duration::from_secs(5), futures::future::join_all(rounds))
+            .await
+            .expect("the writers deadlocked");
+        assert!(LOCKS.lock().unwrap().len() <= 2);
+    }
+}
