@@ -115,13 +115,51 @@ impl TestEnv {
         name.to_string()
     }
 
-    /// Deletes the namespace (the namespace controller removes what is left in it) and the
-    /// test's DatabaseStores, releasing their in-use finalizers: the operator stops with the test.
+    /// Deletes the namespace and the test's DatabaseStores. The test's operator stops right
+    /// after, so the finalizers of what is left in the namespace are released here (teardown:
+    /// tests that check deletion do so before): no namespace stays Terminating on a cluster that
+    /// runs the suite again.
     pub async fn cleanup(self) {
         Api::<Namespace>::all(self.client.clone())
             .delete(&self.namespace, &DeleteParams::default())
             .await
             .expect("deleting the test namespace");
+        let release = serde_json::json!({"metadata": {"finalizers": null}});
+        let (merge, params) = (
+            kube::api::Patch::Merge(&release),
+            kube::api::PatchParams::default(),
+        );
+        let checkpoints = self.api::<slatedb_operator::api::DatabaseCheckpoint>();
+        let clones = self.api::<slatedb_operator::api::DatabaseClone>();
+        // Deleting first: the operator adds its finalizer back to an object that is not being
+        // deleted. A few passes, as it may still be adding one to an object it reconciles now.
+        let all = kube::api::ListParams::default();
+        let _ = checkpoints
+            .delete_collection(&DeleteParams::default(), &all)
+            .await;
+        let _ = clones
+            .delete_collection(&DeleteParams::default(), &all)
+            .await;
+        for _ in 0..5 {
+            let left_checkpoints = checkpoints
+                .list(&all)
+                .await
+                .map(|l| l.items)
+                .unwrap_or_default();
+            let left_clones = clones.list(&all).await.map(|l| l.items).unwrap_or_default();
+            if left_checkpoints.is_empty() && left_clones.is_empty() {
+                break;
+            }
+            for checkpoint in left_checkpoints {
+                let name = checkpoint.metadata.name.unwrap_or_default();
+                let _ = checkpoints.patch(&name, &params, &merge).await;
+            }
+            for clone in left_clones {
+                let name = clone.metadata.name.unwrap_or_default();
+                let _ = clones.patch(&name, &params, &merge).await;
+            }
+            tokio::time::sleep(Duration::from_millis(200)).await;
+        }
         let stores = Api::<slatedb_operator::api::DatabaseStore>::all(self.client.clone());
         let names = self.stores.lock().unwrap().clone();
         for name in names {

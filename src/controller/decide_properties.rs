@@ -164,6 +164,7 @@ fn report(
         attempts,
         store_retries: u64::from(attempts),
         duration: Duration::from_millis(5),
+        phases: Vec::new(),
     }
 }
 

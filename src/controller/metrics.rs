@@ -29,6 +29,7 @@ pub struct Metrics {
     reconcile_duration: Family<KindLabel, Histogram>,
     clone_duration: Histogram,
     verified_bytes: Counter,
+    health_checks: Counter,
     clones_in_flight: Gauge,
     leader: Gauge,
 }
@@ -66,6 +67,12 @@ impl Default for Metrics {
             "Bytes read to verify content",
             verified_bytes.clone(),
         );
+        let health_checks = Counter::default();
+        registry.register(
+            "health_checks",
+            "Health checks of Ready clones' data completed",
+            health_checks.clone(),
+        );
         registry.register(
             "clones_in_flight",
             "Clone jobs running or queued",
@@ -84,6 +91,7 @@ impl Default for Metrics {
             reconcile_duration,
             clone_duration,
             verified_bytes,
+            health_checks,
             clones_in_flight,
             leader,
         }
@@ -179,6 +187,10 @@ impl Metrics {
     pub fn clone_finished(&self, took: Duration, verified_bytes: u64) {
         self.clone_duration.observe(took.as_secs_f64());
         self.verified_bytes.inc_by(verified_bytes);
+    }
+
+    pub fn health_checked(&self) {
+        self.health_checks.inc();
     }
 
     pub fn set_clones_in_flight(&self, n: usize) {

@@ -19,6 +19,7 @@ pub mod conditions;
 #[cfg(test)]
 mod decide_properties;
 pub mod metrics;
+pub mod predicates;
 pub mod runtime;
 pub mod server;
 pub mod shell;

@@ -160,6 +160,30 @@ pub struct CloneReport {
     /// Store requests that failed transiently and were retried.
     pub store_retries: u64,
     pub duration: Duration,
+    /// Where the time of the run that finished went, phase by phase, for profiles.
+    pub phases: Vec<(&'static str, Duration)>,
+}
+
+/// Times the phases of one clone run.
+struct Phases {
+    done: Vec<(&'static str, Duration)>,
+    since: std::time::Instant,
+}
+
+impl Phases {
+    fn start() -> Phases {
+        Phases {
+            done: Vec::new(),
+            since: std::time::Instant::now(),
+        }
+    }
+
+    /// Ends phase `name` now.
+    fn end(&mut self, name: &'static str) {
+        let now = std::time::Instant::now();
+        self.done.push((name, now - self.since));
+        self.since = now;
+    }
 }
 
 /// What the target path holds before the clone runs.
@@ -259,6 +283,7 @@ async fn clone_once(
     progress: &Arc<dyn Fn(CloneProgress) + Send + Sync>,
     owns_target: &mut bool,
 ) -> Result<CloneReport, EngineError> {
+    let mut phases = Phases::start();
     // Resolve the source checkpoint, and what the clone will reference and copy.
     source.probe().await?;
     target
@@ -282,6 +307,7 @@ async fn clone_once(
     let wal_total = wal.len() as u64;
     let wal_bytes: u64 = wal.iter().map(|o| o.size).sum();
     crash_point_at(CloneStep::ResolveSource);
+    phases.end("resolve_source");
 
     let state = target
         .target_state(&config.source_path, checkpoint.id)
@@ -300,6 +326,7 @@ async fn clone_once(
     if let Some(owner) = &config.owner {
         target.claim(owner).await?;
     }
+    phases.end("claim_target");
 
     if state != TargetState::Initialized {
         // The builder writes the manifest of the parent and of every database the parent is a
@@ -313,15 +340,20 @@ async fn clone_once(
             .collect();
         let mut writing: Vec<&Database> = vec![&source];
         writing.extend(&ancestors);
+        phases.end("read_lineage");
         let _writing = lock_manifest_writes(&writing).await;
+        phases.end("wait_for_parent_manifest");
         let mut written = Vec::new();
         for database in writing {
             written.push((database, database.ensure_manifest_preserved().await?));
         }
+        phases.end("guard_check");
         run_clone_builder(config, target, &checkpoint, progress, wal_total, wal_bytes).await?;
+        phases.end("clone_builder");
         for (database, checked) in written {
             database.confirm_manifest_preserved(checked).await?;
         }
+        phases.end("guard_confirm");
     }
     crash_point_at(CloneStep::MarkInitialized);
     let manifest = target.latest_manifest().await?;
@@ -334,6 +366,7 @@ async fn clone_once(
         // The clone's final checkpoint pins the parent now; the temporary one is not needed.
         source.delete_checkpoint(checkpoint.id).await?;
     }
+    phases.end("read_clone_manifest");
 
     // Verify. Listing what the clone pins is also the Metadata check: each object must exist.
     let clone_objects = target.pinned_objects(manifest.id()).await?;
@@ -368,9 +401,11 @@ async fn clone_once(
     } else {
         None
     };
+    phases.end("verify");
     let fingerprint = target
         .fingerprint_of(manifest.id(), &clone_objects, false)
         .await?;
+    phases.end("fingerprint");
     crash_point_at(CloneStep::Verify);
     progress(CloneProgress {
         step: CloneStep::Done,
@@ -397,6 +432,7 @@ async fn clone_once(
         attempts: 0,
         store_retries: 0,
         duration: Duration::ZERO,
+        phases: phases.done,
     })
 }
 

@@ -10,8 +10,8 @@ pub use decide::{decide, Decision, Dependents, Observation};
 
 use crate::api::{CheckpointSourceMode, DatabaseCheckpoint, DatabaseClone, DeletionPolicy};
 use crate::controller::shell::{self, Reconcile};
-use crate::controller::store;
 use crate::controller::stores::leave_data_behind;
+use crate::controller::{predicates, store};
 use crate::controller::{Context, Error, Notice, Problem};
 use crate::engine::{EngineError, Fault};
 use chrono::Utc;
@@ -19,6 +19,7 @@ use kube::api::{Patch, PatchParams};
 use kube::runtime::controller::Action;
 use kube::runtime::reflector::ObjectRef;
 use kube::runtime::watcher;
+use kube::runtime::WatchStreamExt;
 use kube::{Api, ResourceExt};
 use observe::{dependents_of, observe, open_database, own_checkpoint_name};
 use serde_json::json;
@@ -223,17 +224,22 @@ pub async fn run(ctx: Arc<Context>, namespace: Option<String>) {
     let controller = store::watch_stores(controller, &ctx, checkpoints, |checkpoint, name| {
         store::names_store(Some(&checkpoint.spec.database.store), name)
     });
-    let controller = controller.watches(
+    // A clone's progress updates do not concern its checkpoint: only its being made (Ready,
+    // Stalled, Initialized) and its going.
+    let clone_changes = watcher(
         ctx.scoped_api::<DatabaseClone>(namespace),
         watcher::Config::default(),
-        |clone| {
-            let namespace = clone.namespace().unwrap_or_default();
-            clone
-                .spec
-                .source
-                .checkpoint_ref
-                .map(|r| ObjectRef::new(&r.name).within(&namespace))
-        },
-    );
+    )
+    .backoff(shell::WatchBackoff::default())
+    .touched_objects()
+    .predicate_filter(predicates::clone_change_for_checkpoint, Default::default());
+    let controller = controller.watches_stream(clone_changes, |clone| {
+        let namespace = clone.namespace().unwrap_or_default();
+        clone
+            .spec
+            .source
+            .checkpoint_ref
+            .map(|r| ObjectRef::new(&r.name).within(&namespace))
+    });
     shell::run(controller, ctx).await;
 }

@@ -422,6 +422,7 @@ mod tests {
             attempts: 1,
             store_retries: 3,
             duration: Duration::from_millis(5),
+            phases: Vec::new(),
         }
     }
 

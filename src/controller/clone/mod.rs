@@ -13,8 +13,8 @@ pub use pool::ClonePool;
 use crate::api::conditions::READY;
 use crate::api::{DatabaseCheckpoint, DatabaseClone, DeletionPolicy, VerifyMode};
 use crate::controller::shell::{self, Reconcile};
-use crate::controller::store;
 use crate::controller::stores::{leave_data_behind, open_store, PathUse};
+use crate::controller::{predicates, store};
 use crate::controller::{Context, Error, Notice, Problem};
 use crate::engine::{Database, Fault};
 use chrono::Utc;
@@ -23,6 +23,7 @@ use kube::api::DeleteParams;
 use kube::runtime::controller::Action;
 use kube::runtime::reflector::{ObjectRef, Store};
 use kube::runtime::watcher;
+use kube::runtime::WatchStreamExt;
 use kube::{Api, Resource, ResourceExt};
 use source::{latest_checkpoint_name, owner_of, resolve, Resolved};
 use std::sync::Arc;
@@ -102,6 +103,17 @@ async fn apply(object: &DatabaseClone, ctx: &Context) -> Result<Action, Error> {
             0
         };
         ctx.metrics.clone_finished(report.duration, verified);
+        let phases: Vec<String> = report
+            .phases
+            .iter()
+            .map(|(phase, took)| format!("{phase}={:.1}", took.as_secs_f64() * 1000.0))
+            .collect();
+        info!(
+            duration_ms = report.duration.as_millis() as u64,
+            phases_ms = %phases.join(","),
+            attempts = report.attempts,
+            "clone work finished"
+        );
     }
     let decision = decide(object, &work, Utc::now(), retry_delay);
     if let Some(notice) = &decision.event {
@@ -133,7 +145,7 @@ async fn apply(object: &DatabaseClone, ctx: &Context) -> Result<Action, Error> {
     }
     if let (Effect::StartWork, Some(config)) = (&decision.effect, start) {
         info!(target_path = %config.target_path, "starting clone work");
-        ctx.clones.spawn(&uid, config);
+        ctx.clones.spawn(&uid, ObjectRef::from_obj(object), config);
     }
     Ok(shell::requeue(decision.requeue_after))
 }
@@ -209,8 +221,9 @@ async fn check_settled(object: &DatabaseClone, ctx: &Context) -> Result<SettledC
     };
     if let Some(rounds) = &ctx.health {
         match target.check_health(rounds).await {
-            Ok(()) => {}
+            Ok(()) => ctx.metrics.health_checked(),
             Err(error) if error.fault() == Fault::Permanent => {
+                ctx.metrics.health_checked();
                 check.broken = Some(Problem::from(&error));
             }
             // A store that does not answer now says nothing about the data; look next round.
@@ -416,21 +429,33 @@ fn parents_of_clone(
 pub async fn run(ctx: Arc<Context>, namespace: Option<String>) {
     let namespace = namespace.as_deref();
     let (controller, clones) = shell::controller::<DatabaseClone>(&ctx, namespace);
+    let controller = controller.reconcile_on(ctx.clones.finished_jobs(namespace));
     let controller = store::watch_stores(controller, &ctx, clones.clone(), |clone, name| {
         let source = clone.spec.source.database.as_ref().map(|d| &d.store);
         let recorded = clone.status.as_ref().and_then(|s| s.store.as_ref());
         store::names_store(source, name) || store::names_store(recorded, name)
     });
+    // Only the changes a clone acts on pass: progress, dependents counts and other status updates
+    // of the checkpoints and clones around it would re-queue every one of its clones each time.
+    let checkpoint_changes = watcher(
+        ctx.scoped_api::<DatabaseCheckpoint>(namespace),
+        watcher::Config::default(),
+    )
+    .backoff(shell::WatchBackoff::default())
+    .touched_objects()
+    .predicate_filter(predicates::checkpoint_change_for_clones, Default::default());
+    let clone_changes = watcher(
+        ctx.scoped_api::<DatabaseClone>(namespace),
+        watcher::Config::default(),
+    )
+    .backoff(shell::WatchBackoff::default())
+    .touched_objects()
+    .predicate_filter(predicates::clone_change_for_parents, Default::default());
     let controller = controller
-        .watches(
-            ctx.scoped_api::<DatabaseCheckpoint>(namespace),
-            watcher::Config::default(),
+        .watches_stream(
+            checkpoint_changes,
             clones_related_to_checkpoint(clones.clone()),
         )
-        .watches(
-            ctx.scoped_api::<DatabaseClone>(namespace),
-            watcher::Config::default(),
-            parents_of_clone(clones),
-        );
+        .watches_stream(clone_changes, parents_of_clone(clones));
     shell::run(controller, ctx).await;
 }

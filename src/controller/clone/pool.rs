@@ -2,12 +2,16 @@
 //! most `clone_concurrency` at once, each ending with an outcome even if it panics, and none
 //! left hanging: every store and SlateDB call of a clone is bounded, so a job that reports no
 //! progress for much longer than that is stopped and reported as a transient failure (the retry
-//! resumes from what the store holds).
+//! resumes from what the store holds). A finished job wakes its object's controller at once, so
+//! the clone turns Ready when its work ends, not at its next progress requeue.
 
 use super::decide::Work;
+use crate::api::DatabaseClone;
 use crate::controller::Problem;
 use crate::engine::{initialize_clone, CloneConfig, CloneProgress, CloneReport, Fault};
+use futures::channel::mpsc::{unbounded, UnboundedReceiver, UnboundedSender};
 use futures::FutureExt;
+use kube::runtime::reflector::ObjectRef;
 use std::collections::HashMap;
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
@@ -20,7 +24,11 @@ pub struct ClonePool {
     jobs: Mutex<HashMap<String, Job>>,
     /// How long a running job may go without reporting progress.
     stuck_after: Duration,
+    /// The controllers to tell when a job finishes, by the namespace they watch (`None`: all).
+    listeners: Arc<Mutex<Vec<Listener>>>,
 }
+
+type Listener = (Option<String>, UnboundedSender<ObjectRef<DatabaseClone>>);
 
 /// What a job last reported, and when (`None` while it waits for a slot).
 #[derive(Default)]
@@ -48,7 +56,19 @@ impl ClonePool {
             slots: Arc::new(Semaphore::new(concurrency.max(1))),
             jobs: Mutex::default(),
             stuck_after,
+            listeners: Arc::default(),
         }
+    }
+
+    /// The objects whose jobs finish from now on, in `namespace` (or all), for their
+    /// controller's `reconcile_on`.
+    pub fn finished_jobs(
+        &self,
+        namespace: Option<&str>,
+    ) -> UnboundedReceiver<ObjectRef<DatabaseClone>> {
+        let (sender, receiver) = unbounded();
+        lock(&self.listeners).push((namespace.map(String::from), sender));
+        receiver
     }
 
     fn jobs(&self) -> std::sync::MutexGuard<'_, HashMap<String, Job>> {
@@ -91,10 +111,11 @@ impl ClonePool {
         Some(Work::Running(progress))
     }
 
-    pub(super) fn spawn(&self, uid: &str, config: CloneConfig) {
+    pub(super) fn spawn(&self, uid: &str, object: ObjectRef<DatabaseClone>, config: CloneConfig) {
         let reported = Arc::new(Mutex::new(Reported::default()));
         let outcome = Arc::new(Mutex::new(None));
         let slots = self.slots.clone();
+        let listeners = self.listeners.clone();
         let (reported_sink, outcome_sink) = (reported.clone(), outcome.clone());
         let handle = tokio::spawn(async move {
             let result = match slots.acquire_owned().await {
@@ -125,6 +146,13 @@ impl ClonePool {
                 }),
             };
             *lock(&outcome_sink) = Some(result);
+            let mut listeners = lock(&listeners);
+            listeners.retain(|(_, sender)| !sender.is_closed());
+            for (scope, sender) in listeners.iter() {
+                if scope.is_none() || scope.as_deref() == object.namespace.as_deref() {
+                    let _ = sender.unbounded_send(object.clone());
+                }
+            }
         });
         self.jobs().insert(
             uid.to_string(),
@@ -217,5 +245,46 @@ mod tests {
             "waiting for a slot is not stuck"
         );
         assert!(!flags[1].load(Ordering::SeqCst) && !flags[2].load(Ordering::SeqCst));
+    }
+
+    #[tokio::test]
+    async fn a_finished_job_wakes_the_controller_of_its_namespace_only() {
+        use futures::StreamExt;
+        let pool = ClonePool::new(1, Duration::from_secs(60));
+        let mut ours = pool.finished_jobs(Some("team-a"));
+        let mut everyone = pool.finished_jobs(None);
+        let mut others = pool.finished_jobs(Some("team-b"));
+        let store = crate::engine::Store::open(&crate::engine::StoreConfig::with_options(
+            "memory:///",
+            &[],
+        ))
+        .unwrap();
+        // A source that does not exist: the job ends at once, with a failure.
+        let config = CloneConfig {
+            store,
+            source_path: "missing".into(),
+            source_checkpoint: crate::engine::CloneSourceCheckpoint::Latest { name: "n".into() },
+            key_range: None,
+            target_path: "target".into(),
+            verify: crate::engine::Verification::None,
+            admin_timeout: Duration::from_secs(5),
+            retry: crate::engine::RetryPolicy::default(),
+            owner: None,
+        };
+        let object = ObjectRef::<DatabaseClone>::new("c1").within("team-a");
+        pool.spawn("uid-1", object.clone(), config);
+        let woken = tokio::time::timeout(Duration::from_secs(10), ours.next()).await;
+        assert_eq!(woken.ok().flatten(), Some(object.clone()));
+        assert_eq!(everyone.next().await, Some(object));
+        assert!(matches!(
+            pool.observe("uid-1"),
+            Some(Work::Finished(Err(_)))
+        ));
+        assert!(
+            tokio::time::timeout(Duration::from_millis(50), others.next())
+                .await
+                .is_err(),
+            "another namespace's controller was woken"
+        );
     }
 }
