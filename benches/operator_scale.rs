@@ -338,8 +338,9 @@ struct OperatorRun {
 /// The API server's floor for a controller: one in this process that sets `Ready` on every
 /// DatabaseClone it sees, at once (create, watch event, one status write).
 struct NoopRun {
-    /// apply→Ready of one object at a time, ms, seen by the same 10 ms poll as the operator's.
-    single_ms: Vec<f64>,
+    /// apply→Ready of one object at a time, seconds, seen by the same 10 ms poll as the
+    /// operator's.
+    single_secs: Vec<f64>,
     /// `n` objects created at once (same creates in flight as the operator runs): seconds until
     /// the last Ready is seen by a watch.
     all_ready_secs: f64,
@@ -701,7 +702,7 @@ async fn noop_controller(client: &Client, ns: &str, reps: usize, n: usize, conc:
         }
     });
     tokio::time::sleep(Duration::from_secs(1)).await;
-    let mut single_ms = Vec::new();
+    let mut single_secs = Vec::new();
     for rep in 0..reps {
         let name = format!("single-{rep}");
         let started = Instant::now();
@@ -723,7 +724,7 @@ async fn noop_controller(client: &Client, ns: &str, reps: usize, n: usize, conc:
             );
             tokio::time::sleep(Duration::from_millis(10)).await;
         }
-        single_ms.push(started.elapsed().as_secs_f64() * 1000.0);
+        single_secs.push(started.elapsed().as_secs_f64());
     }
     while ready_rx.try_recv().is_ok() {}
     let started = Instant::now();
@@ -738,7 +739,7 @@ async fn noop_controller(client: &Client, ns: &str, reps: usize, n: usize, conc:
     let all_ready_secs = started.elapsed().as_secs_f64();
     controller.abort();
     NoopRun {
-        single_ms,
+        single_secs,
         all_ready_secs,
         n,
     }
@@ -1328,13 +1329,13 @@ fn report_apply_to_ready(rows: &[ApplyRow], noop: &NoopRun) {
          bench process that writes `Ready=True` as soon as its watch sees the object (create, watch \
          event, one status write, the same poll): {} ms.\n",
         rows.first().map_or(0, |r| r.cp.len()),
-        Stats::of(&noop.single_ms).ms()
+        Stats::of(&noop.single_secs).ms()
     );
     println!(
         "| parent | bytes on disk | files | `cp -r` ms | apply→Ready ms | apply→Ready / `cp -r` | apply→Ready ÷ no-op controller |"
     );
     println!("|---|---:|---:|---:|---:|---:|---:|");
-    let floor = Stats::of(&noop.single_ms).median;
+    let floor = Stats::of(&noop.single_secs).median;
     for row in rows {
         let (cp, apply) = (Stats::of(&row.cp), Stats::of(&row.apply_to_ready));
         println!(

@@ -1,27 +1,31 @@
-//! One writer at a time per manifest, within this process. Every clone created or deleted writes
-//! its parent's manifest once (a final checkpoint added, then removed), and so do checkpoints
-//! made, refreshed and deleted; SlateDB writes through a compare-and-swap, so concurrent writers
-//! of one manifest conflict and retry, and the manifest guard's after-write check then reads
-//! every manifest written since its own check. Queueing the operator's writers per database
-//! instead keeps each write to one attempt and each check to one manifest.
+//! A few writers at a time per manifest, within this process. Every clone created or deleted
+//! writes its parent's manifest once (a final checkpoint added, then removed), and so do
+//! checkpoints made, refreshed and deleted; SlateDB writes through a compare-and-swap, so
+//! concurrent writers of one manifest conflict and retry, and the manifest guard's after-write
+//! check reads every manifest written since its own check. Unbounded (500 clones deleted at
+//! once), the writers mostly lose the race and time out; one at a time, a clone's whole build
+//! (its own manifest writes too) is serialized behind each parent. [`PARENT_WRITERS`] at a time
+//! keeps the conflicts and the guard's reads bounded while builds overlap.
 
 use super::Database;
 use std::collections::HashMap;
 use std::sync::{Arc, LazyLock, Mutex, Weak};
-use tokio::sync::OwnedMutexGuard;
+use tokio::sync::{OwnedSemaphorePermit, Semaphore};
+
+/// How many of the operator's writers may work on one database's manifest at once.
+pub const PARENT_WRITERS: usize = 4;
 
 /// A database's identity for the lock: the opened store (one shared client per configuration)
 /// and the path in it.
 type Key = (usize, String);
 
-static LOCKS: LazyLock<Mutex<HashMap<Key, Weak<tokio::sync::Mutex<()>>>>> =
-    LazyLock::new(Mutex::default);
+static LOCKS: LazyLock<Mutex<HashMap<Key, Weak<Semaphore>>>> = LazyLock::new(Mutex::default);
 
 /// Held while the operator writes the manifests of some databases; dropping it lets the next
 /// writer of each in.
 #[must_use = "the lock is released when this is dropped"]
 pub struct ManifestWriteLock {
-    _held: Vec<OwnedMutexGuard<()>>,
+    _held: Vec<OwnedSemaphorePermit>,
 }
 
 fn key(database: &Database) -> Key {
@@ -29,13 +33,14 @@ fn key(database: &Database) -> Key {
     (store, database.path().to_string())
 }
 
-/// Waits for, and takes, the write lock of every database in `databases`. They are taken in one
-/// global order, so two writers that need overlapping sets never wait for each other in a cycle.
+/// Waits for, and takes, a writer's place at every database in `databases`. They are taken in
+/// one global order, so two writers that need overlapping sets never wait for each other in a
+/// cycle.
 pub async fn lock_manifest_writes(databases: &[&Database]) -> ManifestWriteLock {
     let mut keys: Vec<Key> = databases.iter().map(|db| key(db)).collect();
     keys.sort();
     keys.dedup();
-    let mutexes: Vec<Arc<tokio::sync::Mutex<()>>> = {
+    let semaphores: Vec<Arc<Semaphore>> = {
         let mut locks = LOCKS
             .lock()
             .unwrap_or_else(|poisoned| poisoned.into_inner());
@@ -45,16 +50,19 @@ pub async fn lock_manifest_writes(databases: &[&Database]) -> ManifestWriteLock 
             .map(|key| {
                 let existing = locks.get(&key).and_then(Weak::upgrade);
                 existing.unwrap_or_else(|| {
-                    let fresh = Arc::new(tokio::sync::Mutex::new(()));
+                    let fresh = Arc::new(Semaphore::new(PARENT_WRITERS));
                     locks.insert(key, Arc::downgrade(&fresh));
                     fresh
                 })
             })
             .collect()
     };
-    let mut held = Vec::with_capacity(mutexes.len());
-    for mutex in mutexes {
-        held.push(mutex.lock_owned().await);
+    let mut held = Vec::with_capacity(semaphores.len());
+    for semaphore in semaphores {
+        // The semaphore is never closed, so acquiring fails only if it were.
+        if let Ok(permit) = semaphore.acquire_owned().await {
+            held.push(permit);
+        }
     }
     ManifestWriteLock { _held: held }
 }
@@ -70,14 +78,17 @@ mod tests {
     }
 
     #[tokio::test]
-    async fn writers_of_one_database_queue_and_others_pass() {
+    async fn writers_of_one_database_beyond_the_bound_queue_and_others_pass() {
         let store = Store::open(&StoreConfig::with_options("memory:///", &[])).unwrap();
         let parent = database(&store, "parent");
-        let held = lock_manifest_writes(&[&parent]).await;
+        let mut held = Vec::new();
+        for _ in 0..PARENT_WRITERS {
+            held.push(lock_manifest_writes(&[&parent]).await);
+        }
         let same = database(&store, "parent");
         let waiting =
             tokio::time::timeout(Duration::from_millis(50), lock_manifest_writes(&[&same])).await;
-        assert!(waiting.is_err(), "a second writer of one database got in");
+        assert!(waiting.is_err(), "one writer too many got in");
         let other = database(&store, "other");
         let _other =
             tokio::time::timeout(Duration::from_millis(50), lock_manifest_writes(&[&other]))
@@ -90,7 +101,7 @@ mod tests {
         )
         .await
         .expect("the same path in another store is another database");
-        drop(held);
+        held.pop();
         let _next = tokio::time::timeout(Duration::from_millis(50), lock_manifest_writes(&[&same]))
             .await
             .expect("the lock is released on drop");
@@ -100,7 +111,7 @@ mod tests {
     async fn overlapping_sets_taken_in_opposite_orders_do_not_deadlock() {
         let store = Store::open(&StoreConfig::with_options("memory:///", &[])).unwrap();
         let (a, b) = (database(&store, "a"), database(&store, "b"));
-        let rounds = (0..50).map(|i| {
+        let rounds = (0..200).map(|i| {
             let (a, b) = (a.clone(), b.clone());
             tokio::spawn(async move {
                 let _held = match i % 2 {
@@ -113,6 +124,10 @@ mod tests {
         tokio::time::timeout(Duration::from_secs(5), futures::future::join_all(rounds))
             .await
             .expect("the writers deadlocked");
-        assert!(LOCKS.lock().unwrap().len() <= 2);
+        // Nobody writes a or b any more: their entries are dead, and the next lock drops them.
+        let (key_a, key_b) = (key(&a), key(&b));
+        drop(lock_manifest_writes(&[&database(&store, "c")]).await);
+        let locks = LOCKS.lock().unwrap();
+        assert!(!locks.contains_key(&key_a) && !locks.contains_key(&key_b));
     }
 }
