@@ -184,7 +184,7 @@ impl Context {
 
     /// Records `notice` as an event on `object`; `secondary` names a related object (e.g. a
     /// clone's source).
-    pub async fn publish<K: kube::Resource<DynamicType = ()>>(
+    pub fn publish<K: kube::Resource<DynamicType = ()>>(
         &self,
         object: &K,
         secondary: Option<k8s_openapi::api::core::v1::ObjectReference>,
@@ -197,9 +197,13 @@ impl Context {
             action: notice.action.into(),
             secondary,
         };
-        if let Err(error) = self.recorder.publish(&event, &object.object_ref(&())).await {
-            tracing::warn!(%error, "could not record event");
-        }
+        let (recorder, reference) = (self.recorder.clone(), object.object_ref(&()));
+        // Off the reconcile's path: an event is a record for people, not a step of the work.
+        tokio::spawn(async move {
+            if let Err(error) = recorder.publish(&event, &reference).await {
+                tracing::warn!(%error, "could not record event");
+            }
+        });
     }
 
     /// The error policy of every controller: count, log, and retry with per-object backoff.

@@ -62,6 +62,7 @@ pub async fn reconcile<K: Reconcile>(object: Arc<K>, ctx: Arc<Context>) -> Resul
     let Some(object) = api.get_opt(&object.name_any()).await? else {
         return Ok(Action::await_change());
     };
+    let object = with_cleanup_finalizer::<K>(&api, object).await?;
     finalizer(
         &api,
         K::CLEANUP_FINALIZER,
@@ -76,6 +77,39 @@ pub async fn reconcile<K: Reconcile>(object: Arc<K>, ctx: Arc<Context>) -> Resul
     .instrument(span)
     .await
     .map_err(|e| Error::Finalizer(Box::new(e)))
+}
+
+/// The object with its cleanup finalizer, added now when a live object lacks it. kube's
+/// finalizer helper adds it and returns, so the work would wait for the watch to bring the patched
+/// object back; adding it here lets the first reconcile go on with the patched object.
+async fn with_cleanup_finalizer<K: Reconcile>(api: &Api<K>, object: K) -> Result<K, Error> {
+    let finalizers = object.finalizers();
+    if object.meta().deletion_timestamp.is_some()
+        || finalizers.iter().any(|f| f == K::CLEANUP_FINALIZER)
+    {
+        return Ok(object);
+    }
+    // The guards make the patch fail, rather than drop another writer's finalizers, when the
+    // list changed since the GET.
+    let patch = match &object.meta().finalizers {
+        None => serde_json::json!([
+            {"op": "test", "path": "/metadata/finalizers", "value": null},
+            {"op": "add", "path": "/metadata/finalizers", "value": [K::CLEANUP_FINALIZER]}
+        ]),
+        Some(list) => serde_json::json!([
+            {"op": "test", "path": "/metadata/finalizers", "value": list},
+            {"op": "add", "path": "/metadata/finalizers/-", "value": K::CLEANUP_FINALIZER}
+        ]),
+    };
+    let patch: json_patch::Patch =
+        serde_json::from_value(patch).map_err(|e| Error::Blocked(e.to_string()))?;
+    Ok(api
+        .patch(
+            &object.name_any(),
+            &PatchParams::default(),
+            &Patch::Json::<()>(patch),
+        )
+        .await?)
 }
 
 /// The error policy of every kind: count, log, and retry with per-object backoff.

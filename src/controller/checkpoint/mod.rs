@@ -70,9 +70,12 @@ async fn apply(object: &DatabaseCheckpoint, ctx: &Context) -> Result<Action, Err
     };
     let decision = decide(object, &observation, &dependents, Utc::now(), retry_delay);
     if let Some(notice) = &decision.event {
-        ctx.publish(object, None, notice).await;
+        ctx.publish(object, None, notice);
     }
-    shell::write_status(&api, object, &decision.status).await?;
+    // An unchanged status is not written again (a restart of the operator writes nothing).
+    if object.status.as_ref() != Some(&decision.status) {
+        shell::write_status(&api, object, &decision.status).await?;
+    }
     Ok(shell::requeue(decision.requeue_after))
 }
 
@@ -90,8 +93,7 @@ async fn cleanup(object: &DatabaseCheckpoint, ctx: &Context) -> Result<Action, E
             object,
             None,
             &Notice::warning("Delete", "DeletionBlocked", message.clone()),
-        )
-        .await;
+        );
         return Err(Error::Blocked(message));
     }
     if object.spec.deletion_policy == DeletionPolicy::Delete {
@@ -151,8 +153,7 @@ async fn delete_slatedb_checkpoints(
                 object,
                 None,
                 &Notice::warning("Delete", "DataLeftBehind", message),
-            )
-            .await;
+            );
             return Ok(());
         }
         Err(Problem { message, .. }) => {
@@ -160,8 +161,7 @@ async fn delete_slatedb_checkpoints(
                 object,
                 None,
                 &Notice::warning("Delete", "DeleteFailed", message.clone()),
-            )
-            .await;
+            );
             return Err(Error::Blocked(format!(
                 "cannot delete the SlateDB checkpoint: {message}; fix it or set deletionPolicy: Retain"
             )));
@@ -203,8 +203,7 @@ async fn delete_slatedb_checkpoints(
             Ok(true) => {
                 info!(checkpoint = %id, "deleted SlateDB checkpoint");
                 let note = format!("deleted SlateDB checkpoint {id}");
-                ctx.publish(object, None, &Notice::normal("Delete", "Deleted", note))
-                    .await;
+                ctx.publish(object, None, &Notice::normal("Delete", "Deleted", note));
             }
             Ok(false) => {}
             Err(e) if gone(&e) => {}

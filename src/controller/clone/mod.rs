@@ -117,7 +117,7 @@ async fn apply(object: &DatabaseClone, ctx: &Context) -> Result<Action, Error> {
     }
     let decision = decide(object, &work, Utc::now(), retry_delay);
     if let Some(notice) = &decision.event {
-        ctx.publish(object, source_ref(object), notice).await;
+        ctx.publish(object, source_ref(object), notice);
     }
     // Expiry acts before the status says so; a start is recorded before the work runs, so an
     // attempt is on record even if the process dies.
@@ -176,7 +176,7 @@ async fn cleanup(object: &DatabaseClone, ctx: &Context) -> Result<Action, Error>
             );
             shell::write_status(&api, object, &status).await?;
             if let Some(notice) = &event {
-                ctx.publish(object, source_ref(object), notice).await;
+                ctx.publish(object, source_ref(object), notice);
             }
             return Err(Error::Blocked(format!(
                 "the clone's data is held by {}",
@@ -185,11 +185,11 @@ async fn cleanup(object: &DatabaseClone, ctx: &Context) -> Result<Action, Error>
         }
         Err(error) => {
             let notice = Notice::warning("Delete", "DeleteFailed", error.to_string());
-            ctx.publish(object, source_ref(object), &notice).await;
+            ctx.publish(object, source_ref(object), &notice);
             return Err(error);
         }
     };
-    ctx.publish(object, source_ref(object), &notice).await;
+    ctx.publish(object, source_ref(object), &notice);
     Ok(Action::await_change())
 }
 
@@ -335,7 +335,7 @@ async fn delete_data(object: &DatabaseClone, ctx: &Context) -> Result<DataDeleti
                 problem.message, object.spec.target.path.0, store_spec
             );
             let notice = Notice::warning("Delete", "DataLeftBehind", note);
-            ctx.publish(object, source_ref(object), &notice).await;
+            ctx.publish(object, source_ref(object), &notice);
             return Ok(DataDeletion::LeftBehind);
         }
         Err(problem) => {

@@ -72,8 +72,10 @@ async fn apply(object: &DatabaseStore, ctx: &Context) -> Result<Action, Error> {
         }
     };
     let decision = decide::decide(object, &probe, to_k8s_time(Utc::now()), retry_delay);
-    let api = Api::<DatabaseStore>::all(ctx.client.clone());
-    shell::write_status(&api, object, &decision.status).await?;
+    if object.status.as_ref() != Some(&decision.status) {
+        let api = Api::<DatabaseStore>::all(ctx.client.clone());
+        shell::write_status(&api, object, &decision.status).await?;
+    }
     Ok(shell::requeue(decision.requeue_after))
 }
 
