@@ -21,5 +21,7 @@ RUN --mount=type=cache,target=/usr/local/cargo/registry \
 FROM gcr.io/distroless/cc-debian12:nonroot
 COPY --from=builder /src/target/release/slatedb-operator /usr/local/bin/slatedb-operator
 USER 65532:65532
+# The probes and metrics port (`--http-port`, chart value metrics.port).
+EXPOSE 8080
 # The chart passes its flags as container args, appended after `run` (--log-format is global and accepted there).
 ENTRYPOINT ["slatedb-operator", "run"]

@@ -44,7 +44,7 @@ fn major_minor(version: &str) -> Option<(u32, u32)> {
 }
 
 /// Dockerfile instructions as (INSTRUCTION, arguments), continuation lines joined, comments dropped.
-fn dockerfile_instructions(text: &str) -> Vec<(String, String)> {
+pub(crate) fn dockerfile_instructions(text: &str) -> Vec<(String, String)> {
     let mut instructions = vec![];
     let mut current = String::new();
     for line in text.lines() {

@@ -18,6 +18,7 @@ mod data_safety;
 mod dockerfile;
 mod examples;
 mod faults;
+mod image;
 mod operations;
 mod restarts;
 mod tenants;
