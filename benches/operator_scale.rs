@@ -261,6 +261,20 @@ fn clone_object(name: &str) -> DatabaseClone {
     .unwrap()
 }
 
+/// Whether DatabaseCheckpoint `name` is Ready now.
+async fn checkpoint_ready(checkpoints: &Api<DatabaseCheckpoint>, name: &str) -> bool {
+    checkpoints
+        .get(name)
+        .await
+        .ok()
+        .and_then(|c| c.status)
+        .is_some_and(|s| {
+            s.conditions
+                .iter()
+                .any(|c| c.type_ == "Ready" && c.status == "True")
+        })
+}
+
 fn is_condition(status: Option<&slatedb_operator::api::DatabaseCloneStatus>, type_: &str) -> bool {
     status.is_some_and(|s| {
         s.conditions
@@ -463,13 +477,7 @@ async fn operator_run(
         .expect("creating the checkpoint");
     let deadline = Instant::now() + Duration::from_secs(120);
     loop {
-        let cp = checkpoints.get("nightly").await.expect("get checkpoint");
-        let ready = cp.status.as_ref().is_some_and(|s| {
-            s.conditions
-                .iter()
-                .any(|c| c.type_ == "Ready" && c.status == "True")
-        });
-        if ready {
+        if checkpoint_ready(&checkpoints, "nightly").await {
             break;
         }
         assert!(
@@ -837,17 +845,7 @@ async fn restart_run(
                 .count(),
         )
     };
-    while !checkpoints
-        .get("nightly")
-        .await
-        .ok()
-        .and_then(|c| c.status)
-        .is_some_and(|s| {
-            s.conditions
-                .iter()
-                .any(|c| c.type_ == "Ready" && c.status == "True")
-        })
-    {
+    while !checkpoint_ready(&checkpoints, "nightly").await {
         tokio::time::sleep(Duration::from_millis(200)).await;
     }
     eprintln!("operator_scale: restart: creating {n} clones");
@@ -1270,17 +1268,7 @@ async fn apply_to_ready_vs_cp(
             .await
             .expect("creating the checkpoint");
         let deadline = Instant::now() + Duration::from_secs(120);
-        while !checkpoints
-            .get(&format!("size-{index}"))
-            .await
-            .ok()
-            .and_then(|c| c.status)
-            .is_some_and(|s| {
-                s.conditions
-                    .iter()
-                    .any(|c| c.type_ == "Ready" && c.status == "True")
-            })
-        {
+        while !checkpoint_ready(&checkpoints, &format!("size-{index}")).await {
             assert!(
                 operator.alive() && Instant::now() < deadline,
                 "checkpoint size-{index} not Ready"
