@@ -21,7 +21,7 @@ use kube::runtime::reflector::ObjectRef;
 use kube::runtime::watcher;
 use kube::runtime::WatchStreamExt;
 use kube::{Api, ResourceExt};
-use observe::{dependents_of, observe, open_database, own_checkpoint_name};
+use observe::{dependents_of, observe, open_database, own_checkpoint_name, Freshness};
 use serde_json::json;
 use std::sync::Arc;
 use std::time::Duration;
@@ -52,7 +52,7 @@ async fn apply(object: &DatabaseCheckpoint, ctx: &Context) -> Result<Action, Err
     let namespace = object.namespace().unwrap_or_default();
     let api = Api::<DatabaseCheckpoint>::namespaced(ctx.client.clone(), &namespace);
     let uid = object.uid().unwrap_or_default();
-    let dependents = dependents_of(object, ctx).await?;
+    let dependents = dependents_of(object, ctx, Freshness::Cached).await?;
     set_protection(object, &api, !dependents.in_progress.is_empty()).await?;
     let observation = match open_database(object, ctx).await? {
         Ok(db) => observe(object, &db, &dependents, ctx.health.as_ref()).await,
@@ -82,7 +82,7 @@ async fn apply(object: &DatabaseCheckpoint, ctx: &Context) -> Result<Action, Err
 async fn cleanup(object: &DatabaseCheckpoint, ctx: &Context) -> Result<Action, Error> {
     let namespace = object.namespace().unwrap_or_default();
     let api = Api::<DatabaseCheckpoint>::namespaced(ctx.client.clone(), &namespace);
-    let dependents = dependents_of(object, ctx).await?;
+    let dependents = dependents_of(object, ctx, Freshness::Now).await?;
     if !dependents.in_progress.is_empty() {
         set_protection(object, &api, true).await?;
         let message = format!(
@@ -225,11 +225,14 @@ pub async fn run(ctx: Arc<Context>, namespace: Option<String>) {
     });
     // A clone's progress updates do not concern its checkpoint: only its being made (Ready,
     // Stalled, Initialized) and its going.
+    let (clone_cache, cache_writer) = kube::runtime::reflector::store();
+    ctx.cache_clones(namespace, clone_cache);
     let clone_changes = watcher(
         ctx.scoped_api::<DatabaseClone>(namespace),
         watcher::Config::default(),
     )
     .backoff(shell::WatchBackoff::default())
+    .reflect(cache_writer)
     .touched_objects()
     .predicate_filter(predicates::clone_change_for_checkpoint, Default::default());
     let controller = controller.watches_stream(clone_changes, |clone| {

@@ -158,18 +158,39 @@ fn adopted(
     }
 }
 
+/// How fresh the count of a checkpoint's clones must be.
+pub(super) enum Freshness {
+    /// The watch cache will do (status and protection while the checkpoint lives: a clone it has
+    /// not seen yet wakes the checkpoint when it arrives).
+    Cached,
+    /// A LIST now (before the checkpoint's data goes).
+    Now,
+}
+
 /// The DatabaseClones of the object's namespace that reference it.
 pub(super) async fn dependents_of(
     object: &DatabaseCheckpoint,
     ctx: &Context,
+    freshness: Freshness,
 ) -> Result<Dependents, kube::Error> {
     let namespace = object.namespace().unwrap_or_default();
-    let clones = Api::<DatabaseClone>::namespaced(ctx.client.clone(), &namespace)
-        .list(&ListParams::default())
-        .await?;
+    let cached = match freshness {
+        Freshness::Cached => ctx.cached_clones(&namespace),
+        Freshness::Now => None,
+    };
+    let clones: Vec<std::sync::Arc<DatabaseClone>> = match cached {
+        Some(clones) => clones,
+        None => Api::<DatabaseClone>::namespaced(ctx.client.clone(), &namespace)
+            .list(&ListParams::default())
+            .await?
+            .items
+            .into_iter()
+            .map(std::sync::Arc::new)
+            .collect(),
+    };
     let name = object.name_any();
     let mut dependents = Dependents::default();
-    for clone in clones.items.iter().filter(|c| {
+    for clone in clones.iter().filter(|c| {
         c.spec
             .source
             .checkpoint_ref
