@@ -1,7 +1,7 @@
 //! The CustomResourceDefinitions generated from the types in [`crate::api`], as committed under `crds/`,
 //! and their installation into a cluster.
 
-use crate::api::{DatabaseCheckpoint, DatabaseClone, DatabaseStore};
+use crate::api::{DatabaseCheckpoint, DatabaseCheckpointSchedule, DatabaseClone, DatabaseStore};
 use k8s_openapi::apiextensions_apiserver::pkg::apis::apiextensions::v1::CustomResourceDefinition;
 use kube::api::{Patch, PatchParams};
 use kube::runtime::wait::{await_condition, conditions};
@@ -17,6 +17,10 @@ pub fn generated() -> Result<Vec<(&'static str, String)>, serde_yaml::Error> {
         (
             "databasecheckpoints.slatedb.io.yaml",
             serde_yaml::to_string(&DatabaseCheckpoint::crd())?,
+        ),
+        (
+            "databasecheckpointschedules.slatedb.io.yaml",
+            serde_yaml::to_string(&DatabaseCheckpointSchedule::crd())?,
         ),
         (
             "databaseclones.slatedb.io.yaml",
@@ -54,6 +58,7 @@ pub async fn install_crds(client: &Client, field_manager: &str) -> Result<(), In
     let crds: Api<CustomResourceDefinition> = Api::all(client.clone());
     for crd in [
         DatabaseCheckpoint::crd(),
+        DatabaseCheckpointSchedule::crd(),
         DatabaseClone::crd(),
         DatabaseStore::crd(),
     ] {

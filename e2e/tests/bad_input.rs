@@ -242,19 +242,19 @@ fn clone_source_rows(store: &TestStore) -> Vec<Row> {
             "clone-both-sources",
             Cl,
             clone_with("/source/database", database(store, PARENT)),
-            "spec.source needs exactly one of checkpointRef or database",
+            "spec.source needs exactly one of checkpointRef, scheduleRef or database",
         ),
         rejected(
             "clone-neither-source",
             Cl,
             clone_with("/source", json!({})),
-            "spec.source needs exactly one of checkpointRef or database",
+            "spec.source needs exactly one of checkpointRef, scheduleRef or database",
         ),
         rejected(
             "clone-only-key-range",
             Cl,
             clone_with("/source", json!({"keyRange": {"start": "a"}})),
-            "spec.source needs exactly one of checkpointRef or database",
+            "spec.source needs exactly one of checkpointRef, scheduleRef or database",
         ),
         rejected(
             "clone-same-path",

@@ -315,13 +315,16 @@ fn values_schema_rejects_wrong_types_and_unknown_keys() {
 fn expected_operator_rules() -> Value {
     json!([
         {"apiGroups": ["slatedb.io"], "resources": ["databasecheckpoints"],
+         "verbs": ["get", "list", "watch", "patch", "update", "create", "delete"]},
+        {"apiGroups": ["slatedb.io"], "resources": ["databasecheckpointschedules"],
          "verbs": ["get", "list", "watch", "patch", "update"]},
         {"apiGroups": ["slatedb.io"], "resources": ["databaseclones"],
          "verbs": ["get", "list", "watch", "patch", "update", "delete"]},
-        {"apiGroups": ["slatedb.io"], "resources": ["databasecheckpoints/status", "databaseclones/status"],
+        {"apiGroups": ["slatedb.io"], "resources": ["databasecheckpoints/status", "databasecheckpointschedules/status", "databaseclones/status"],
          "verbs": ["get", "patch", "update"]},
-        {"apiGroups": ["slatedb.io"], "resources": ["databasecheckpoints/finalizers", "databaseclones/finalizers"],
+        {"apiGroups": ["slatedb.io"], "resources": ["databasecheckpoints/finalizers", "databasecheckpointschedules/finalizers", "databaseclones/finalizers"],
          "verbs": ["update"]},
+        {"apiGroups": [""], "resources": ["configmaps"], "verbs": ["get", "create", "patch", "delete"]},
         {"apiGroups": ["events.k8s.io"], "resources": ["events"], "verbs": ["create", "patch"]},
         {"apiGroups": [""], "resources": ["secrets"], "verbs": ["get"]},
     ])
@@ -360,7 +363,7 @@ fn default_values_render_a_cluster_wide_restricted_operator() {
     );
     assert_eq!(
         view["rules"],
-        json!([{"apiGroups": ["slatedb.io"], "resources": ["databasecheckpoints", "databaseclones"],
+        json!([{"apiGroups": ["slatedb.io"], "resources": ["databasecheckpoints", "databasecheckpointschedules", "databaseclones"],
                 "verbs": ["get", "list", "watch"]}])
     );
     let edit = get(&docs, "ClusterRole", &format!("{full}-edit"));

@@ -43,6 +43,9 @@ pub(crate) async fn create(env: &TestEnv, kind: &str, name: &str, spec: Value) {
     .unwrap();
     let resource = match kind {
         "DatabaseClone" => kube::api::ApiResource::erase::<DatabaseClone>(&()),
+        "DatabaseCheckpointSchedule" => {
+            kube::api::ApiResource::erase::<slatedb_operator::api::DatabaseCheckpointSchedule>(&())
+        }
         _ => kube::api::ApiResource::erase::<DatabaseCheckpoint>(&()),
     };
     kube::Api::<kube::api::DynamicObject>::namespaced_with(

@@ -113,12 +113,12 @@ async fn invalid_manifests_are_rejected_with_a_message_naming_the_problem() {
                 "source",
                 json!({"checkpointRef": {"name": "a"}, "database": database()}),
             ),
-            "exactly one of checkpointRef or database",
+            "exactly one of checkpointRef, scheduleRef or database",
         ),
         (
             "no-source",
             with("source", json!({})),
-            "exactly one of checkpointRef or database",
+            "exactly one of checkpointRef, scheduleRef or database",
         ),
         (
             "dotdot",

@@ -21,4 +21,5 @@ mod faults;
 mod image;
 mod operations;
 mod restarts;
+mod schedules;
 mod tenants;

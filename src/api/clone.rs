@@ -71,17 +71,60 @@ pub struct DatabaseCloneSpec {
     /// Whether deleting this object deletes the clone's data (`Delete`) or keeps it (`Retain`).
     #[serde(default)]
     pub deletion_policy: DeletionPolicy,
+    /// Change it (to any new value) to replace the clone's data with a fresh clone of its source
+    /// (for `scheduleRef`, the newest checkpoint at that time). A clone other clones depend on is
+    /// not reset.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[schemars(length(max = 253))]
+    pub reset_token: Option<String>,
+    /// How the application finds the clone: a ConfigMap the clone owns, written once it is Ready.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub connection: Option<Connection>,
+}
+
+/// Where a clone publishes its connection details.
+#[derive(KubeSchema, Serialize, Deserialize, Clone, Debug, Default, PartialEq, Eq)]
+#[serde(rename_all = "camelCase")]
+pub struct Connection {
+    /// The ConfigMap's name; default `<clone>-slatedb`. It holds `SLATEDB_STORE_URL`,
+    /// `SLATEDB_PATH`, and when they apply `SLATEDB_WAL_URL`, `SLATEDB_STORE_SECRET` (the name of the
+    /// inline store's Secret, never its values) and `SLATEDB_STORE_REF` (a DatabaseStore's name).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[x_kube(validation = Rule::new("self == oldSelf").message("spec.connection.configMapName is immutable"))]
+    #[schemars(
+        length(min = 1, max = 253),
+        regex(pattern = r"^[a-z0-9]([-a-z0-9.]*[a-z0-9])?$")
+    )]
+    pub config_map_name: Option<String>,
+}
+
+impl DatabaseClone {
+    /// The DatabaseCheckpoint the clone is (or was) made from: the one it names, or for
+    /// `scheduleRef` the one picked when work started.
+    pub fn source_checkpoint(&self) -> Option<&str> {
+        match &self.spec.source.checkpoint_ref {
+            Some(reference) => Some(reference.name.as_str()),
+            None if self.spec.source.schedule_ref.is_some() => {
+                self.status.as_ref()?.source_checkpoint.as_deref()
+            }
+            None => None,
+        }
+    }
 }
 
 /// The source of a clone: exactly one of a checkpoint or a database.
 #[derive(KubeSchema, Serialize, Deserialize, Clone, Debug, PartialEq)]
 #[serde(rename_all = "camelCase")]
-#[x_kube(validation = Rule::new("has(self.checkpointRef) != has(self.database)")
-    .message("spec.source needs exactly one of checkpointRef or database"))]
+#[x_kube(validation = Rule::new("(has(self.checkpointRef) ? 1 : 0) + (has(self.scheduleRef) ? 1 : 0) + (has(self.database) ? 1 : 0) == 1")
+    .message("spec.source needs exactly one of checkpointRef, scheduleRef or database"))]
 pub struct CloneSource {
     /// A DatabaseCheckpoint in the same namespace.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub checkpoint_ref: Option<CheckpointRef>,
+    /// A DatabaseCheckpointSchedule in the same namespace: the clone is made from its newest Ready
+    /// checkpoint when clone work starts (and again at each reset).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub schedule_ref: Option<ScheduleRef>,
     /// A database whose latest state is cloned through a checkpoint the operator makes and owns.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub database: Option<DatabaseRef>,
@@ -94,6 +137,14 @@ pub struct CloneSource {
 #[derive(Serialize, Deserialize, Clone, Debug, PartialEq, Eq, JsonSchema)]
 pub struct CheckpointRef {
     /// Name of the DatabaseCheckpoint.
+    #[schemars(length(min = 1, max = 253))]
+    pub name: String,
+}
+
+/// A reference to a DatabaseCheckpointSchedule in the same namespace.
+#[derive(Serialize, Deserialize, Clone, Debug, PartialEq, Eq, JsonSchema)]
+pub struct ScheduleRef {
+    /// Name of the DatabaseCheckpointSchedule.
     #[schemars(length(min = 1, max = 253))]
     pub name: String,
 }
@@ -219,6 +270,16 @@ pub struct DatabaseCloneStatus {
     /// The SlateDB checkpoint the clone was made from.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub source_checkpoint_id: Option<String>,
+    /// The DatabaseCheckpoint the clone was made from (for `scheduleRef`, the one picked when work
+    /// started).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub source_checkpoint: Option<String>,
+    /// The `spec.resetToken` the clone's data was last made for.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub reset_token: Option<String>,
+    /// The ConfigMap with the clone's connection details, once it is Ready.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub connection_config_map: Option<String>,
     /// When clone work started.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub start_time: Option<Time>,

@@ -4,11 +4,13 @@ mod checkpoint;
 mod clone;
 mod common;
 pub mod conditions;
+mod schedule;
 pub mod store;
 
 pub use checkpoint::*;
 pub use clone::*;
 pub use common::*;
+pub use schedule::*;
 pub use store::{DatabaseStore, DatabaseStoreSpec, DatabaseStoreStatus};
 
 #[cfg(test)]

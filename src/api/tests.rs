@@ -117,11 +117,11 @@ fn bad_clones_are_rejected_with_a_message_naming_the_problem() {
                 "/source",
                 json!({"checkpointRef": {"name": "a"}, "database": database}),
             ),
-            "exactly one of checkpointRef or database",
+            "exactly one of checkpointRef, scheduleRef or database",
         ),
         (
             with(valid_clone_spec(), "/source", json!({})),
-            "exactly one of checkpointRef or database",
+            "exactly one of checkpointRef, scheduleRef or database",
         ),
         (
             with(valid_clone_spec(), "/target", json!({"path": ""})),

@@ -180,7 +180,7 @@ fn work() -> impl Strategy<Value = Work> {
     let count = prop_oneof![0u64..1_000, any::<u64>()];
     prop_oneof![
         problem().prop_map(Work::Waiting),
-        store().prop_map(Work::Startable),
+        store().prop_map(|store| Work::Startable(store.into())),
         prop::option::of(
             (
                 step(),
@@ -426,7 +426,7 @@ fn reachable(object: &DatabaseClone, job: bool, work: Work) -> Work {
         _ if settled => Work::Settled(Default::default()),
         Work::Waiting(_) | Work::Startable(_) => work,
         Work::Finished(Err(p)) => Work::Waiting(p),
-        _ => Work::Startable(StoreSpec::inline("file:///data")),
+        _ => Work::Startable(StoreSpec::inline("file:///data").into()),
     }
 }
 
@@ -468,7 +468,7 @@ fn check_clone_decision(
     );
     // The store is recorded when work starts, and kept otherwise.
     match work {
-        Work::Startable(store) => prop_assert_eq!(status.store.as_ref(), Some(store)),
+        Work::Startable(start) => prop_assert_eq!(status.store.as_ref(), Some(&start.store)),
         _ => prop_assert_eq!(&status.store, &previous.store),
     }
     match work {
@@ -761,7 +761,7 @@ proptest! {
         let stalled = clone::decide(&object, &stall, base_time(), Duration::ZERO);
         let current = with_clone_status(&object, Some(stalled.status.clone()));
         prop_assert!(find(&current.status.as_ref().unwrap().conditions, "Stalled").is_some());
-        let work = reachable(&current, false, Work::Startable(store));
+        let work = reachable(&current, false, Work::Startable(store.into()));
         prop_assert!(matches!(work, Work::Startable(_)), "{:?}", work);
         let now = base_time() + TimeDelta::milliseconds(later);
         let resumed = clone::decide(&current, &work, now, Duration::ZERO);
@@ -982,7 +982,7 @@ fn clone_decide_survives_attempts_at_the_maximum() {
     let store = StoreSpec::inline("file:///data");
     let _ = clone::decide(
         &object,
-        &Work::Startable(store),
+        &Work::Startable(store.into()),
         base_time(),
         Duration::ZERO,
     );

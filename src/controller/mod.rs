@@ -21,6 +21,7 @@ mod decide_properties;
 pub mod metrics;
 pub mod predicates;
 pub mod runtime;
+pub mod schedule;
 pub mod server;
 pub mod shell;
 pub mod store;
@@ -94,6 +95,9 @@ pub struct Context {
     controllers_synced: AtomicUsize,
     /// Consecutive transient failures per object uid, for exponential backoff.
     failures: Mutex<HashMap<String, u32>>,
+    /// The clones (by uid) whose connection ConfigMap this process wrote or saw, so a settled
+    /// clone looks it up once per process, not at every reconcile.
+    connections_seen: Mutex<std::collections::HashSet<String>>,
     /// The DatabaseClones the checkpoint controllers watch, by the namespace each watches (`None`:
     /// all): a checkpoint's reconcile counts its clones there instead of listing every clone of
     /// its namespace, which with 10 000 clones was a 10 000-object LIST per clone created.
@@ -128,6 +132,7 @@ impl Context {
             controllers_synced: AtomicUsize::new(0),
             settings,
             failures: Mutex::default(),
+            connections_seen: Mutex::default(),
             clone_caches: Mutex::default(),
         }
     }
@@ -265,6 +270,28 @@ impl Context {
             .lock()
             .unwrap_or_else(|poisoned| poisoned.into_inner())
             .remove(uid);
+    }
+
+    /// Records whether the connection ConfigMap of clone `uid` is known to exist; returns
+    /// whether it was known before.
+    pub fn connection_seen(&self, uid: &str, seen: bool) -> bool {
+        let mut known = self
+            .connections_seen
+            .lock()
+            .unwrap_or_else(|poisoned| poisoned.into_inner());
+        if seen {
+            !known.insert(uid.to_string())
+        } else {
+            known.remove(uid)
+        }
+    }
+
+    /// Whether the connection ConfigMap of clone `uid` is known to exist.
+    pub fn connection_known(&self, uid: &str) -> bool {
+        self.connections_seen
+            .lock()
+            .unwrap_or_else(|poisoned| poisoned.into_inner())
+            .contains(uid)
     }
 }
 

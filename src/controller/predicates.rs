@@ -3,7 +3,7 @@
 //! progress updates, dependents counts and other status writes of the checkpoints and clones
 //! around an object do not re-queue it (and the reads its reconcile makes) each time.
 
-use crate::api::conditions::{EXPIRED, INITIALIZED, READY, STALLED};
+use crate::api::conditions::{EXPIRED, INITIALIZED, IN_USE, READY, STALLED};
 use crate::api::{DatabaseCheckpoint, DatabaseClone};
 use k8s_openapi::apimachinery::pkg::apis::meta::v1::{Condition, ObjectMeta};
 use std::collections::hash_map::DefaultHasher;
@@ -61,13 +61,7 @@ pub fn clone_change_for_parents(clone: &DatabaseClone) -> Option<u64> {
 pub fn clone_change_for_checkpoint(clone: &DatabaseClone) -> Option<u64> {
     let mut hasher = DefaultHasher::new();
     hash_lifecycle(&mut hasher, &clone.metadata);
-    clone
-        .spec
-        .source
-        .checkpoint_ref
-        .as_ref()
-        .map(|r| &r.name)
-        .hash(&mut hasher);
+    clone.source_checkpoint().hash(&mut hasher);
     if let Some(status) = &clone.status {
         hash_conditions(
             &mut hasher,
@@ -75,6 +69,26 @@ pub fn clone_change_for_checkpoint(clone: &DatabaseClone) -> Option<u64> {
             &[READY, STALLED, INITIALIZED],
         );
     }
+    Some(hasher.finish())
+}
+
+/// What of a scheduled checkpoint its schedule acts on: its being Ready, Stalled or in use, its
+/// SlateDB checkpoint, and its going.
+pub fn checkpoint_change_for_schedule(checkpoint: &DatabaseCheckpoint) -> Option<u64> {
+    let mut hasher = DefaultHasher::new();
+    hash_lifecycle(&mut hasher, &checkpoint.metadata);
+    if let Some(status) = &checkpoint.status {
+        status.checkpoint_id.hash(&mut hasher);
+        hash_conditions(&mut hasher, &status.conditions, &[READY, STALLED, IN_USE]);
+    }
+    Some(hasher.finish())
+}
+
+/// An object's identity and its going only: its creation and deletion pass, its status updates
+/// do not.
+pub fn lifecycle<K: kube::Resource>(object: &K) -> Option<u64> {
+    let mut hasher = DefaultHasher::new();
+    hash_lifecycle(&mut hasher, object.meta());
     Some(hasher.finish())
 }
 

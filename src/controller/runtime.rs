@@ -1,7 +1,7 @@
 //! Assembles the running operator: probes and metrics endpoint, leader election, and the
 //! controllers of each watched namespace.
 
-use super::{checkpoint, clone, server, store, Context, Settings};
+use super::{checkpoint, clone, schedule, server, store, Context, Settings};
 use futures::future::join_all;
 use kube::Client;
 use kube_lease_manager::LeaseManagerBuilder;
@@ -87,6 +87,7 @@ pub async fn run(client: Client, options: OperatorOptions) -> Result<(), String>
     for namespace in scopes {
         if options.run_checkpoints {
             tasks.push(Box::pin(checkpoint::run(ctx.clone(), namespace.clone())));
+            tasks.push(Box::pin(schedule::run(ctx.clone(), namespace.clone())));
         }
         if options.run_clones {
             tasks.push(Box::pin(clone::run(ctx.clone(), namespace)));

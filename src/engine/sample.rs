@@ -35,26 +35,7 @@ pub async fn write_compressed_sample_db(
         .build()
         .await
         .map_err(err)?;
-    let per_sst = keys.div_ceil(ssts.max(1)).max(1);
-    for i in 0..keys {
-        let (key, value) = sample_row(i);
-        db.put(key.as_bytes(), value.as_bytes())
-            .await
-            .map_err(err)?;
-        if (i + 1) % per_sst == 0 || i + 1 == keys {
-            // Seal the WAL first, so the memtable flush can move the replay point past it.
-            db.flush_with_options(FlushOptions {
-                flush_type: FlushType::Wal,
-            })
-            .await
-            .map_err(err)?;
-            db.flush_with_options(FlushOptions {
-                flush_type: FlushType::MemTable,
-            })
-            .await
-            .map_err(err)?;
-        }
-    }
+    put_rows(&db, 0..keys, ssts, path).await?;
     db.close().await.map_err(err)?;
     // Reopen, flush what the close left in the WAL into L0, and close again: the database is then
     // quiesced, with no data in its WAL tail (which projected clones require).
@@ -69,6 +50,55 @@ pub async fn write_compressed_sample_db(
     .await
     .map_err(err)?;
     db.close().await.map_err(err)
+}
+
+/// Adds sample rows `rows` to the database at `path` (as its writer would, then flushed into one
+/// L0 SST and closed), e.g. to give a later checkpoint new rows.
+pub async fn append_sample_rows(
+    store: &Store,
+    path: &str,
+    rows: std::ops::Range<usize>,
+) -> Result<(), EngineError> {
+    let err = |e| from_slatedb("append sample rows", path, e);
+    let db = slatedb::Db::builder(path, store.main.clone())
+        .with_settings(sample_settings(None))
+        .build()
+        .await
+        .map_err(err)?;
+    put_rows(&db, rows, 1, path).await?;
+    db.close().await.map_err(err)
+}
+
+/// Puts sample rows `rows`, flushing them as `ssts` L0 SSTs.
+async fn put_rows(
+    db: &slatedb::Db,
+    rows: std::ops::Range<usize>,
+    ssts: usize,
+    path: &str,
+) -> Result<(), EngineError> {
+    let err = |e| from_slatedb("write sample rows", path, e);
+    let per_sst = rows.len().div_ceil(ssts.max(1)).max(1);
+    let last = rows.end;
+    for (n, i) in rows.enumerate() {
+        let (key, value) = sample_row(i);
+        db.put(key.as_bytes(), value.as_bytes())
+            .await
+            .map_err(err)?;
+        if (n + 1) % per_sst == 0 || i + 1 == last {
+            // Seal the WAL first, so the memtable flush can move the replay point past it.
+            db.flush_with_options(FlushOptions {
+                flush_type: FlushType::Wal,
+            })
+            .await
+            .map_err(err)?;
+            db.flush_with_options(FlushOptions {
+                flush_type: FlushType::MemTable,
+            })
+            .await
+            .map_err(err)?;
+        }
+    }
+    Ok(())
 }
 
 /// The codec named `name` (`none`, `snappy`, `zlib`, `lz4`, `zstd`), for the CLI.

@@ -79,18 +79,26 @@ retry fits in the renewal window.
 
 {{/* The operator's permissions on the namespaced resources it reconciles (conventions §13). */}}
 {{- define "slatedb-operator.operatorRules" -}}
+# Checkpoints: created and pruned by their schedules.
 - apiGroups: ["slatedb.io"]
   resources: ["databasecheckpoints"]
+  verbs: ["get", "list", "watch", "patch", "update", "create", "delete"]
+- apiGroups: ["slatedb.io"]
+  resources: ["databasecheckpointschedules"]
   verbs: ["get", "list", "watch", "patch", "update"]
 - apiGroups: ["slatedb.io"]
   resources: ["databaseclones"]
   verbs: ["get", "list", "watch", "patch", "update", "delete"]
 - apiGroups: ["slatedb.io"]
-  resources: ["databasecheckpoints/status", "databaseclones/status"]
+  resources: ["databasecheckpoints/status", "databasecheckpointschedules/status", "databaseclones/status"]
   verbs: ["get", "patch", "update"]
 - apiGroups: ["slatedb.io"]
-  resources: ["databasecheckpoints/finalizers", "databaseclones/finalizers"]
+  resources: ["databasecheckpoints/finalizers", "databasecheckpointschedules/finalizers", "databaseclones/finalizers"]
   verbs: ["update"]
+# The connection details of each Ready clone, owned by it.
+- apiGroups: [""]
+  resources: ["configmaps"]
+  verbs: ["get", "create", "patch", "delete"]
 - apiGroups: ["events.k8s.io"]
   resources: ["events"]
   verbs: ["create", "patch"]

@@ -238,10 +238,8 @@ pub async fn run(ctx: Arc<Context>, namespace: Option<String>) {
     let controller = controller.watches_stream(clone_changes, |clone| {
         let namespace = clone.namespace().unwrap_or_default();
         clone
-            .spec
-            .source
-            .checkpoint_ref
-            .map(|r| ObjectRef::new(&r.name).within(&namespace))
+            .source_checkpoint()
+            .map(|name| ObjectRef::new(name).within(&namespace))
     });
     shell::run(controller, ctx).await;
 }

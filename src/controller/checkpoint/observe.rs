@@ -190,13 +190,10 @@ pub(super) async fn dependents_of(
     };
     let name = object.name_any();
     let mut dependents = Dependents::default();
-    for clone in clones.iter().filter(|c| {
-        c.spec
-            .source
-            .checkpoint_ref
-            .as_ref()
-            .is_some_and(|r| r.name == name)
-    }) {
+    for clone in clones
+        .iter()
+        .filter(|c| c.source_checkpoint() == Some(name.as_str()))
+    {
         dependents.total += 1;
         let conditions = clone
             .status

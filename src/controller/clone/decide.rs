@@ -22,6 +22,8 @@ pub const PROGRESS_INTERVAL: Duration = Duration::from_secs(2);
 /// Reason of a clone stalled because its source checkpoint is: it is resolved again whenever the
 /// checkpoint changes.
 pub const SOURCE_STALLED: &str = "SourceStalled";
+/// Reason of a clone whose `scheduleRef` names no schedule: resolved again when one appears.
+pub const SCHEDULE_NOT_FOUND: &str = "ScheduleNotFound";
 /// Reason while clone work runs, before it reports a step.
 pub const CLONING: &str = "Cloning";
 
@@ -30,13 +32,31 @@ pub const CLONING: &str = "Cloning";
 pub enum Work {
     /// The clone has not started: the source is not usable yet, or for good.
     Waiting(Problem),
-    /// The source is resolved, in this store; work can start.
-    Startable(StoreSpec),
+    /// The source is resolved; work can start.
+    Startable(Start),
     Running(Option<CloneProgress>),
     Finished(Result<CloneReport, Problem>),
     /// Nothing in flight and the status says there is nothing to do (see [`settled`]), with what
     /// the reconcile checked of a Ready clone.
     Settled(SettledCheck),
+}
+
+/// A resolved source, as the status records it when work starts.
+#[derive(Clone, Debug, PartialEq)]
+pub struct Start {
+    /// The store holding source and clone.
+    pub store: StoreSpec,
+    /// The DatabaseCheckpoint the clone is made from, if any.
+    pub source_checkpoint: Option<String>,
+}
+
+impl From<StoreSpec> for Start {
+    fn from(store: StoreSpec) -> Self {
+        Start {
+            store,
+            source_checkpoint: None,
+        }
+    }
 }
 
 /// What a reconcile checked of a settled, Ready clone.
@@ -91,6 +111,69 @@ fn held_message(what: &str, holders: &[String]) -> String {
     )
 }
 
+/// Reason while a clone's data is replaced after its `spec.resetToken` changed.
+pub const RESETTING: &str = "Resetting";
+
+/// Whether the clone's `spec.resetToken` asks for fresh data: work has started at least once,
+/// for another token, and the object is not being deleted.
+pub fn reset_requested(object: &DatabaseClone) -> bool {
+    object.metadata.deletion_timestamp.is_none()
+        && object.status.as_ref().is_some_and(|status| {
+            status.attempts.is_some() && status.reset_token != object.spec.reset_token
+        })
+}
+
+/// The status after a reset deleted the clone's data: as before work started, with the new token
+/// and the history (attempts, the last failure) kept.
+pub fn reset_status(object: &DatabaseClone, now: DateTime<Utc>) -> DatabaseCloneStatus {
+    let previous = object.status.clone().unwrap_or_default();
+    let mut status = DatabaseCloneStatus {
+        observed_generation: object.metadata.generation,
+        conditions: previous.conditions,
+        phase: Some(ClonePhase::Pending),
+        attempts: previous.attempts,
+        last_failure: previous.last_failure,
+        reset_token: object.spec.reset_token.clone(),
+        ..Default::default()
+    };
+    let message = "spec.resetToken changed: the clone's data was deleted and is being made again";
+    let mut conditions = Conditions::new(
+        &mut status.conditions,
+        object.metadata.generation,
+        to_k8s_time(now),
+    );
+    conditions.set(RECONCILING, true, RESETTING, message);
+    conditions.set(READY, false, RESETTING, message);
+    conditions.set(INITIALIZED, false, RESETTING, "");
+    for gone in [STALLED, VERIFIED, EXPIRED, EXPIRY_BLOCKED] {
+        conditions.clear(gone);
+    }
+    status
+}
+
+/// The status of a clone whose reset waits because `holders` depend on its data: it stays as it
+/// is (Ready, if it was), and `Stalled` says why the reset does not happen.
+pub fn reset_blocked(
+    object: &DatabaseClone,
+    holders: &[String],
+    now: DateTime<Utc>,
+) -> DatabaseCloneStatus {
+    let mut status = object.status.clone().unwrap_or_default();
+    status.observed_generation = object.metadata.generation;
+    let message = format!(
+        "spec.resetToken changed, but the clone's data is not reset while others depend on it: \
+         {}; it is reset once they are gone",
+        holders.join(", ")
+    );
+    Conditions::new(
+        &mut status.conditions,
+        object.metadata.generation,
+        to_k8s_time(now),
+    )
+    .set(STALLED, true, reason::DEPENDENTS_EXIST, &message);
+    status
+}
+
 /// What the reconciler should do besides writing the status.
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub enum Effect {
@@ -116,7 +199,10 @@ pub fn settled(object: &DatabaseClone) -> bool {
         return false;
     };
     let conditions = &status.conditions;
-    let stalled_on_source = true_reason(conditions, STALLED) == Some(SOURCE_STALLED);
+    let stalled_on_source = matches!(
+        true_reason(conditions, STALLED),
+        Some(SOURCE_STALLED | SCHEDULE_NOT_FOUND)
+    );
     is_true(conditions, READY)
         || is_true(conditions, EXPIRED)
         || (is_true(conditions, STALLED)
@@ -182,6 +268,7 @@ pub fn decide(
                         ExpirationPolicy::Delete => effect = Effect::DeleteObject,
                         ExpirationPolicy::ExpireData => {
                             effect = Effect::ExpireData;
+                            status.connection_config_map = None;
                             let message =
                                 "the clone expired; its data was deleted and the object kept";
                             conditions.set(EXPIRED, true, "ExpireAfterElapsed", message);
@@ -196,6 +283,10 @@ pub fn decide(
                 }
             }
             if ready && check.broken.is_none() && effect == Effect::None {
+                // Clones made before connection details existed get them too.
+                if status.connection_config_map.is_none() {
+                    status.connection_config_map = Some(super::connection::config_map_name(object));
+                }
                 requeue_after = match (requeue_after, check.next_check) {
                     (Some(a), Some(b)) => Some(a.min(b)),
                     (a, b) => a.or(b),
@@ -212,9 +303,11 @@ pub fn decide(
                 ));
             }
         }
-        Work::Startable(store) => {
+        Work::Startable(start) => {
             effect = Effect::StartWork;
-            status.store = Some(store.clone());
+            status.store = Some(start.store.clone());
+            status.source_checkpoint = start.source_checkpoint.clone();
+            status.reset_token = object.spec.reset_token.clone();
             status.attempts = Some(previous.attempts.unwrap_or(0).saturating_add(1));
             status.start_time = previous.start_time.clone().or(Some(now_k8s.clone()));
             conditions.set(RECONCILING, true, CLONING, "clone work started");
@@ -284,6 +377,7 @@ pub fn decide(
             conditions.clear(STALLED);
             phase = Some(ClonePhase::Ready);
             record_report(&mut status, report, now);
+            status.connection_config_map = Some(super::connection::config_map_name(object));
             if let Some(after) = object
                 .spec
                 .expire_after
@@ -461,7 +555,7 @@ mod tests {
     fn a_startable_clone_starts_and_counts_the_attempt() {
         let d = decide(
             &object(spec(), None),
-            &Work::Startable(store()),
+            &Work::Startable(store().into()),
             now(),
             Duration::ZERO,
         );
@@ -477,7 +571,7 @@ mod tests {
         assert_eq!(d.requeue_after, Some(PROGRESS_INTERVAL));
         let again = decide(
             &object(spec(), Some(d.status)),
-            &Work::Startable(store()),
+            &Work::Startable(store().into()),
             now(),
             Duration::ZERO,
         );

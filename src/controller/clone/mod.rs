@@ -3,6 +3,7 @@
 //! `initialized` flag and verification, expires, and deletes the clone's data with the object.
 //! [`decide`] holds the pure decision; this file the effects and the watches.
 
+mod connection;
 pub mod decide;
 mod pool;
 mod source;
@@ -11,7 +12,9 @@ pub use decide::{decide, settled, Decision, Effect, SettledCheck, Work, PROGRESS
 pub use pool::ClonePool;
 
 use crate::api::conditions::READY;
-use crate::api::{DatabaseCheckpoint, DatabaseClone, DeletionPolicy, VerifyMode};
+use crate::api::{
+    DatabaseCheckpoint, DatabaseCheckpointSchedule, DatabaseClone, DeletionPolicy, VerifyMode,
+};
 use crate::controller::shell::{self, Reconcile};
 use crate::controller::stores::{leave_data_behind, open_store, PathUse};
 use crate::controller::{predicates, store};
@@ -51,32 +54,33 @@ impl Reconcile for DatabaseClone {
 
 /// The clone's source checkpoint, as an event's related object.
 fn source_ref(object: &DatabaseClone) -> Option<ObjectReference> {
-    object
-        .spec
-        .source
-        .checkpoint_ref
-        .as_ref()
-        .map(|r| ObjectReference {
-            api_version: Some(DatabaseCheckpoint::api_version(&()).into()),
-            kind: Some(DatabaseCheckpoint::kind(&()).into()),
-            name: Some(r.name.clone()),
-            namespace: object.namespace(),
-            ..Default::default()
-        })
+    object.source_checkpoint().map(|name| ObjectReference {
+        api_version: Some(DatabaseCheckpoint::api_version(&()).into()),
+        kind: Some(DatabaseCheckpoint::kind(&()).into()),
+        name: Some(name.to_string()),
+        namespace: object.namespace(),
+        ..Default::default()
+    })
 }
 
 async fn apply(object: &DatabaseClone, ctx: &Context) -> Result<Action, Error> {
     let namespace = object.namespace().unwrap_or_default();
     let api = Api::<DatabaseClone>::namespaced(ctx.client.clone(), &namespace);
     let uid = object.uid().unwrap_or_default();
+    if decide::reset_requested(object) {
+        return reset(object, ctx, &api).await;
+    }
     let mut start = None;
     let work = match ctx.clones.observe(&uid) {
         Some(work) => work,
         None if settled(object) => Work::Settled(check_settled(object, ctx).await?),
         None => match resolve(object, ctx).await? {
-            Ok(Resolved { config, store }) => {
+            Ok(Resolved {
+                config,
+                start: what,
+            }) => {
                 start = Some(config);
-                Work::Startable(store)
+                Work::Startable(what)
             }
             Err(problem) => Work::Waiting(problem),
         },
@@ -137,11 +141,29 @@ async fn apply(object: &DatabaseClone, ctx: &Context) -> Result<Action, Error> {
                     holders.join(", ")
                 )));
             }
+            connection::remove(&ctx.client, object).await?;
+            ctx.connection_seen(&uid, false);
         }
         Effect::StartWork | Effect::None => {}
     }
     if object.status.as_ref() != Some(&decision.status) {
         shell::write_status(&api, object, &decision.status).await?;
+    }
+    // The connection details appear only once the status says Ready, so an application waiting
+    // for them never opens a clone that is not.
+    let ready_now = decision.status.connection_config_map.is_some()
+        && crate::controller::conditions::is_true(&decision.status.conditions, READY);
+    if ready_now && !ctx.connection_known(&uid) {
+        let published = DatabaseClone {
+            status: Some(decision.status.clone()),
+            ..object.clone()
+        };
+        let exists = !matches!(work, Work::Finished(_))
+            && connection::exists(&ctx.client, &published).await?;
+        if !exists {
+            connection::publish(&ctx.client, &published).await?;
+        }
+        ctx.connection_seen(&uid, true);
     }
     if let (Effect::StartWork, Some(config)) = (&decision.effect, start) {
         info!(target_path = %config.target_path, "starting clone work");
@@ -150,8 +172,53 @@ async fn apply(object: &DatabaseClone, ctx: &Context) -> Result<Action, Error> {
     Ok(shell::requeue(decision.requeue_after))
 }
 
+/// Replaces the clone's data with a fresh clone of its source (its `spec.resetToken` changed):
+/// the work in flight stops, the connection details go, then the data, unless others depend on
+/// it; the status starts over, so the next reconcile resolves the source again (for
+/// `scheduleRef`, its newest checkpoint now).
+async fn reset(
+    object: &DatabaseClone,
+    ctx: &Context,
+    api: &Api<DatabaseClone>,
+) -> Result<Action, Error> {
+    let uid = object.uid().unwrap_or_default();
+    ctx.clones.cancel(&uid);
+    connection::remove(&ctx.client, object).await?;
+    ctx.connection_seen(&uid, false);
+    let now = Utc::now();
+    match delete_data(object, ctx).await? {
+        DataDeletion::Deleted | DataDeletion::NotOwned(_) => {
+            info!("reset: the clone's data was deleted; cloning its source again");
+            let status = decide::reset_status(object, now);
+            shell::write_status(api, object, &status).await?;
+            let note = format!(
+                "spec.resetToken changed to {:?}: the clone's data was deleted and is made again",
+                object.spec.reset_token.as_deref().unwrap_or_default()
+            );
+            ctx.publish(
+                object,
+                source_ref(object),
+                &Notice::normal("Reset", "Reset", note),
+            );
+            Ok(Action::requeue(Duration::ZERO))
+        }
+        DataDeletion::Held(holders) => {
+            let status = decide::reset_blocked(object, &holders, now);
+            if object.status.as_ref() != Some(&status) {
+                shell::write_status(api, object, &status).await?;
+            }
+            Ok(Action::requeue(decide::HELD_RECHECK))
+        }
+        DataDeletion::LeftBehind => Err(Error::Blocked(
+            "the clone's data cannot be deleted for its reset: its store's Secret is missing"
+                .into(),
+        )),
+    }
+}
+
 async fn cleanup(object: &DatabaseClone, ctx: &Context) -> Result<Action, Error> {
     ctx.clones.cancel(&object.uid().unwrap_or_default());
+    connection::remove(&ctx.client, object).await?;
     if object.spec.deletion_policy == DeletionPolicy::Retain {
         return Ok(Action::await_change());
     }
@@ -387,14 +454,42 @@ fn clones_related_to_checkpoint(
         let namespace = checkpoint.namespace();
         let name = checkpoint.name_any();
         let path = &checkpoint.spec.database.path.0;
+        // A clone of a schedule wakes for each of the schedule's checkpoints: one that turns
+        // Ready may be the newest it waits for.
+        let schedule = checkpoint.labels().get(crate::api::SCHEDULE_LABEL).cloned();
         let related = |c: &DatabaseClone| {
-            let made_from = c.spec.source.checkpoint_ref.as_ref();
-            made_from.is_some_and(|r| r.name == name) || &c.spec.target.path.0 == path
+            let of_schedule = c.spec.source.schedule_ref.as_ref().map(|r| &r.name);
+            c.source_checkpoint() == Some(name.as_str())
+                || &c.spec.target.path.0 == path
+                || (of_schedule.is_some() && of_schedule == schedule.as_ref())
         };
         clones
             .state()
             .into_iter()
             .filter(|c| c.namespace() == namespace && related(c))
+            .map(|c| ObjectRef::from_obj(&*c))
+            .collect()
+    }
+}
+
+/// A schedule's change wakes the clones of it.
+fn clones_of_schedule(
+    clones: Store<DatabaseClone>,
+) -> impl Fn(DatabaseCheckpointSchedule) -> Vec<ObjectRef<DatabaseClone>> {
+    move |schedule| {
+        let namespace = schedule.namespace();
+        let name = schedule.name_any();
+        clones
+            .state()
+            .into_iter()
+            .filter(|c| {
+                c.namespace() == namespace
+                    && c.spec
+                        .source
+                        .schedule_ref
+                        .as_ref()
+                        .is_some_and(|r| r.name == name)
+            })
             .map(|c| ObjectRef::from_obj(&*c))
             .collect()
     }
@@ -451,11 +546,21 @@ pub async fn run(ctx: Arc<Context>, namespace: Option<String>) {
     .backoff(shell::WatchBackoff::default())
     .touched_objects()
     .predicate_filter(predicates::clone_change_for_parents, Default::default());
+    // A schedule's creation (or going) wakes the clones naming it; its checkpoints turning Ready
+    // wake them through the checkpoint watch.
+    let schedule_changes = watcher(
+        ctx.scoped_api::<DatabaseCheckpointSchedule>(namespace),
+        watcher::Config::default(),
+    )
+    .backoff(shell::WatchBackoff::default())
+    .touched_objects()
+    .predicate_filter(predicates::lifecycle, Default::default());
     let controller = controller
         .watches_stream(
             checkpoint_changes,
             clones_related_to_checkpoint(clones.clone()),
         )
+        .watches_stream(schedule_changes, clones_of_schedule(clones.clone()))
         .watches_stream(clone_changes, parents_of_clone(clones));
     shell::run(controller, ctx).await;
 }

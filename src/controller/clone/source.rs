@@ -1,10 +1,12 @@
 //! Resolving a clone's source: the DatabaseCheckpoint it names (Ready, not Stalled) or a
 //! database's latest state, the key range, and the store, into the engine's clone configuration.
 
-use super::decide::SOURCE_STALLED;
+use super::decide::{Start, SCHEDULE_NOT_FOUND, SOURCE_STALLED};
 use crate::api::conditions::{READY, STALLED};
+use crate::api::DatabaseCheckpointSchedule;
 use crate::api::{DatabaseCheckpoint, DatabaseClone, StoreSpec, VerifyMode};
 use crate::controller::conditions::is_true;
+use crate::controller::schedule::{self, decide::ChildState};
 use crate::controller::stores::{open_store, PathUse};
 use crate::controller::{Context, Outcome, Problem};
 use crate::engine::{CloneConfig, CloneSourceCheckpoint, Fault, Owner, RetryPolicy, Verification};
@@ -13,7 +15,7 @@ use kube::{Api, ResourceExt};
 /// A resolved source: what the engine needs, and the store to record in the status.
 pub struct Resolved {
     pub config: CloneConfig,
-    pub store: StoreSpec,
+    pub start: Start,
 }
 
 /// The SlateDB name of the temporary checkpoint a clone of the latest state makes on its parent.
@@ -47,77 +49,39 @@ fn problem<T>(fault: Fault, reason: &str, message: String) -> Outcome<T> {
 pub async fn resolve(object: &DatabaseClone, ctx: &Context) -> Outcome<Resolved> {
     let namespace = object.namespace().unwrap_or_default();
     let source = &object.spec.source;
-    let (store_spec, source_path, source_checkpoint) =
-        match (&source.checkpoint_ref, &source.database) {
-            (Some(reference), _) => {
-                let checkpoints =
-                    Api::<DatabaseCheckpoint>::namespaced(ctx.client.clone(), &namespace);
-                let Some(checkpoint) = checkpoints.get_opt(&reference.name).await? else {
-                    return problem(
-                        Fault::Transient,
-                        "SourceNotFound",
-                        format!(
-                            "DatabaseCheckpoint {namespace}/{} does not exist",
-                            reference.name
-                        ),
-                    );
-                };
-                let status = checkpoint.status.clone().unwrap_or_default();
-                let id = status
-                    .checkpoint_id
-                    .as_deref()
-                    .and_then(|id| id.parse().ok());
-                match id {
-                    Some(id) if is_true(&status.conditions, READY) => (
-                        checkpoint.spec.database.store.clone(),
-                        checkpoint.spec.database.path.0.clone(),
-                        CloneSourceCheckpoint::Id(id),
-                    ),
-                    // Stalled until the checkpoint recovers; its changes trigger a reconcile.
-                    _ if is_true(&status.conditions, STALLED) => {
-                        let why = status
-                            .conditions
-                            .iter()
-                            .find(|c| c.type_ == STALLED)
-                            .map(|c| format!("{}: {}", c.reason, c.message))
-                            .unwrap_or_default();
-                        return problem(
-                            Fault::Permanent,
-                            SOURCE_STALLED,
-                            format!(
-                                "DatabaseCheckpoint {namespace}/{} is Stalled ({why}); fix it \
-                                 and this clone proceeds",
-                                reference.name
-                            ),
-                        );
-                    }
-                    _ => {
-                        return problem(
-                            Fault::Transient,
-                            "SourceNotReady",
-                            format!(
-                                "DatabaseCheckpoint {namespace}/{} is not Ready",
-                                reference.name
-                            ),
-                        )
+    let (store_spec, source_path, source_checkpoint, checkpoint_name) = match &source.database {
+        Some(database) => (
+            database.store.clone(),
+            database.path.0.clone(),
+            CloneSourceCheckpoint::Latest {
+                name: latest_checkpoint_name(object),
+            },
+            None,
+        ),
+        None => {
+            let name = match (&source.checkpoint_ref, &source.schedule_ref) {
+                (Some(reference), _) => reference.name.clone(),
+                (None, Some(schedule)) => {
+                    match scheduled_source(object, &schedule.name, ctx).await? {
+                        Ok(name) => name,
+                        Err(problem) => return Ok(Err(problem)),
                     }
                 }
-            }
-            (None, Some(database)) => (
-                database.store.clone(),
-                database.path.0.clone(),
-                CloneSourceCheckpoint::Latest {
-                    name: latest_checkpoint_name(object),
-                },
-            ),
-            (None, None) => {
-                return problem(
-                    Fault::Permanent,
-                    "InvalidSpec",
-                    "spec.source names no source".into(),
-                )
-            }
-        };
+                (None, None) => {
+                    return problem(
+                        Fault::Permanent,
+                        "InvalidSpec",
+                        "spec.source names no source".into(),
+                    )
+                }
+            };
+            let (store, path, id) = match checkpoint_source(&namespace, &name, ctx).await? {
+                Ok(found) => found,
+                Err(problem) => return Ok(Err(problem)),
+            };
+            (store, path, CloneSourceCheckpoint::Id(id), Some(name))
+        }
+    };
     if source_path == object.spec.target.path.0 {
         return problem(
             Fault::Permanent,
@@ -156,6 +120,107 @@ pub async fn resolve(object: &DatabaseClone, ctx: &Context) -> Outcome<Resolved>
     };
     Ok(Ok(Resolved {
         config,
-        store: store_spec,
+        start: Start {
+            store: store_spec,
+            source_checkpoint: checkpoint_name,
+        },
     }))
+}
+
+/// The store, database path and SlateDB checkpoint of DatabaseCheckpoint `name`, once it is Ready.
+async fn checkpoint_source(
+    namespace: &str,
+    name: &str,
+    ctx: &Context,
+) -> Outcome<(StoreSpec, String, uuid::Uuid)> {
+    let checkpoints = Api::<DatabaseCheckpoint>::namespaced(ctx.client.clone(), namespace);
+    let Some(checkpoint) = checkpoints.get_opt(name).await? else {
+        return problem(
+            Fault::Transient,
+            "SourceNotFound",
+            format!("DatabaseCheckpoint {namespace}/{name} does not exist"),
+        );
+    };
+    let status = checkpoint.status.clone().unwrap_or_default();
+    let id = status
+        .checkpoint_id
+        .as_deref()
+        .and_then(|id| id.parse().ok());
+    match id {
+        Some(id) if is_true(&status.conditions, READY) => Ok(Ok((
+            checkpoint.spec.database.store.clone(),
+            checkpoint.spec.database.path.0.clone(),
+            id,
+        ))),
+        // Stalled until the checkpoint recovers; its changes trigger a reconcile.
+        _ if is_true(&status.conditions, STALLED) => {
+            let why = status
+                .conditions
+                .iter()
+                .find(|c| c.type_ == STALLED)
+                .map(|c| format!("{}: {}", c.reason, c.message))
+                .unwrap_or_default();
+            problem(
+                Fault::Permanent,
+                SOURCE_STALLED,
+                format!(
+                    "DatabaseCheckpoint {namespace}/{name} is Stalled ({why}); fix it and this \
+                     clone proceeds"
+                ),
+            )
+        }
+        _ => problem(
+            Fault::Transient,
+            "SourceNotReady",
+            format!("DatabaseCheckpoint {namespace}/{name} is not Ready"),
+        ),
+    }
+}
+
+/// The DatabaseCheckpoint a clone of schedule `name` is made from: the one recorded when its work
+/// started (a retry resumes the same clone), else the schedule's newest Ready checkpoint.
+async fn scheduled_source(object: &DatabaseClone, name: &str, ctx: &Context) -> Outcome<String> {
+    if let Some(recorded) = object
+        .status
+        .as_ref()
+        .and_then(|s| s.source_checkpoint.clone())
+    {
+        return Ok(Ok(recorded));
+    }
+    let namespace = object.namespace().unwrap_or_default();
+    let schedules = Api::<DatabaseCheckpointSchedule>::namespaced(ctx.client.clone(), &namespace);
+    let Some(schedule) = schedules.get_opt(name).await? else {
+        return problem(
+            Fault::Permanent,
+            SCHEDULE_NOT_FOUND,
+            format!(
+                "DatabaseCheckpointSchedule {namespace}/{name} does not exist; create it (or fix \
+                 spec.source.scheduleRef) and this clone proceeds"
+            ),
+        );
+    };
+    let checkpoints = Api::<DatabaseCheckpoint>::namespaced(ctx.client.clone(), &namespace);
+    let children = schedule::children_of(&schedule, &checkpoints).await?;
+    match children
+        .iter()
+        .find(|(_, child)| child.state == ChildState::Ready && !child.deleting)
+    {
+        Some((checkpoint, _)) => Ok(Ok(checkpoint.name_any())),
+        None => {
+            let next = schedule
+                .status
+                .as_ref()
+                .and_then(|s| s.next_schedule_time.as_ref())
+                .map(|t| format!(" (next tick at {})", t.0))
+                .unwrap_or_default();
+            problem(
+                Fault::Transient,
+                "NoReadyCheckpoint",
+                format!(
+                    "DatabaseCheckpointSchedule {namespace}/{name} has no Ready checkpoint yet{next}; \
+                     the clone starts from the first one"
+                ),
+            )
+        }
+    }
 }
