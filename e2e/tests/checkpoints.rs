@@ -452,3 +452,102 @@ async fn deletion_waits_for_clones_being_initialized_from_the_checkpoint() {
     assert!(db.list_checkpoints(None).await.unwrap().is_empty());
     env.cleanup().await;
 }
+
+/// A detached checkpoint of a database whose writer made rows durable only in its WAL says so
+/// (`IncludesDurableWrites=False`, the WAL objects it misses), and a clone of it lacks them; a
+/// checkpoint the application takes through its writer, adopted, has them, and so has its clone.
+#[tokio::test]
+async fn a_checkpoint_of_a_live_writer_says_what_it_misses() {
+    let (env, store) = setup("cp-coverage", StoreKind::File).await;
+    write_sample_db(&store, DB_PATH, 100, 1).await;
+    let writer = slatedb::Db::builder(DB_PATH, store.open().main)
+        .build()
+        .await
+        .unwrap();
+    writer.put(b"wal-only", b"tail").await.unwrap();
+    writer
+        .flush_with_options(slatedb::config::FlushOptions {
+            flush_type: slatedb::config::FlushType::Wal,
+        })
+        .await
+        .unwrap();
+    let _operator = Operator::start(&env.namespace, &[]);
+    let database = json!({"store": store.store_spec(), "path": DB_PATH});
+    create_checkpoint(&env, "detached", json!({"database": database})).await;
+    let detached = wait_condition(&env, "detached", "Ready", Duration::from_secs(60)).await;
+    let status = detached.status.clone().unwrap();
+    let includes = status
+        .conditions
+        .iter()
+        .find(|c| c.type_ == "IncludesDurableWrites")
+        .expect("an IncludesDurableWrites condition");
+    assert_eq!(includes.status, "False", "{includes:?}");
+    assert!(
+        includes.message.contains("Db::create_checkpoint"),
+        "{}",
+        includes.message
+    );
+    assert!(status.coverage.unwrap().wal_objects_not_included >= 1);
+
+    let options = slatedb::config::CheckpointOptions {
+        name: Some("app-complete".into()),
+        ..Default::default()
+    };
+    writer
+        .create_checkpoint(slatedb::config::CheckpointScope::Durable, &options)
+        .await
+        .unwrap();
+    create_checkpoint(
+        &env,
+        "adopted",
+        json!({"database": database, "source": {"mode": "Adopt", "adopt": {"name": "app-complete"}},
+               "deletionPolicy": "Retain"}),
+    )
+    .await;
+    let adopted = wait_condition(&env, "adopted", "Ready", Duration::from_secs(60)).await;
+    let includes = adopted
+        .status
+        .unwrap()
+        .conditions
+        .into_iter()
+        .find(|c| c.type_ == "IncludesDurableWrites")
+        .unwrap();
+    assert_eq!(includes.status, "True", "{includes:?}");
+
+    for (checkpoint, target) in [
+        ("detached", "clones/detached"),
+        ("adopted", "clones/adopted"),
+    ] {
+        crate::clones::create(
+            &env,
+            "DatabaseClone",
+            target.trim_start_matches("clones/"),
+            json!({"source": {"checkpointRef": {"name": checkpoint}}, "target": {"path": target}}),
+        )
+        .await;
+        crate::clones::wait_clone(
+            &env,
+            target.trim_start_matches("clones/"),
+            "Ready",
+            Duration::from_secs(60),
+        )
+        .await;
+    }
+    writer.close().await.unwrap();
+    let read = |path: &'static str| {
+        let main = store.open().main;
+        async move {
+            let db = slatedb::Db::builder(path, main).build().await.unwrap();
+            let value = db.get(b"wal-only").await.unwrap();
+            db.close().await.unwrap();
+            value
+        }
+    };
+    assert_eq!(
+        read("clones/detached").await,
+        None,
+        "the detached checkpoint has the WAL-only row"
+    );
+    assert_eq!(read("clones/adopted").await.as_deref(), Some(&b"tail"[..]));
+    env.cleanup().await;
+}

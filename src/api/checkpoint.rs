@@ -103,6 +103,18 @@ pub struct AdoptCheckpoint {
     pub name: Option<String>,
 }
 
+/// What a checkpoint includes of its database's writes.
+#[derive(Serialize, Deserialize, Clone, Debug, Default, PartialEq, Eq, JsonSchema)]
+#[serde(rename_all = "camelCase")]
+pub struct CheckpointCoverage {
+    /// The writer's clock at the newest write flushed to L0 in the pinned manifest.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub last_l0_write_time: Option<Time>,
+    /// Durable WAL objects that existed when the checkpoint was made but are not in it: writes
+    /// the writer had made durable in its WAL and not yet into a manifest.
+    pub wal_objects_not_included: i64,
+}
+
 /// How deeply a checkpoint is fingerprinted.
 #[derive(Serialize, Deserialize, Clone, Copy, Debug, Default, PartialEq, Eq, JsonSchema)]
 pub enum ChecksumMode {
@@ -148,6 +160,10 @@ pub struct DatabaseCheckpointStatus {
     /// Fingerprint of what the checkpoint pins.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub checksum: Option<Checksum>,
+    /// What the checkpoint includes of the database's writes (see the `IncludesDurableWrites`
+    /// condition).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub coverage: Option<CheckpointCoverage>,
     /// Number of DatabaseClones that reference this checkpoint.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub dependents: Option<i32>,

@@ -11,6 +11,8 @@ pub const INITIALIZED: &str = "Initialized";
 pub const VERIFIED: &str = "Verified";
 pub const EXPIRED: &str = "Expired";
 pub const IN_USE: &str = "InUse";
+/// Whether a checkpoint holds every write its database had made durable when it was taken.
+pub const INCLUDES_DURABLE_WRITES: &str = "IncludesDurableWrites";
 /// The object is being deleted, but others depend on its data, which stays until they go;
 /// present only while true.
 pub const DELETION_BLOCKED: &str = "DeletionBlocked";

@@ -11,7 +11,7 @@ use crate::api::{
     DatabaseCloneStatus, StoreSpec,
 };
 use crate::engine::{
-    CheckpointInfo, CloneProgress, CloneReport, CloneStep, Fault, Fingerprint, Obtained,
+    CheckpointInfo, CloneProgress, CloneReport, CloneStep, Coverage, Fault, Fingerprint, Obtained,
 };
 use chrono::{DateTime, TimeDelta, TimeZone, Utc};
 use k8s_openapi::apimachinery::pkg::apis::meta::v1::Condition;
@@ -287,6 +287,10 @@ impl CheckpointSeen {
                     expire_time: expires_in.map(|s| now + TimeDelta::seconds(s)),
                 },
                 obtained,
+                coverage: fingerprint.as_ref().map(|_| Coverage {
+                    last_l0_write: None,
+                    wal_objects_not_included: (id % 3) as u64,
+                }),
                 fingerprint,
                 recheck_in: None,
             },
@@ -823,8 +827,21 @@ fn check_checkpoint_decision(
             checkpoint,
             obtained,
             fingerprint,
+            coverage,
             ..
         } => {
+            // What it covers is recorded, and the condition says whether it has every durable write.
+            if let Some(coverage) = coverage {
+                let includes = find(&status.conditions, "IncludesDurableWrites");
+                prop_assert_eq!(
+                    includes.map(|c| c.status == "True"),
+                    Some(coverage.wal_objects_not_included == 0)
+                );
+                prop_assert_eq!(
+                    status.coverage.as_ref().map(|c| c.wal_objects_not_included),
+                    Some(coverage.wal_objects_not_included as i64)
+                );
+            }
             prop_assert_eq!(
                 status.checkpoint_id.clone(),
                 Some(checkpoint.id.to_string())
@@ -865,6 +882,7 @@ fn check_checkpoint_decision(
                     obtained: None,
                     fingerprint: None,
                     recheck_in: None,
+                    coverage: None,
                 },
                 dependents,
                 now,

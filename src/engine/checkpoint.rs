@@ -31,6 +31,19 @@ impl From<&Checkpoint> for CheckpointInfo {
     }
 }
 
+/// What a checkpoint includes of its database's writes. A detached checkpoint pins the last
+/// manifest the writer wrote: durable writes still only in WAL objects beyond that manifest are
+/// not in it.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct Coverage {
+    /// The writer's clock at the newest write flushed to L0 in the pinned manifest (writes in the
+    /// WAL objects it pins may be a little newer).
+    pub last_l0_write: Option<DateTime<Utc>>,
+    /// WAL objects that existed when the checkpoint was made (to the second) but lie beyond what it
+    /// pins.
+    pub wal_objects_not_included: u64,
+}
+
 /// Whether [`Database::obtain_checkpoint`] made a new checkpoint or found the one it made before.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub enum Obtained {
@@ -66,6 +79,44 @@ pub struct DbDescription {
 }
 
 impl Database {
+    /// What `checkpoint` covers: its manifest's last L0 write, and the WAL objects written no later
+    /// than the checkpoint that it does not pin (durable writes it misses).
+    pub async fn coverage(&self, checkpoint: &CheckpointInfo) -> Result<Coverage, EngineError> {
+        use futures::TryStreamExt;
+        let manifest = self.pinned_manifest(checkpoint.manifest_id).await?;
+        let tick = manifest.last_l0_clock_tick();
+        // The default clock counts milliseconds since the epoch; anything else is not a time.
+        let plausible = DateTime::from_timestamp_millis(tick).filter(|t| {
+            t.timestamp() > 946_684_800 && *t <= checkpoint.create_time + chrono::TimeDelta::days(1)
+        });
+        let prefix = self.path.clone().join("wal");
+        let listing = self
+            .store
+            .wal_or_main()
+            .list(Some(&prefix))
+            .try_collect::<Vec<_>>();
+        let objects = self.bounded_store("list WAL", listing).await?;
+        let first_not_pinned = manifest.next_wal_sst_id();
+        // The manifest keeps a checkpoint's creation time in whole seconds.
+        let made_by = checkpoint.create_time + chrono::TimeDelta::seconds(1);
+        let wal_objects_not_included = objects
+            .iter()
+            .filter(|o| o.last_modified < made_by)
+            .filter_map(|o| {
+                o.location
+                    .filename()?
+                    .strip_suffix(".sst")?
+                    .parse::<u64>()
+                    .ok()
+            })
+            .filter(|id| *id >= first_not_pinned)
+            .count() as u64;
+        Ok(Coverage {
+            last_l0_write: plausible,
+            wal_objects_not_included,
+        })
+    }
+
     pub async fn describe(&self) -> Result<DbDescription, EngineError> {
         self.probe().await?;
         let manifest = self.latest_manifest().await?;

@@ -44,7 +44,7 @@ mod store;
 mod store_layers;
 
 pub use backoff::Backoff;
-pub use checkpoint::{CheckpointInfo, CheckpointSelector, Obtained};
+pub use checkpoint::{CheckpointInfo, CheckpointSelector, Coverage, Obtained};
 pub use clone::{
     initialize_clone, CloneConfig, CloneProgress, CloneReport, CloneSourceCheckpoint, CloneStep,
     RetryPolicy, Verification,

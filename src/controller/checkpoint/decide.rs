@@ -1,11 +1,15 @@
 //! The pure decision of the checkpoint controller: from the object, what SlateDB said and the
 //! clones that depend on it, the new status, the event to record and when to look again.
 
-use crate::api::conditions::{reason, EXPIRED, IN_USE, READY, RECONCILING, STALLED};
-use crate::api::{CheckpointPhase, Checksum, DatabaseCheckpoint, DatabaseCheckpointStatus};
+use crate::api::conditions::{
+    reason, EXPIRED, INCLUDES_DURABLE_WRITES, IN_USE, READY, RECONCILING, STALLED,
+};
+use crate::api::{
+    CheckpointCoverage, CheckpointPhase, Checksum, DatabaseCheckpoint, DatabaseCheckpointStatus,
+};
 use crate::controller::conditions::{is_true, true_reason, Conditions};
 use crate::controller::{to_k8s_time, Notice, Problem};
-use crate::engine::{CheckpointInfo, Fault, Fingerprint, Obtained};
+use crate::engine::{CheckpointInfo, Coverage, Fault, Fingerprint, Obtained};
 use chrono::{DateTime, Utc};
 use std::time::Duration;
 
@@ -24,6 +28,9 @@ pub enum Observation {
         fingerprint: Option<Fingerprint>,
         /// When to check the health of its data again (when checks are on).
         recheck_in: Option<Duration>,
+        /// What it covers of the database's writes, when this reconcile looked (with a new
+        /// fingerprint).
+        coverage: Option<Coverage>,
     },
     Failed(Problem),
 }
@@ -166,15 +173,61 @@ pub fn decide(
     if let Observation::Present {
         checkpoint,
         fingerprint,
+        coverage,
         ..
     } = observation
     {
         record_checkpoint(&mut status, checkpoint, fingerprint.as_ref(), now);
+        if let Some(coverage) = coverage {
+            record_coverage(&mut status, coverage, object, now);
+        }
     }
     Decision {
         status,
         event,
         requeue_after,
+    }
+}
+
+/// What the checkpoint covers, and the `IncludesDurableWrites` condition saying so.
+fn record_coverage(
+    status: &mut DatabaseCheckpointStatus,
+    coverage: &Coverage,
+    object: &DatabaseCheckpoint,
+    now: DateTime<Utc>,
+) {
+    status.coverage = Some(CheckpointCoverage {
+        last_l0_write_time: coverage.last_l0_write.map(to_k8s_time),
+        wal_objects_not_included: i64::try_from(coverage.wal_objects_not_included)
+            .unwrap_or(i64::MAX),
+    });
+    let mut conditions = Conditions::new(
+        &mut status.conditions,
+        object.metadata.generation,
+        to_k8s_time(now),
+    );
+    match coverage.wal_objects_not_included {
+        0 => conditions.set(
+            INCLUDES_DURABLE_WRITES,
+            true,
+            "NoWalTail",
+            "no WAL object of the database lay beyond the checkpoint's manifest when it was made",
+        ),
+        n => {
+            let message = format!(
+                "{n} WAL object(s) the writer had made durable were beyond the checkpoint's \
+                 manifest when it was made: their writes are not in this checkpoint. For a \
+                 checkpoint with every durable write, let the application take one with \
+                 Db::create_checkpoint(CheckpointScope::Durable) and adopt it (spec.source.mode: \
+                 Adopt), or checkpoint the database after its writer closed"
+            );
+            conditions.set(
+                INCLUDES_DURABLE_WRITES,
+                false,
+                "WalTailNotIncluded",
+                &message,
+            );
+        }
     }
 }
 
@@ -263,6 +316,7 @@ mod tests {
             checkpoint: checkpoint(None),
             obtained: Some(Obtained::Created),
             fingerprint: Some(fingerprint()),
+            coverage: None,
             recheck_in: None,
         };
         let d = decide(
@@ -288,6 +342,7 @@ mod tests {
             checkpoint: checkpoint(Some(30)),
             obtained: None,
             fingerprint: None,
+            coverage: None,
             recheck_in: None,
         };
         let d = decide(
@@ -307,6 +362,7 @@ mod tests {
             checkpoint: checkpoint(Some(-1)),
             obtained: None,
             fingerprint: None,
+            coverage: None,
             recheck_in: None,
         };
         let d2 = decide(
@@ -376,6 +432,7 @@ mod tests {
             checkpoint: checkpoint(None),
             obtained: None,
             fingerprint: Some(fingerprint()),
+            coverage: None,
             recheck_in: None,
         };
         let ready = decide(
@@ -419,6 +476,7 @@ mod tests {
             checkpoint: checkpoint(None),
             obtained: None,
             fingerprint: Some(fingerprint()),
+            coverage: None,
             recheck_in: None,
         };
         let d2 = decide(
@@ -437,6 +495,7 @@ mod tests {
             checkpoint: checkpoint(None),
             obtained: None,
             fingerprint: Some(fingerprint()),
+            coverage: None,
             recheck_in: None,
         };
         let dependents = Dependents {

@@ -113,10 +113,13 @@ async fn observe_checkpoint(
             .checksum
             .as_ref()
             .is_some_and(|c| !want_content || c.content_root.is_some());
-    let fingerprint = if recorded_fingerprint_applies {
-        None
+    let (fingerprint, coverage) = if recorded_fingerprint_applies {
+        (None, None)
     } else {
-        Some(db.fingerprint(checkpoint.manifest_id, want_content).await?)
+        (
+            Some(db.fingerprint(checkpoint.manifest_id, want_content).await?),
+            Some(db.coverage(&checkpoint).await?),
+        )
     };
     // A checkpoint already Ready: is everything it pins still there?
     let was_ready = is_true(&status.conditions, READY) && obtained.is_none();
@@ -134,6 +137,7 @@ async fn observe_checkpoint(
         obtained,
         fingerprint,
         recheck_in,
+        coverage,
     })
 }
 
