@@ -9,7 +9,9 @@ use crate::support::{eventually, write_sample_db, Operator, StoreKind, TestEnv, 
 use kube::api::{ApiResource, DynamicObject, PostParams};
 use kube::{Api, Resource};
 use serde_json::{json, Value};
-use slatedb_operator::api::{DatabaseCheckpoint, DatabaseClone, DatabaseStore};
+use slatedb_operator::api::{
+    DatabaseCheckpoint, DatabaseCheckpointSchedule, DatabaseClone, DatabaseStore,
+};
 use std::time::{Duration, Instant};
 
 /// A database that is not the source: clones must not overwrite it.
@@ -21,9 +23,10 @@ enum Kind {
     Clone,
     /// A DatabaseStore (cluster-scoped): admission rows only.
     Store,
+    Schedule,
 }
 // Short names keep the rows compact.
-use Kind::{Checkpoint as Cp, Clone as Cl, Store as St};
+use Kind::{Checkpoint as Cp, Clone as Cl, Schedule as Sc, Store as St};
 
 /// How the manifest reaches the API server.
 #[derive(Clone, Debug)]
@@ -84,6 +87,10 @@ fn manifest(kind: Kind, name: &str, spec: Value) -> Value {
         Kind::Clone => clone_manifest(name, spec),
         Kind::Store => json!({"apiVersion": "slatedb.io/v1alpha1", "kind": "DatabaseStore",
                               "metadata": {"name": format!("bad-input-{name}")}, "spec": spec}),
+        Kind::Schedule => {
+            json!({"apiVersion": "slatedb.io/v1alpha1", "kind": "DatabaseCheckpointSchedule",
+                                 "metadata": {"name": name}, "spec": spec})
+        }
     }
 }
 
@@ -108,6 +115,7 @@ fn table(store: &TestStore, namespace: &str) -> Vec<Row> {
         stalled_rows(store),
         reference_rows(store, namespace),
         empty_decoded_range_rows(),
+        schedule_rows(store),
     ]
     .into_iter()
     .flatten()
@@ -1194,8 +1202,104 @@ fn empty_decoded_range_rows() -> Vec<Row> {
     ]
 }
 
+/// Schedules with bad expressions, zones, retention or templates, and a clone of a schedule that
+/// does not exist.
+fn schedule_rows(store: &TestStore) -> Vec<Row> {
+    let valid = |schedule: &str| {
+        json!({"schedule": schedule,
+               "checkpointTemplate": {"spec": {"database": database(store, PARENT)}}})
+    };
+    let with_retention = |retention: Value| with(valid("@every 1h"), "/retention", retention);
+    vec![
+        rejected(
+            "sched-words",
+            Sc,
+            valid("every day"),
+            "schedule must be 5 cron fields",
+        ),
+        rejected(
+            "sched-six-fields",
+            Sc,
+            valid("0 0 2 * * *"),
+            "schedule must be 5 cron fields",
+        ),
+        rejected(
+            "sched-every-5s",
+            Sc,
+            valid("@every 5s"),
+            "'@every <duration>' of at least 10s",
+        ),
+        rejected(
+            "sched-every-junk",
+            Sc,
+            valid("@every soon"),
+            "'@every <duration>' of at least 10s",
+        ),
+        rejected(
+            "sched-keep-zero",
+            Sc,
+            with_retention(json!({"keepLast": 0})),
+            "between 1 and 10000",
+        ),
+        rejected(
+            "sched-keep-empty",
+            Sc,
+            with_retention(json!({})),
+            "retention needs keepLast",
+        ),
+        rejected(
+            "sched-keep-within",
+            Sc,
+            with_retention(json!({"keepWithin": "a week"})),
+            "must be a duration",
+        ),
+        rejected(
+            "sched-adopt",
+            Sc,
+            with(
+                valid("@daily"),
+                "/checkpointTemplate/spec/source",
+                json!({"mode": "Adopt", "adopt": {"name": "x"}}),
+            ),
+            "a scheduled checkpoint is created, not adopted",
+        ),
+        stalled(
+            "sched-minute-61",
+            Sc,
+            valid("61 * * * *"),
+            "InvalidSchedule",
+        ),
+        stalled(
+            "sched-zone",
+            Sc,
+            with(valid("0 2 * * *"), "/timeZone", json!("Mars/Olympus")),
+            "InvalidTimeZone",
+        ),
+        stalled(
+            "sched-every-zone",
+            Sc,
+            with(valid("@every 1h"), "/timeZone", json!("UTC")),
+            "InvalidTimeZone",
+        ),
+        stalled(
+            "sched-not-a-database",
+            Sc,
+            json!({"schedule": "@every 10s",
+                   "checkpointTemplate": {"spec": {"database": database(store, "nothing/here")}}}),
+            "CheckpointStalled",
+        ),
+        stalled(
+            "clone-missing-schedule",
+            Cl,
+            json!({"source": {"scheduleRef": {"name": "no-such-schedule"}}, "target": {"path": "clones/sched"}}),
+            "ScheduleNotFound",
+        ),
+    ]
+}
+
 fn api_for(env: &TestEnv, kind: Kind) -> Api<DynamicObject> {
     match kind {
+        Kind::Schedule => dynamic_api::<DatabaseCheckpointSchedule>(env),
         Kind::Checkpoint => dynamic_api::<DatabaseCheckpoint>(env),
         Kind::Clone => dynamic_api::<DatabaseClone>(env),
         Kind::Store => Api::all_with(
@@ -1236,6 +1340,10 @@ async fn submit(env: &TestEnv, row: &Row) -> Result<(), (u16, String)> {
                     Some(env.namespace.as_str()),
                 ),
                 Kind::Store => (ApiResource::erase::<DatabaseStore>(&()), None),
+                Kind::Schedule => (
+                    ApiResource::erase::<DatabaseCheckpointSchedule>(&()),
+                    Some(env.namespace.as_str()),
+                ),
             };
             let url = DynamicObject::url_path(&resource, namespace);
             let mut request = kube::core::Request::new(url)
