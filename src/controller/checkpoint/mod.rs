@@ -232,6 +232,7 @@ pub async fn run(ctx: Arc<Context>, namespace: Option<String>) {
         watcher::Config::default(),
     )
     .backoff(shell::WatchBackoff::default())
+    .modify(shell::without_managed_fields)
     .reflect(cache_writer)
     .touched_objects()
     .predicate_filter(predicates::clone_change_for_checkpoint, Default::default());
