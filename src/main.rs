@@ -264,7 +264,8 @@ fn main() -> ExitCode {
     // An Err only means a provider is already installed, which is what we want.
     let _ = rustls::crypto::ring::default_provider().install_default();
     let cli: Cli = slatedb_operator::plugin::parse_args();
-    // The operator logs its work; a local command logs only trouble, its report is the output.
+    // The operator logs its work, and wait what it waits for; the other commands log only trouble,
+    // their report is the output.
     let default_level = if matches!(cli.command, Command::Run { .. } | Command::Wait { .. }) {
         "info"
     } else {

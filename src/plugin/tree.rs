@@ -268,16 +268,19 @@ pub fn build(objects: &Objects, now: DateTime<Utc>) -> Vec<Node> {
     assemble(entries)
 }
 
-/// Links the entries into trees. An entry whose parents lead in a circle (objects that name each
-/// other) becomes a root, so that every object is shown exactly once.
+/// Links the entries into trees. Where parents lead in a circle (objects that name each other),
+/// the first entry of the circle becomes a root, so that every object is shown exactly once.
 fn assemble(mut entries: Vec<Entry>) -> Vec<Node> {
     for start in 0..entries.len() {
         let mut seen = BTreeSet::from([start]);
         let mut current = start;
         while let Some(parent) = entries[current].parent {
-            if !seen.insert(parent) {
+            if parent == start {
                 entries[start].parent = None;
                 break;
+            }
+            if !seen.insert(parent) {
+                break; // a circle further up, broken at its own first entry
             }
             current = parent;
         }
@@ -952,7 +955,14 @@ mod tests {
             &[],
             json!({}),
         ));
-        assert_eq!(shape_of(&objects).len(), 3);
+        assert_eq!(
+            shape_of(&objects),
+            [
+                "DatabaseCheckpoint/loop",
+                "  DatabaseClone/other",
+                "  DatabaseClone/self",
+            ]
+        );
     }
 
     #[test]
