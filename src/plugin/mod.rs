@@ -81,8 +81,8 @@ pub enum PluginCommand {
 
 #[derive(Debug, thiserror::Error)]
 pub enum PluginError {
-    #[error("cannot reach the cluster of the kubeconfig: {0}")]
-    Connect(#[source] kube::Error),
+    #[error("no usable kubeconfig (KUBECONFIG, ~/.kube/config) or in-cluster configuration: {0}")]
+    Config(#[source] kube::Error),
     #[error("listing {kind}s in {scope}: {source}")]
     List {
         kind: String,
@@ -123,7 +123,7 @@ impl PluginError {
     /// A one-word CamelCase reason, as the local commands report.
     pub fn reason(&self) -> &'static str {
         match self {
-            PluginError::Connect(_) => "ClusterUnreachable",
+            PluginError::Config(_) => "NoClusterConfig",
             PluginError::List { source, .. }
             | PluginError::Get { source, .. }
             | PluginError::Patch { source, .. } => api_reason(source),
@@ -137,17 +137,14 @@ impl PluginError {
     /// input or the user's rights must change, 1 for the program's own failure.
     pub fn exit_code(&self) -> u8 {
         match self {
-            PluginError::Connect(source)
-            | PluginError::List { source, .. }
+            PluginError::Config(_) => exit_code::PERMANENT,
+            PluginError::List { source, .. }
             | PluginError::Get { source, .. }
             | PluginError::Patch { source, .. } => match source {
                 kube::Error::Api(status) if status.code == 429 || status.code >= 500 => {
                     exit_code::TRANSIENT
                 }
-                kube::Error::Api(_)
-                | kube::Error::InferConfig(_)
-                | kube::Error::InferKubeconfig(_)
-                | kube::Error::Auth(_) => exit_code::PERMANENT,
+                kube::Error::Api(_) | kube::Error::Auth(_) => exit_code::PERMANENT,
                 _ => exit_code::TRANSIENT,
             },
             PluginError::CloneNotFound { .. } | PluginError::TokenUnchanged { .. } => {
@@ -207,7 +204,7 @@ struct Report {
 }
 
 async fn execute(command: PluginCommand) -> Result<Report, PluginError> {
-    let client = Client::try_default().await.map_err(PluginError::Connect)?;
+    let client = Client::try_default().await.map_err(PluginError::Config)?;
     match command {
         PluginCommand::Tree { scope } => show_tree(client, scope).await,
         PluginCommand::Reset {
@@ -350,6 +347,34 @@ mod tests {
             .try_get_matches_from_mut([program.as_os_str(), "tree".as_ref(), "--help".as_ref()])
             .unwrap_err();
         error.render().to_string()
+    }
+
+    fn listing_failed(code: u16) -> PluginError {
+        let status = kube::core::Status::failure("refused", "Refused").with_code(code);
+        PluginError::List {
+            kind: "DatabaseClone".into(),
+            scope: "namespace team-a".into(),
+            source: kube::Error::Api(status.boxed()),
+        }
+    }
+
+    #[test]
+    fn refusals_are_permanent_and_overload_transient_as_for_the_local_commands() {
+        assert_eq!(listing_failed(403).exit_code(), exit_code::PERMANENT);
+        assert_eq!(listing_failed(403).reason(), "Forbidden");
+        assert_eq!(listing_failed(404).reason(), "NotFound");
+        assert_eq!(listing_failed(503).exit_code(), exit_code::TRANSIENT);
+        assert_eq!(listing_failed(429).exit_code(), exit_code::TRANSIENT);
+        let unchanged = PluginError::TokenUnchanged {
+            namespace: "team-a".into(),
+            name: "pr-7".into(),
+            token: "t".into(),
+        };
+        assert_eq!(unchanged.exit_code(), exit_code::PERMANENT);
+        assert!(
+            unchanged.to_string().contains("already \"t\""),
+            "{unchanged}"
+        );
     }
 
     #[test]
