@@ -5,3 +5,4 @@ pub mod controller;
 pub mod crds;
 pub mod engine;
 pub mod offline_commands;
+pub mod plugin;

@@ -18,8 +18,8 @@ struct Cli {
     /// Log format.
     #[arg(long, global = true, value_enum, default_value_t = LogFormat::Text, env = "LOG_FORMAT")]
     log_format: LogFormat,
-    /// Output of the local commands: text for people, or JSON lines for scripts.
-    #[arg(long, global = true, value_enum, default_value_t = Output::Text)]
+    /// Output of the local and cluster commands: text for people, or JSON lines for scripts.
+    #[arg(short = 'o', long, global = true, value_enum, default_value_t = Output::Text)]
     output: Output,
     #[command(subcommand)]
     command: Command,
@@ -157,6 +157,16 @@ enum Command {
         #[arg(long, default_value = "none", value_parser = parse_compression)]
         compression: Compression,
     },
+    /// Block until the path holds an initialized database (for an application's init container).
+    Wait {
+        #[command(flatten)]
+        db: DbArgs,
+        /// How long to wait, in Go syntax (e.g. 90s, 5m).
+        #[arg(long, default_value = "5m", value_parser = |t: &str| slatedb_operator::api::GoDuration(t.into()).to_std())]
+        timeout: Duration,
+    },
+    #[command(flatten)]
+    Cluster(slatedb_operator::plugin::PluginCommand),
     /// Run the controllers against the cluster of the current kubeconfig or service account.
     Run {
         /// Bound on each SlateDB admin call, in seconds (SlateDB itself retries for ever).
@@ -253,9 +263,10 @@ fn main() -> ExitCode {
     // kube brings rustls with ring, the cloud object stores bring aws-lc-rs: pick one process-wide.
     // An Err only means a provider is already installed, which is what we want.
     let _ = rustls::crypto::ring::default_provider().install_default();
-    let cli = Cli::parse();
-    // The operator logs its work; a local command logs only trouble, its report is the output.
-    let default_level = if matches!(cli.command, Command::Run { .. }) {
+    let cli: Cli = slatedb_operator::plugin::parse_args();
+    // The operator logs its work, and wait what it waits for; the other commands log only trouble,
+    // their report is the output.
+    let default_level = if matches!(cli.command, Command::Run { .. } | Command::Wait { .. }) {
         "info"
     } else {
         "warn"
@@ -326,6 +337,14 @@ fn main() -> ExitCode {
                     compression.0,
                 ),
             )
+        }
+        Command::Wait { db, timeout } => {
+            let wait = slatedb_operator::offline_commands::wait(&db.store, &db.path, timeout);
+            return local(output, wait);
+        }
+        Command::Cluster(command) => {
+            let json_output = output == Output::Json;
+            return ExitCode::from(slatedb_operator::plugin::run(command, json_output));
         }
         Command::Crdgen { out_dir, chart_dir } => {
             crdgen(&out_dir).and_then(|()| crdgen(&chart_dir))

@@ -1,5 +1,5 @@
-//! The offline commands of the CLI (`checkpoint`, `clone`, `verify`, `sample`): engine calls against
-//! a store URL, without a cluster. Each returns a JSON-ready report; printing is the caller's.
+//! The offline commands of the CLI (`checkpoint`, `clone`, `verify`, `sample`, `wait`): engine calls
+//! against a store URL, without a cluster. Each returns a JSON-ready report; printing is the caller's.
 
 use crate::engine::{
     initialize_clone, CheckpointSelector, CloneConfig, CloneProgress, CloneSourceCheckpoint,
@@ -11,7 +11,7 @@ use serde_json::{json, Value};
 use slatedb::config::CompressionCodec;
 use std::collections::BTreeMap;
 use std::ops::Bound;
-use std::time::Duration;
+use std::time::{Duration, Instant};
 
 /// Process exit codes of the local commands.
 pub mod exit_code {
@@ -191,4 +191,48 @@ pub async fn sample(
     crate::engine::sample::write_compressed_sample_db(&store, path, keys, ssts, compression)
         .await?;
     Ok(json!({"path": path, "keys": keys, "ssts": ssts, "compression": format!("{compression:?}")}))
+}
+
+/// How often [`wait`] looks at the path again.
+const WAIT_POLL_INTERVAL: Duration = Duration::from_secs(1);
+
+/// Waits until `path` holds an initialized SlateDB database (its manifest present and marked
+/// `initialized`), for an application's init container; looks again every second for at most
+/// `timeout`. No database yet, one still being cloned and transient store failures are waited
+/// out; bad input and rejected credentials end the wait at once.
+pub async fn wait(url: &str, path: &str, timeout: Duration) -> Result<Value, EngineError> {
+    let db = database(url, path)?;
+    let started = Instant::now();
+    let mut last_seen = String::from("nothing (the store was not read yet)");
+    let polling = async {
+        loop {
+            let seen = match db.describe().await {
+                Ok(description) if description.initialized => return Ok(description),
+                Ok(_) => EngineError::Uninitialized { path: path.into() }.to_string(),
+                Err(
+                    error @ (EngineError::NotADatabase { .. } | EngineError::Uninitialized { .. }),
+                ) => error.to_string(),
+                Err(error) if error.fault() == Fault::Transient => error.to_string(),
+                Err(error) => return Err(error),
+            };
+            if seen != last_seen {
+                tracing::info!(path, "waiting for an initialized database: {seen}");
+                last_seen = seen;
+            }
+            tokio::time::sleep(WAIT_POLL_INTERVAL).await;
+        }
+    };
+    let outcome = tokio::time::timeout(timeout, polling).await;
+    match outcome {
+        Ok(Ok(description)) => Ok(json!({
+            "path": path, "initialized": true, "manifestId": description.manifest_id,
+            "waitedSeconds": started.elapsed().as_secs_f64(),
+        })),
+        Ok(Err(error)) => Err(error),
+        Err(_) => Err(EngineError::NotReadyInTime {
+            path: path.into(),
+            waited: timeout,
+            last_seen,
+        }),
+    }
 }

@@ -20,6 +20,8 @@ mod examples;
 mod faults;
 mod image;
 mod operations;
+mod plugin;
 mod restarts;
 mod schedules;
 mod tenants;
+mod wait;

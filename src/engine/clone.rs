@@ -627,15 +627,17 @@ impl Database {
         checkpoint: Uuid,
     ) -> Result<TargetState, EngineError> {
         let Some(manifest) = self.try_latest_manifest().await? else {
-            let listing = self.store.main.list_with_delimiter(Some(&self.path));
-            let listing = self.bounded_store("list target", listing).await?;
-            return Ok(
-                if listing.objects.is_empty() && listing.common_prefixes.is_empty() {
-                    TargetState::Empty
-                } else {
-                    TargetState::Foreign("objects that are not a SlateDB database".into())
-                },
-            );
+            // Any object under the path, at any depth: the empty directories a local store keeps
+            // after a deletion (a reset's, say) hold nothing.
+            use futures::StreamExt;
+            let mut listing = self.store.main.list(Some(&self.path));
+            let first = self
+                .bounded_store("list target", async { listing.next().await.transpose() })
+                .await?;
+            return Ok(match first {
+                None => TargetState::Empty,
+                Some(_) => TargetState::Foreign("objects that are not a SlateDB database".into()),
+            });
         };
         let ours = manifest
             .external_dbs()
@@ -865,6 +867,33 @@ mod tests {
             occupied.describe().await.unwrap().initialized,
             "the foreign database is untouched"
         );
+    }
+
+    #[tokio::test]
+    async fn a_deleted_clone_on_a_local_store_can_be_made_again_at_the_same_target() {
+        let dir = tempfile::tempdir().unwrap();
+        let store = file_store(&dir);
+        let checkpoint = parent_with_wal_tail(&store).await;
+        let source = CloneSourceCheckpoint::Id(checkpoint);
+        let clone_config = || {
+            config(
+                &store,
+                source.clone(),
+                "clones/again",
+                Verification::Metadata,
+            )
+        };
+        initialize_clone(clone_config(), |_| {}).await.unwrap();
+        let target = Database::new(store.clone(), "clones/again", Duration::from_secs(20));
+        target.delete_database().await.unwrap();
+        assert!(
+            dir.path().join("clones/again").is_dir(),
+            "the local store keeps the emptied directories this test is about"
+        );
+        assert_eq!(files_under(&dir.path().join("clones/again")), 0);
+        let again = initialize_clone(clone_config(), |_| {}).await.unwrap();
+        assert!(!again.resumed);
+        assert!(target.describe().await.unwrap().initialized);
     }
 
     #[tokio::test]

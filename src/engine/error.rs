@@ -36,6 +36,12 @@ pub enum EngineError {
     NotADatabase { path: String },
     #[error("the SlateDB database at {path:?} is not initialized (an unfinished clone)")]
     Uninitialized { path: String },
+    #[error("no initialized SlateDB database at {path:?} after waiting {waited:?}; last seen: {last_seen}")]
+    NotReadyInTime {
+        path: String,
+        waited: Duration,
+        last_seen: String,
+    },
     #[error("checkpoint {selector} does not exist in the database at {path:?}")]
     CheckpointMissing { path: String, selector: String },
     #[error(
@@ -89,7 +95,7 @@ pub enum EngineError {
 impl EngineError {
     pub fn fault(&self) -> Fault {
         match self {
-            EngineError::Timeout { .. } => Fault::Transient,
+            EngineError::Timeout { .. } | EngineError::NotReadyInTime { .. } => Fault::Transient,
             EngineError::Store { source, .. } => store_fault(source),
             EngineError::SlateDb { source, .. } => slatedb_fault(source),
             EngineError::InvalidUrl { .. }
@@ -121,6 +127,7 @@ impl EngineError {
             EngineError::Store { .. } => "StoreUnavailable",
             EngineError::NotADatabase { .. } => "NotADatabase",
             EngineError::Uninitialized { .. } => "DatabaseUninitialized",
+            EngineError::NotReadyInTime { .. } => "NotReadyInTime",
             EngineError::CheckpointMissing { .. } => "CheckpointMissing",
             EngineError::CheckpointAmbiguous { .. } => "CheckpointAmbiguous",
             EngineError::Corrupt { .. } => "ChecksumMismatch",
