@@ -6,12 +6,12 @@
 
 use super::{Context, Error, FIELD_MANAGER};
 use futures::StreamExt;
-use kube::runtime::WatchStreamExt;
 use k8s_openapi::NamespaceResourceScope;
 use kube::api::{Patch, PatchParams};
 use kube::runtime::controller::Action;
 use kube::runtime::finalizer::{finalizer, Event as FinalizerEvent};
 use kube::runtime::reflector::Store;
+use kube::runtime::WatchStreamExt;
 use kube::runtime::{watcher, Controller};
 use kube::{Api, Client, Resource, ResourceExt};
 use serde::de::DeserializeOwned;

@@ -82,20 +82,13 @@ impl Database {
     /// What `checkpoint` covers: its manifest's last L0 write, and the WAL objects written no later
     /// than the checkpoint that it does not pin (durable writes it misses).
     pub async fn coverage(&self, checkpoint: &CheckpointInfo) -> Result<Coverage, EngineError> {
-        use futures::TryStreamExt;
         let manifest = self.pinned_manifest(checkpoint.manifest_id).await?;
         let tick = manifest.last_l0_clock_tick();
         // The default clock counts milliseconds since the epoch; anything else is not a time.
         let plausible = DateTime::from_timestamp_millis(tick).filter(|t| {
             t.timestamp() > 946_684_800 && *t <= checkpoint.create_time + chrono::TimeDelta::days(1)
         });
-        let prefix = self.path.clone().join("wal");
-        let listing = self
-            .store
-            .wal_or_main()
-            .list(Some(&prefix))
-            .try_collect::<Vec<_>>();
-        let objects = self.bounded_store("list WAL", listing).await?;
+        let objects = self.wal_objects().await?;
         let first_not_pinned = manifest.next_wal_sst_id();
         // The manifest keeps a checkpoint's creation time in whole seconds.
         let made_by = checkpoint.create_time + chrono::TimeDelta::seconds(1);

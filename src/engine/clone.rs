@@ -655,14 +655,7 @@ impl Database {
 
     /// Number and total size of the WAL objects present under the database.
     async fn wal_objects_present(&self) -> Result<(u64, u64), EngineError> {
-        use futures::TryStreamExt;
-        let prefix = self.path.clone().join("wal");
-        let listing = self
-            .store
-            .wal_or_main()
-            .list(Some(&prefix))
-            .try_collect::<Vec<_>>();
-        let objects = self.bounded_store("list WAL", listing).await?;
+        let objects = self.wal_objects().await?;
         Ok((objects.len() as u64, objects.iter().map(|o| o.size).sum()))
     }
 }

@@ -89,6 +89,18 @@ impl Database {
     /// One plain, non-retrying listing of the manifest directory. SlateDB's own calls retry every
     /// error for ever, so this is how rejected credentials or an unreachable endpoint show up as a
     /// clear error rather than a timeout.
+    /// The WAL objects present under the database (in its WAL store).
+    pub(super) async fn wal_objects(&self) -> Result<Vec<object_store::ObjectMeta>, EngineError> {
+        use futures::TryStreamExt;
+        let prefix = self.path.clone().join("wal");
+        let listing = self
+            .store
+            .wal_or_main()
+            .list(Some(&prefix))
+            .try_collect::<Vec<_>>();
+        self.bounded_store("list WAL", listing).await
+    }
+
     pub async fn probe(&self) -> Result<(), EngineError> {
         let manifests = self.path.clone().join("manifest");
         let listing = self.store.main.list_with_delimiter(Some(&manifests));
