@@ -31,7 +31,9 @@ pub mod exit_code {
 /// The exit code for an engine error.
 pub fn exit_code_for(error: &EngineError) -> u8 {
     match (error, error.fault()) {
-        (EngineError::Corrupt { .. }, _) => exit_code::CORRUPT,
+        (EngineError::Corrupt { .. } | EngineError::ChecksumMismatch { .. }, _) => {
+            exit_code::CORRUPT
+        }
         (_, Fault::Transient) => exit_code::TRANSIENT,
         (_, Fault::Permanent) => exit_code::PERMANENT,
     }
