@@ -54,7 +54,7 @@ pub use clone::{
     RetryPolicy, Verification,
 };
 pub use copy::{
-    copy_checkpoint, promote_copy, CopyOptions, CopyPhase, CopyProgress, CopyReport,
+    copy_checkpoint, promote_copy, source_label, CopyOptions, CopyPhase, CopyProgress, CopyReport,
     CopyVerification, PromoteReport,
 };
 pub use crash_point::{crash_point, CRASH_POINT_ENV};

@@ -224,6 +224,17 @@ pub struct CopyReport {
     pub duration: Duration,
 }
 
+/// The label that identifies a source in a target's records ([`CopyOptions::source_label`]):
+/// its store URL and path. Every caller (the CLI, the operator, Jobs) labels a source this way, so
+/// that they may continue each other's copies.
+pub fn source_label(store_url: &str, path: &str) -> String {
+    format!(
+        "{}/{}",
+        store_url.trim_end_matches('/'),
+        path.trim_matches('/')
+    )
+}
+
 /// Copies the closure of `checkpoint` of `source` to `target` (see the module doc), calling
 /// `progress` as it goes. Re-running after any failure resumes; re-running after success is a
 /// cheap no-op (or, with a newer checkpoint, an incremental copy).
