@@ -14,14 +14,15 @@
 //!    as is one whose latest copy is newer than the checkpoint (`TargetNewer`). An object is
 //!    skipped when the target holds it at the source's size and a record names its content hash
 //!    (a complete earlier copy: incremental; or a journal of an interrupted run: resume).
-//! 3. **Transfer** the rest, `parallelism` objects at once, each streamed and hashed (sha256) on
-//!    the way, as one PUT or a multipart upload above `multipart_threshold`, retried after
-//!    transient failures; finished objects are journalled at the target every few objects.
-//! 4. **Verify.** Objects no complete copy verified before are read back (sha256 and the CRC of
-//!    every SST block, by the fingerprint code); each that differs from the hash taken at the
-//!    source is transferred again, at most `max_retransmissions` rounds, then the copy stops with
-//!    `ChecksumMismatch` naming them. The content root (the fingerprint's Merkle root over every
-//!    object's key and hash) is then the source checkpoint's.
+//! 3. **Transfer and verify** the rest, `parallelism` objects at once: each is streamed and hashed
+//!    (sha256) on the way, as one PUT or a multipart upload above `multipart_threshold`, retried
+//!    after transient failures, then read back from the target (sha256 and the CRC of every SST
+//!    block, by the fingerprint code; objects a complete earlier copy verified are not read
+//!    again). One that differs from the hash taken at the source is transferred again, at most
+//!    `max_retransmissions` times, then the copy stops with `ChecksumMismatch` naming every such
+//!    object. Finished objects are journalled at the target every few objects.
+//! 4. **Content root.** The fingerprint's Merkle root over every object's key and hash, as read
+//!    back: the source checkpoint's content root.
 //! 5. **Commit.** The commit record, then the manifest, both create-if-absent: the manifest is
 //!    the last object written, so a reader never sees a half-made copy. Then journals and
 //!    objects no complete copy references are removed.
@@ -140,9 +141,8 @@ impl Default for CopyOptions {
 #[derive(Clone, Copy, Debug, PartialEq, Eq, PartialOrd, Ord)]
 pub enum CopyPhase {
     Prepare,
+    /// Objects transferred and read back.
     Transfer,
-    Verify,
-    Retransmit,
     Commit,
     Done,
 }
@@ -152,17 +152,15 @@ impl CopyPhase {
         match self {
             CopyPhase::Prepare => "Prepare",
             CopyPhase::Transfer => "Transfer",
-            CopyPhase::Verify => "Verify",
-            CopyPhase::Retransmit => "Retransmit",
             CopyPhase::Commit => "Commit",
             CopyPhase::Done => "Done",
         }
     }
 }
 
-/// Progress of a copy. In `Transfer`, `objects_done` counts objects skipped or transferred and
-/// recorded at the target (what a resumed copy would not transfer again); in `Verify` and
-/// `Retransmit`, objects read back.
+/// Progress of a copy. In `Transfer`, `objects_done` counts objects settled (skipped, or
+/// transferred, read back as the mode asks, and recorded at the target: what a resumed copy
+/// would not transfer again).
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub struct CopyProgress {
     pub phase: CopyPhase,
@@ -173,8 +171,8 @@ pub struct CopyProgress {
 }
 
 impl CopyProgress {
-    /// Overall completion in percent, never decreasing over a copy: the transfer is 0–85 (by
-    /// bytes), the first verification 85–97, retransmission 97, the commit 99.
+    /// Overall completion in percent, never decreasing over a copy: the transfer is 0–97 (by
+    /// bytes), the commit 99.
     pub fn percent(&self) -> u32 {
         let fraction = if self.bytes_total > 0 {
             self.bytes_done as f64 / self.bytes_total as f64
@@ -186,9 +184,7 @@ impl CopyProgress {
         .min(1.0);
         match self.phase {
             CopyPhase::Prepare => 0,
-            CopyPhase::Transfer => (fraction * 85.0).floor() as u32,
-            CopyPhase::Verify => 85 + (fraction * 12.0).floor() as u32,
-            CopyPhase::Retransmit => 97,
+            CopyPhase::Transfer => (fraction * 97.0).floor() as u32,
             CopyPhase::Commit => 99,
             CopyPhase::Done => 100,
         }
@@ -208,7 +204,7 @@ pub struct CopyReport {
     /// Already at the target (from an earlier copy, or an interrupted run).
     pub objects_skipped: u64,
     pub bytes_skipped: u64,
-    /// Transferred again after failing verification.
+    /// Transferred again after failing verification (each counted once).
     pub objects_retransmitted: u64,
     pub bytes_retransmitted: u64,
     /// Objects read back from the target, and SST blocks whose CRC was checked.
@@ -567,130 +563,102 @@ async fn copy_closure(
     tracing::info!(target = %target.path, total = items.len(), skip = skipped.len(),
         send = to_send.len(), resumed, "copy planned");
 
-    // Transfer.
+    // Transfer each object and read it back (retransmitting what differs), in one pipeline;
+    // objects the target holds are only read back when no complete copy verified them.
+    let read_back = |k: Option<Known>| match options.verify {
+        CopyVerification::Metadata => false,
+        CopyVerification::Content => !k.is_some_and(|k| k.verified),
+        CopyVerification::Full => true,
+    };
+    let work: Vec<Work> = (0..items.len())
+        .filter_map(|index| {
+            let send = known[index].is_none();
+            let check = read_back(known[index]);
+            (send || check).then_some(Work {
+                index,
+                send,
+                check,
+                known: known[index].map(|k| k.sha256),
+            })
+        })
+        .collect();
     let mover = Mover::new(source, target, options);
     let mut journal = Journal::new(target, label, manifest_id, options.journal_batch);
-    if !to_send.is_empty() {
+    if work.iter().any(|w| w.send) {
         journal.start().await?;
     }
-    let transfer_progress = |journal: &Journal| CopyProgress {
+    let untouched: Vec<usize> = (0..items.len())
+        .filter(|i| !work.iter().any(|w| w.index == *i))
+        .collect();
+    let untouched_bytes: u64 = untouched.iter().map(|&i| items[i].source.size).sum();
+    let copy_progress = |journal: &Journal| CopyProgress {
         phase: CopyPhase::Transfer,
-        objects_done: report.objects_skipped + journal.recorded,
+        objects_done: untouched.len() as u64 + journal.recorded,
         objects_total,
-        bytes_done: report.bytes_skipped + journal.recorded_bytes,
+        bytes_done: untouched_bytes + journal.recorded_bytes,
         bytes_total,
     };
-    progress(transfer_progress(&journal));
+    progress(copy_progress(&journal));
     let stop = AtomicBool::new(false);
-    let mut sent = transfer_all(&mover, items, &to_send, options.parallelism, &stop);
-    while let Some(result) = sent.next().await {
+    let mut settled = settle_all(&mover, items, &work, options.max_retransmissions, &stop);
+    let mut mismatches = Vec::new();
+    while let Some(result) = settled.next().await {
         let recorded = match result {
-            Ok((index, sha256)) => {
-                known[index] = Some(Known {
-                    sha256,
-                    verified: false,
-                });
-                journal.add(object_hash(&items[index], &sha256)).await
+            Ok((work, outcome)) => {
+                let item = &items[work.index];
+                report.objects_read_back += u64::from(outcome.read_back);
+                report.blocks_checked += outcome.blocks;
+                if work.send {
+                    report.objects_transferred += 1;
+                    report.bytes_transferred += item.source.size;
+                }
+                if outcome.retransmissions > 0 {
+                    report.objects_retransmitted += 1;
+                    report.bytes_retransmitted += item.source.size;
+                }
+                if let Some(why) = outcome.mismatch {
+                    mismatches.push(format!("{} ({why})", item.target.path));
+                    continue;
+                }
+                let settled = Known {
+                    sha256: outcome.sha256,
+                    verified: outcome.verified,
+                };
+                known[work.index] = Some(settled);
+                journal.add(object_hash(item, settled)).await
             }
             Err(error) => Err(error),
         };
         match recorded {
-            Ok(true) => progress(transfer_progress(&journal)),
+            Ok(true) => progress(copy_progress(&journal)),
             Ok(false) => {}
-            Err(error) => return Err(drain(&stop, sent, error).await),
+            Err(error) => return Err(drain(&stop, settled, error).await),
         }
     }
+    drop(settled);
     if journal.flush().await? {
-        progress(transfer_progress(&journal));
+        progress(copy_progress(&journal));
     }
-    report.objects_transferred = to_send.len() as u64;
-    report.bytes_transferred = to_send.iter().map(|&i| items[i].source.size).sum();
-
-    // Verify, and transfer again what differs.
-    let mut checking: Vec<usize> = (0..items.len())
-        .filter(|&i| match options.verify {
-            CopyVerification::Metadata => false,
-            CopyVerification::Content => !known[i].is_some_and(|k| k.verified),
-            CopyVerification::Full => true,
-        })
-        .collect();
-    let mut round = 0;
-    while !checking.is_empty() {
-        let phase = if round == 0 {
-            CopyPhase::Verify
-        } else {
-            CopyPhase::Retransmit
-        };
-        let (mismatches, blocks) = read_back(
-            &mover,
-            items,
-            &known,
-            &checking,
-            options.parallelism,
-            phase,
-            progress,
-        )
-        .await?;
-        report.objects_read_back += checking.len() as u64;
-        report.blocks_checked += blocks;
-        for &index in &checking {
-            if !mismatches.iter().any(|(i, _)| *i == index) {
-                if let Some(k) = known[index].as_mut() {
-                    k.verified = true;
-                }
-            }
-        }
-        if mismatches.is_empty() {
-            break;
-        }
-        if round >= options.max_retransmissions {
-            return Err(EngineError::ChecksumMismatch {
-                path: target.path.to_string(),
-                objects: mismatches
-                    .iter()
-                    .map(|(i, why)| format!("{} ({why})", items[*i].target.path))
-                    .collect(),
-                rounds: round,
-            });
-        }
-        round += 1;
-        let again: Vec<usize> = mismatches.iter().map(|(i, _)| *i).collect();
-        tracing::warn!(target = %target.path, round, objects = ?again.iter().map(|&i| items[i].relative.as_str()).collect::<Vec<_>>(),
-            "objects failed verification; transferring them again");
-        let mut resent = transfer_all(&mover, items, &again, options.parallelism, &stop);
-        while let Some(result) = resent.next().await {
-            let (index, sha256) = match result {
-                Ok(done) => done,
-                Err(error) => return Err(drain(&stop, resent, error).await),
-            };
-            if known[index].is_some_and(|k| k.sha256 != sha256) {
-                tracing::warn!(object = %items[index].source.path, "the source object hashes differently than when it was first read");
-            }
-            known[index] = Some(Known {
-                sha256,
-                verified: false,
-            });
-        }
-        drop(resent);
-        report.objects_retransmitted += again.len() as u64;
-        report.bytes_retransmitted += again.iter().map(|&i| items[i].source.size).sum::<u64>();
-        checking = again;
+    if !mismatches.is_empty() {
+        mismatches.sort();
+        return Err(EngineError::ChecksumMismatch {
+            path: target.path.to_string(),
+            objects: mismatches,
+            rounds: options.max_retransmissions,
+        });
     }
 
     // The content root, over what the target now holds (as read back, or as sent).
     let mut hashes = Vec::with_capacity(items.len());
+    let mut leaves = Vec::with_capacity(items.len());
     for (item, known) in items.iter().zip(&known) {
         let known = known.ok_or_else(|| EngineError::Corrupt {
             object: item.target.path.to_string(),
             detail: "neither transferred nor found at the target".into(),
         })?;
-        hashes.push(object_hash(item, &known.sha256));
+        hashes.push(object_hash(item, known));
+        leaves.push((item.source.key.clone(), known.sha256));
     }
-    let mut leaves: Vec<(String, [u8; 32])> = items
-        .iter()
-        .zip(&known)
-        .filter_map(|(item, k)| Some((item.source.key.clone(), k.as_ref()?.sha256)))
-        .collect();
     leaves.sort();
     report.content_root = hex::encode(merkle_root(&leaves));
 
@@ -758,12 +726,13 @@ async fn copy_closure(
     Ok(report)
 }
 
-fn object_hash(item: &Item, sha256: &[u8; 32]) -> ObjectHash {
+fn object_hash(item: &Item, known: Known) -> ObjectHash {
     ObjectHash {
         key: item.source.key.clone(),
         path: item.relative.clone(),
         size: item.source.size,
-        sha256: hex::encode(sha256),
+        sha256: hex::encode(known.sha256),
+        verified: known.verified,
     }
 }
 
@@ -771,37 +740,118 @@ fn parse_sha256(text: &str) -> Option<[u8; 32]> {
     hex::decode(text).ok()?.try_into().ok()
 }
 
-/// Transfers `indices` of `items`, `parallelism` at once, each in a task of its own (aborted when
-/// the stream is dropped, so a cancelled copy stops); yields each finished index with its content
-/// hash. Once `stop` is set no further transfer starts.
-fn transfer_all<'a>(
+/// What to do with one object of the closure.
+#[derive(Clone, Copy, Debug)]
+struct Work {
+    index: usize,
+    /// Transfer it (it is not at the target, or no record vouches for it).
+    send: bool,
+    /// Read it back from the target afterwards.
+    check: bool,
+    /// Its content hash, when a record at the target names it.
+    known: Option<[u8; 32]>,
+}
+
+/// Settles each piece of `work`, as many at once as the copy's parallelism, each in a task of its
+/// own (aborted when the stream is dropped, so a cancelled copy stops); yields each finished one
+/// with its outcome. Once `stop` is set no further object starts.
+fn settle_all<'a>(
     mover: &'a Mover,
     items: &'a [Item],
-    indices: &'a [usize],
-    parallelism: usize,
+    work: &'a [Work],
+    max_retransmissions: u32,
     stop: &'a AtomicBool,
-) -> impl futures::Stream<Item = Result<(usize, [u8; 32]), EngineError>> + 'a {
-    futures::stream::iter(indices.iter().copied())
+) -> impl futures::Stream<Item = Result<(Work, Settled), EngineError>> + 'a {
+    futures::stream::iter(work.iter().copied())
         .take_while(move |_| std::future::ready(!stop.load(Ordering::SeqCst)))
-        .map(move |index| {
+        .map(move |work| {
             let mover = mover.clone();
+            let item = &items[work.index];
             let object = ObjectMove {
-                from: items[index].source.path.clone(),
-                to: items[index].target.path.clone(),
-                size: items[index].source.size,
+                from: item.source.path.clone(),
+                to: item.target.path.clone(),
+                size: item.source.size,
             };
+            let at_target = item.target.clone();
             let task = AbortOnDrop(tokio::spawn(in_retry_scope_of_caller(async move {
-                mover.transfer(&object).await
+                settle(&mover, &object, &at_target, work, max_retransmissions).await
             })));
             async move {
-                let sha256 = task.await.map_err(|e| EngineError::Store {
-                    operation: "transfer object",
+                let outcome = task.await.map_err(|e| EngineError::Store {
+                    operation: "copy object",
                     source: object_store::Error::JoinError { source: e },
                 })??;
-                Ok((index, sha256))
+                Ok((work, outcome))
             }
         })
-        .buffer_unordered(parallelism.max(1))
+        .buffer_unordered(mover.parallelism)
+}
+
+/// How one object ended up.
+#[derive(Debug)]
+struct Settled {
+    /// Its content hash: as read from the source when sent, else the recorded one.
+    sha256: [u8; 32],
+    /// Read back from the target and found equal.
+    verified: bool,
+    retransmissions: u32,
+    read_back: u32,
+    blocks: u64,
+    /// What was still wrong after every retransmission.
+    mismatch: Option<String>,
+}
+
+/// Transfers the object (if asked), then reads it back (if asked; sha256 and SST block CRCs, by
+/// the fingerprint code) and transfers it again while it differs, at most `max_retransmissions`
+/// times.
+async fn settle(
+    mover: &Mover,
+    object: &ObjectMove,
+    at_target: &PinnedObject,
+    work: Work,
+    max_retransmissions: u32,
+) -> Result<Settled, EngineError> {
+    let mut settled = Settled {
+        sha256: work.known.unwrap_or_default(),
+        verified: false,
+        retransmissions: 0,
+        read_back: 0,
+        blocks: 0,
+        mismatch: None,
+    };
+    let mut send = work.send;
+    loop {
+        if send {
+            let sha256 = mover.transfer(object).await?;
+            if settled.retransmissions > 0 && sha256 != settled.sha256 {
+                tracing::warn!(object = %object.from, "the source object hashes differently than when it was first read");
+            }
+            settled.sha256 = sha256;
+        }
+        if !work.check {
+            return Ok(settled);
+        }
+        settled.read_back += 1;
+        let problem = match mover.read_back(at_target).await {
+            Ok((sha256, blocks)) => {
+                settled.blocks += blocks;
+                (sha256 != settled.sha256).then(|| "its content differs from the source's".into())
+            }
+            Err(EngineError::Corrupt { detail, .. }) => Some(detail),
+            Err(error) => return Err(error),
+        };
+        let Some(why) = problem else {
+            settled.verified = true;
+            return Ok(settled);
+        };
+        if settled.retransmissions >= max_retransmissions {
+            settled.mismatch = Some(why);
+            return Ok(settled);
+        }
+        tracing::warn!(object = %at_target.path, %why, "an object failed verification; transferring it again");
+        settled.retransmissions += 1;
+        send = true;
+    }
 }
 
 /// After a failure: starts no further transfer and waits for those in flight (so that none
@@ -813,60 +863,6 @@ where
     stop.store(true, Ordering::SeqCst);
     while transfers.next().await.is_some() {}
     error
-}
-
-/// Reads `checking` back from the target (content hash and SST block CRCs, by the fingerprint
-/// code); returns those that differ from `known`, with what was wrong, and the blocks checked.
-async fn read_back(
-    mover: &Mover,
-    items: &[Item],
-    known: &[Option<Known>],
-    checking: &[usize],
-    parallelism: usize,
-    phase: CopyPhase,
-    progress: &(dyn Fn(CopyProgress) + Send + Sync),
-) -> Result<(Vec<(usize, String)>, u64), EngineError> {
-    let objects_total = checking.len() as u64;
-    let bytes_total = checking.iter().map(|&i| items[i].source.size).sum();
-    let (mut objects_done, mut bytes_done, mut blocks) = (0, 0, 0);
-    let mut mismatches = Vec::new();
-    let mut checks = futures::stream::iter(checking.iter().copied())
-        .map(|index| async move {
-            let object = &items[index].target;
-            let mib = ((object.size >> 20) + 1).min(u64::from(mover.memory_mib)) as u32;
-            let _memory = mover.memory.acquire_many(mib).await.ok();
-            let outcome = mover
-                .target
-                .check_content(std::slice::from_ref(object), &|_| {})
-                .await;
-            (index, outcome)
-        })
-        .buffer_unordered(parallelism.max(1));
-    while let Some((index, outcome)) = checks.next().await {
-        let expected = known[index].map(|k| k.sha256);
-        match outcome {
-            Ok(checked) => {
-                let found = checked.first();
-                blocks += found.map_or(0, |c| c.blocks);
-                if found.map(|c| c.sha256) != expected {
-                    mismatches.push((index, "its content differs from the source's".into()));
-                }
-            }
-            Err(EngineError::Corrupt { detail, .. }) => mismatches.push((index, detail)),
-            Err(error) => return Err(error),
-        }
-        objects_done += 1;
-        bytes_done += items[index].source.size;
-        progress(CopyProgress {
-            phase,
-            objects_done,
-            objects_total,
-            bytes_done,
-            bytes_total,
-        });
-    }
-    mismatches.sort();
-    Ok((mismatches, blocks))
 }
 
 /// A task that is aborted when its handle is dropped, so that a cancelled copy stops transferring.

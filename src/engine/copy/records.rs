@@ -50,6 +50,9 @@ pub(super) struct ObjectHash {
     pub path: String,
     pub size: u64,
     pub sha256: String,
+    /// Read back from the target and found equal.
+    #[serde(default)]
+    pub verified: bool,
 }
 
 /// The record a copy writes before the manifest it commits.
@@ -379,18 +382,19 @@ impl Inventory {
         kept
     }
 
-    /// Content hashes known for objects, by relative path: from complete copies (verified
-    /// then: `true`) and from journals (taken while reading the source, not read back: `false`).
+    /// Content hashes known for objects, by relative path, and whether the object was read back
+    /// and found equal: from complete copies and from journals (hashes taken while reading the
+    /// source; read back unless the copy ran with `Metadata` verification).
     pub fn known_hashes(&self) -> BTreeMap<String, (ObjectHash, bool)> {
         let mut known = BTreeMap::new();
         for (_, batch) in &self.journals {
             for object in &batch.objects {
-                known.insert(object.path.clone(), (object.clone(), false));
+                known.insert(object.path.clone(), (object.clone(), object.verified));
             }
         }
         for record in self.committed() {
             for object in &record.objects {
-                known.insert(object.path.clone(), (object.clone(), true));
+                known.insert(object.path.clone(), (object.clone(), object.verified));
             }
         }
         known

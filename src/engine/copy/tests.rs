@@ -531,6 +531,11 @@ async fn an_interrupted_copy_resumes_and_transfers_only_what_is_missing() {
         "{first_run} + {transferred} transfers for {total} objects"
     );
     assert_eq!(report.objects_skipped as usize + transferred, total);
+    let read_back = report.objects_read_back as usize;
+    assert_eq!(
+        read_back, transferred,
+        "what the first run verified is not read again"
+    );
     f.assert_same_content(&report, &checkpoint, &target).await;
     assert_rows(&f.target_store, "copies/r", KEYS + 24).await;
 }

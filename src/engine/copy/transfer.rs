@@ -3,7 +3,7 @@
 //! threshold, as a multipart upload; retried as a whole after a transient failure.
 
 use super::super::error::{EngineError, Fault};
-use super::super::Database;
+use super::super::{Database, PinnedObject};
 use super::CopyOptions;
 use futures::TryStreamExt;
 use object_store::path::Path;
@@ -35,6 +35,8 @@ pub(super) struct Mover {
     /// MiB of object content held in memory at once, across all transfers.
     pub memory: Arc<Semaphore>,
     pub memory_mib: u32,
+    /// Objects transferred (and read back) at once.
+    pub parallelism: usize,
 }
 
 impl Mover {
@@ -48,6 +50,7 @@ impl Mover {
             retry: options.retry.clone(),
             memory: Arc::new(Semaphore::new(memory_mib as usize)),
             memory_mib,
+            parallelism: options.parallelism.max(1),
         }
     }
 
@@ -67,6 +70,25 @@ impl Mover {
                 result => return result,
             }
         }
+    }
+
+    /// Reads the object back from the target through the fingerprint code: its sha256, and the
+    /// SST blocks whose CRC checked out (a `Corrupt` error when one does not, or it is missing).
+    pub async fn read_back(
+        &self,
+        at_target: &PinnedObject,
+    ) -> Result<([u8; 32], u64), EngineError> {
+        let mib = ((at_target.size >> 20) + 1).min(u64::from(self.memory_mib)) as u32;
+        let _memory = self.memory.acquire_many(mib).await.ok();
+        let checked = self
+            .target
+            .check_content(std::slice::from_ref(at_target), &|_| {})
+            .await?;
+        let first = checked.first().ok_or_else(|| EngineError::Corrupt {
+            object: at_target.path.to_string(),
+            detail: "not read back".into(),
+        })?;
+        Ok((first.sha256, first.blocks))
     }
 
     async fn transfer_once(&self, object: &ObjectMove) -> Result<[u8; 32], EngineError> {
