@@ -248,6 +248,16 @@ pub async fn copy_checkpoint(
                 .into(),
         ));
     }
+    let same_store = std::sync::Arc::ptr_eq(&source.store.main, &target.store.main);
+    if same_store
+        && (target.path.prefix_matches(&source.path) || source.path.prefix_matches(&target.path))
+    {
+        return Err(EngineError::StoreConfig(format!(
+            "the copy target {:?} overlaps its source {:?} in the same store",
+            target.path.as_ref(),
+            source.path.as_ref()
+        )));
+    }
     progress(CopyProgress {
         phase: CopyPhase::Prepare,
         objects_done: 0,
@@ -270,7 +280,7 @@ pub async fn copy_checkpoint(
             true,
         ),
     };
-    keep_alive_once(source, pinned.id, lifetime).await?;
+    refresh_if_expiring(source, &pinned, lifetime).await?;
     tracing::info!(source = %source.path, target = %target.path, checkpoint = %pinned.id,
         manifest = pinned.manifest_id, "copying a checkpoint");
     let result = tokio::select! {
@@ -299,6 +309,16 @@ async fn keep_alive_once(
     lifetime: Duration,
 ) -> Result<(), EngineError> {
     let checkpoint = source.find_checkpoint(&CheckpointSelector::Id(id)).await?;
+    refresh_if_expiring(source, &checkpoint, lifetime).await
+}
+
+/// [`keep_alive_once`] for a checkpoint as just read.
+async fn refresh_if_expiring(
+    source: &Database,
+    checkpoint: &CheckpointInfo,
+    lifetime: Duration,
+) -> Result<(), EngineError> {
+    let id = checkpoint.id;
     let horizon = chrono::Utc::now()
         + chrono::TimeDelta::from_std(lifetime).unwrap_or(chrono::TimeDelta::MAX);
     if checkpoint.expire_time.is_some_and(|at| at < horizon) {
@@ -479,6 +499,34 @@ async fn sweep(target: &Database, label: &str) -> Result<(usize, bool), EngineEr
     let removed = delete_objects(target, &inventory.unreferenced()).await?;
     let complete = inventory.committed().next().is_some();
     Ok((removed, complete))
+}
+
+/// [`sweep`] right after this run committed `manifest_id`, from what the run knows (the target
+/// as it was before, and what the run wrote) rather than from a fresh inventory: one listing of
+/// the manifests checks that nobody else wrote one meanwhile.
+async fn sweep_after_commit(
+    target: &Database,
+    before: &Inventory,
+    manifest_id: u64,
+    written: &[String],
+) -> Result<usize, EngineError> {
+    let directory = target.path.clone().join("manifest");
+    let listing = target.store.main.list_with_delimiter(Some(&directory));
+    let listing = target.bounded_store("list manifests", listing).await?;
+    let foreign = listing.objects.iter().find(|o| {
+        let id = o
+            .location
+            .filename()
+            .and_then(|f| f.strip_suffix(".manifest"));
+        let id = id.and_then(|id| id.parse::<u64>().ok());
+        id.is_some_and(|id| id != manifest_id && !before.manifests.contains(&id))
+    });
+    if let Some(foreign) = foreign {
+        tracing::warn!(manifest = %foreign.location, "another writer wrote a manifest during the copy; leaving the target as it is");
+        return Ok(0);
+    }
+    let unreferenced = before.unreferenced_after(manifest_id, written);
+    delete_objects(target, &unreferenced).await
 }
 
 /// Where each closure object stands during a copy.
@@ -704,8 +752,14 @@ async fn copy_closure(
     }
     // Committed: what is left of unfinished work (journals, objects of interrupted runs no
     // complete copy needs, such as WAL objects a writer would replay) goes.
-    match sweep(target, label).await {
-        Ok((removed, _)) if removed > 0 => {
+    let written: Vec<String> = closure
+        .items
+        .iter()
+        .map(|i| i.relative.clone())
+        .chain(journal.written.iter().cloned())
+        .collect();
+    match sweep_after_commit(target, inventory, manifest_id, &written).await {
+        Ok(removed) if removed > 0 => {
             tracing::debug!(
                 removed,
                 "removed the copy's journals and unreferenced objects"
@@ -898,6 +952,8 @@ struct Journal<'a> {
     /// Objects and bytes recorded so far.
     recorded: u64,
     recorded_bytes: u64,
+    /// The journal objects written (relative paths).
+    written: Vec<String>,
 }
 
 impl<'a> Journal<'a> {
@@ -920,6 +976,7 @@ impl<'a> Journal<'a> {
             last_flush: Instant::now(),
             recorded: 0,
             recorded_bytes: 0,
+            written: Vec::new(),
         }
     }
 
@@ -963,6 +1020,7 @@ impl<'a> Journal<'a> {
                 self.target.store.main.put(&path, body.into()),
             )
             .await?;
+        self.written.extend(relative_to(&path, &self.target.path));
         self.seq += 1;
         self.last_flush = Instant::now();
         Ok(())

@@ -402,16 +402,32 @@ impl Inventory {
 
     /// Objects under the copy's directories that no complete copy needs: unfinished work.
     pub fn unreferenced(&self) -> Vec<String> {
-        let kept = self.kept();
-        self.objects
-            .keys()
-            .filter(|p| {
-                p.starts_with(COPY_DIR) || DATA_DIRS.iter().any(|d| p.starts_with(&format!("{d}/")))
-            })
-            .filter(|p| !kept.contains(*p) && !p.ends_with("/promoted.json"))
-            .cloned()
-            .collect()
+        unreferenced(self.objects.keys(), &self.kept())
     }
+
+    /// [`Inventory::unreferenced`] once a copy has committed `manifest_id` after writing the
+    /// objects `written` (relative paths: its closure and its journals).
+    pub fn unreferenced_after(&self, manifest_id: u64, written: &[String]) -> Vec<String> {
+        let mut kept = self.kept();
+        kept.insert(format!("{COPY_DIR}/commits/{manifest_id:020}.json"));
+        let closure = written.iter().filter(|p| !p.starts_with(COPY_DIR));
+        kept.extend(closure.cloned());
+        let present: BTreeSet<&String> = self.objects.keys().chain(written).collect();
+        unreferenced(present.into_iter(), &kept)
+    }
+}
+
+fn unreferenced<'a>(
+    present: impl Iterator<Item = &'a String>,
+    kept: &BTreeSet<String>,
+) -> Vec<String> {
+    present
+        .filter(|p| {
+            p.starts_with(COPY_DIR) || DATA_DIRS.iter().any(|d| p.starts_with(&format!("{d}/")))
+        })
+        .filter(|p| !kept.contains(*p) && !p.ends_with("/promoted.json"))
+        .cloned()
+        .collect()
 }
 
 /// An object's bytes, or `None` when it does not exist.

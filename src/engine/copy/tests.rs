@@ -536,6 +536,13 @@ async fn an_interrupted_copy_resumes_and_transfers_only_what_is_missing() {
         read_back, transferred,
         "what the first run verified is not read again"
     );
+    // Both runs' journals are gone: the closure, its manifest and its record are left.
+    let left: BTreeSet<String> = f.target_files("copies/r").into_keys().collect();
+    let mut expected = f.closure(&checkpoint).await;
+    let id = checkpoint.manifest_id;
+    expected.insert(format!("manifest/{id:020}.manifest"));
+    expected.insert(format!("{COPY_DIR}/commits/{id:020}.json"));
+    assert_eq!(left, expected);
     f.assert_same_content(&report, &checkpoint, &target).await;
     assert_rows(&f.target_store, "copies/r", KEYS + 24).await;
 }
@@ -651,6 +658,15 @@ async fn a_target_a_writer_has_opened_is_refused_as_diverged_and_left_alone() {
         .unwrap_err();
     assert!(matches!(error, EngineError::Diverged { .. }), "{error}");
     assert_eq!(files(&other).len(), 1);
+    // Nor is the source itself, or a path inside it.
+    for inside in ["parent", "parent/copy"] {
+        let target = database(&f.source_store, inside);
+        let error = f
+            .copy(&f.checkpoint, &target, &options())
+            .await
+            .unwrap_err();
+        assert!(error.to_string().contains("overlaps"), "{error}");
+    }
 }
 
 #[tokio::test]
