@@ -26,6 +26,13 @@ struct Samples {
     cpu: Vec<f64>,
 }
 
+impl Samples {
+    fn push(&mut self, (wall, cpu): (f64, f64)) {
+        self.wall.push(wall);
+        self.cpu.push(cpu);
+    }
+}
+
 /// One copy of `checkpoint` into a fresh path of `target`; wall and CPU seconds.
 async fn timed_copy(
     source: &Database,
@@ -198,10 +205,9 @@ async fn run() {
                 0 => {
                     let path = format!("rclone-{rep}");
                     let to = target_dir.path().join(&path);
-                    let (wall, cpu) =
+                    let timed =
                         timed_rclone(&rclone, &list, &parent.parent_dir(), &to, parallelism);
-                    baseline.wall.push(wall);
-                    baseline.cpu.push(cpu);
+                    baseline.push(timed);
                     remove(&path);
                 }
                 k => {
@@ -213,8 +219,7 @@ async fn run() {
                     let (wall, cpu, report) =
                         timed_copy(&source, &checkpoint, &target(&path), &options(verify)).await;
                     assert_eq!(report.objects_transferred, report.objects_total);
-                    samples.wall.push(wall);
-                    samples.cpu.push(cpu);
+                    samples.push((wall, cpu));
                     remove(&path);
                 }
             }
@@ -238,14 +243,12 @@ async fn run() {
         timed_copy(&source, &checkpoint, &target(&path), &content).await;
         sync();
         let (wall, cpu, report) = timed_copy(&source, &grown, &target(&path), &content).await;
-        incremental.wall.push(wall);
-        incremental.cpu.push(cpu);
+        incremental.push((wall, cpu));
         transferred = (report.objects_transferred, report.bytes_transferred);
         remove(&path);
         let path = format!("full-{rep}");
         let (wall, cpu, _) = timed_copy(&source, &grown, &target(&path), &content).await;
-        full_copy.wall.push(wall);
-        full_copy.cpu.push(cpu);
+        full_copy.push((wall, cpu));
         remove(&path);
         eprintln!(
             "copy_throughput:   rep {rep}: incremental {:.0} ms, full {:.0} ms",
