@@ -10,7 +10,7 @@
 
 use crate::engine::{
     copy_checkpoint, promote_copy, source_label, CloneSourceCheckpoint, CopyOptions, CopyProgress,
-    CopyVerification, Database, EngineError, DEFAULT_ADMIN_TIMEOUT,
+    CopyShare, CopyVerification, Database, EngineError, DEFAULT_ADMIN_TIMEOUT,
 };
 use crate::offline_commands::{store_options_from_env, store_with_options};
 use serde_json::{json, Value};
@@ -60,6 +60,14 @@ pub struct CopyArgs {
     /// Objects of at least this many MiB are uploaded in parts.
     #[arg(long, default_value_t = CopyOptions::default().multipart_threshold >> 20)]
     pub multipart_threshold_mib: u64,
+    /// Split the objects into this many disjoint shares and copy (and verify) only one of them,
+    /// committing nothing: for the completions of an Indexed Job. A run without --shares then
+    /// commits the copy, transferring only what no share finished. Needs --checkpoint.
+    #[arg(long, requires = "checkpoint")]
+    pub shares: Option<u32>,
+    /// Which share this run copies (default: the Indexed Job's completion index).
+    #[arg(long, env = "JOB_COMPLETION_INDEX", default_value_t = 0)]
+    pub share_index: u32,
     /// Bound on each SlateDB and object-store call, in seconds.
     #[arg(long, default_value_t = DEFAULT_ADMIN_TIMEOUT.as_secs())]
     pub timeout_seconds: u64,
@@ -123,6 +131,10 @@ pub async fn copy(
         max_retransmissions: args.max_retransmissions,
         multipart_threshold: args.multipart_threshold_mib << 20,
         source_label: Some(source_label(&args.from_store, &args.from)),
+        share: args.shares.map(|count| CopyShare {
+            index: args.share_index,
+            count,
+        }),
         ..CopyOptions::default()
     };
     let shown = bar.clone();
@@ -142,7 +154,8 @@ pub async fn copy(
         "objectsReadBack": report.objects_read_back, "blocksChecked": report.blocks_checked,
         "verify": options.verify.name(), "contentRoot": report.content_root,
         "manifestSha256": report.manifest_sha256, "alreadyComplete": report.already_complete,
-        "resumed": report.resumed, "seconds": report.duration.as_secs_f64(),
+        "resumed": report.resumed, "committed": report.committed,
+        "seconds": report.duration.as_secs_f64(),
     }))
 }
 
@@ -200,6 +213,8 @@ mod tests {
             verify: VerifyArg::Content,
             max_retransmissions: 1,
             multipart_threshold_mib: 64,
+            shares: None,
+            share_index: 0,
             timeout_seconds: 20,
         }
     }
@@ -252,5 +267,39 @@ mod tests {
         .await
         .unwrap_err();
         assert_eq!(crate::offline_commands::exit_code_for(&missing), 3);
+    }
+
+    #[tokio::test]
+    async fn shares_of_the_copy_command_then_a_commit() {
+        let (from, to) = (tempfile::tempdir().unwrap(), tempfile::tempdir().unwrap());
+        let from_url = format!("file://{}", from.path().display());
+        let to_url = format!("file://{}", to.path().display());
+        let store = Store::open(&StoreConfig::with_options(&from_url, &[])).unwrap();
+        write_sample_db(&store, "db", 300, 4).await.unwrap();
+        let source = Database::new(store.clone(), "db", DEFAULT_ADMIN_TIMEOUT);
+        let (checkpoint, _) = source.obtain_checkpoint("cli", None).await.unwrap();
+        let mut sent = 0;
+        for share_index in 0..2 {
+            let share = CopyArgs {
+                shares: Some(2),
+                share_index,
+                ..args(&from_url, &to_url, Some(checkpoint.id))
+            };
+            let report = copy(share, false, indicatif::ProgressBar::hidden())
+                .await
+                .unwrap();
+            assert_eq!(report["committed"], false, "{report}");
+            sent += report["objectsTransferred"].as_u64().unwrap();
+        }
+        let all = copy(
+            args(&from_url, &to_url, Some(checkpoint.id)),
+            false,
+            indicatif::ProgressBar::hidden(),
+        )
+        .await
+        .unwrap();
+        assert_eq!(all["committed"], true);
+        assert_eq!(all["objectsTransferred"], 1, "{all}");
+        assert_eq!(sent + 1, all["objectsTotal"].as_u64().unwrap());
     }
 }

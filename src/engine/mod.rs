@@ -55,7 +55,7 @@ pub use clone::{
 };
 pub use copy::{
     copy_checkpoint, promote_copy, source_label, CopyOptions, CopyPhase, CopyProgress, CopyReport,
-    CopyVerification, PromoteReport,
+    CopyShare, CopyVerification, PromoteReport,
 };
 pub use crash_point::{crash_point, CRASH_POINT_ENV};
 pub use database::Database;

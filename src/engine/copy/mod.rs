@@ -117,6 +117,30 @@ pub struct CopyOptions {
     pub source_label: Option<String>,
     /// Who claims the target before the first write (see `ownership.rs`).
     pub owner: Option<Owner>,
+    /// Only this share of the objects, and no commit (see [`CopyShare`]).
+    pub share: Option<CopyShare>,
+}
+
+/// One of `count` disjoint shares of a copy's objects (by a hash of each object's key), for a
+/// copy split across processes, such as the completions of an Indexed Job. A run with a share
+/// transfers and verifies only its objects, journals them at the target, and commits nothing;
+/// once every share has finished, a run without a share commits the copy, transferring and
+/// reading back only what no share finished. A share needs a checkpoint id (not `Latest`), and a
+/// share that fails for good removes nothing (the other shares' work is at the same target).
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct CopyShare {
+    pub index: u32,
+    pub count: u32,
+}
+
+impl CopyShare {
+    /// Whether the object of this logical key belongs to the share.
+    pub fn includes(&self, key: &str) -> bool {
+        let digest = Sha256::digest(key.as_bytes());
+        let mut first = [0u8; 8];
+        first.copy_from_slice(&digest[..8]);
+        u64::from_be_bytes(first) % u64::from(self.count.max(1)) == u64::from(self.index)
+    }
 }
 
 impl Default for CopyOptions {
@@ -133,6 +157,7 @@ impl Default for CopyOptions {
             journal_batch: 16,
             source_label: None,
             owner: None,
+            share: None,
         }
     }
 }
@@ -217,6 +242,9 @@ pub struct CopyReport {
     pub already_complete: bool,
     /// Objects of an interrupted run were found and reused.
     pub resumed: bool,
+    /// The manifest is at the target (false only for a run with a [`CopyShare`], whose totals
+    /// count its share alone).
+    pub committed: bool,
     pub duration: Duration,
 }
 
@@ -265,6 +293,21 @@ pub async fn copy_checkpoint(
         bytes_done: 0,
         bytes_total: 0,
     });
+    if let Some(share) = options.share {
+        let latest = matches!(checkpoint, CloneSourceCheckpoint::Latest { .. });
+        if share.count == 0 || share.index >= share.count || latest {
+            return Err(EngineError::StoreConfig(format!(
+                "copy share {}/{} of {}: a share needs 0 <= index < count and a checkpoint id",
+                share.index,
+                share.count,
+                if latest {
+                    "the latest state"
+                } else {
+                    "a checkpoint"
+                }
+            )));
+        }
+    }
     source.probe().await?;
     target
         .ensure_not_owned_by_another(options.owner.as_ref())
@@ -457,7 +500,11 @@ async fn copy_pinned(
     )
     .await;
     match result {
-        Err(error) if error.fault() == Fault::Permanent && !is_refusal(&error) => {
+        Err(error)
+            if error.fault() == Fault::Permanent
+                && !is_refusal(&error)
+                && options.share.is_none() =>
+        {
             tracing::warn!(%error, target = %target.path, "copy failed for good; removing what copies wrote that no complete copy needs");
             match sweep(target, &label).await {
                 Ok((removed, complete)) => {
@@ -549,8 +596,19 @@ async fn copy_closure(
     let manifest_id = closure.checkpoint.manifest_id;
     let items = &closure.items;
     let manifest_size = closure.manifest.len() as u64;
-    let objects_total = items.len() as u64 + 1;
-    let bytes_total = items.iter().map(|i| i.source.size).sum::<u64>() + manifest_size;
+    // The objects this run settles: all, or its share (which leaves the manifest to another run).
+    let mine: Vec<bool> = items
+        .iter()
+        .map(|item| options.share.is_none_or(|s| s.includes(&item.source.key)))
+        .collect();
+    let commits = options.share.is_none();
+    let manifest_size = if commits { manifest_size } else { 0 };
+    let objects_total = mine.iter().filter(|m| **m).count() as u64 + u64::from(commits);
+    let bytes_total = (items.iter().zip(&mine))
+        .filter(|(_, m)| **m)
+        .map(|(i, _)| i.source.size)
+        .sum::<u64>()
+        + manifest_size;
     let already_complete = inventory
         .committed()
         .any(|r| r.manifest_id == manifest_id && r.manifest_sha256 == closure.manifest_sha256);
@@ -584,10 +642,13 @@ async fn copy_closure(
             _ => to_send.push(index),
         }
     }
-    let skipped: Vec<usize> = (0..items.len()).filter(|i| known[*i].is_some()).collect();
-    let manifest_present = inventory
-        .objects
-        .contains_key(&format!("manifest/{manifest_id:020}.manifest"));
+    let skipped: Vec<usize> = (0..items.len())
+        .filter(|&i| mine[i] && known[i].is_some())
+        .collect();
+    let manifest_present = commits
+        && inventory
+            .objects
+            .contains_key(&format!("manifest/{manifest_id:020}.manifest"));
     let mut report = CopyReport {
         checkpoint_id: closure.checkpoint.id,
         manifest_id,
@@ -606,6 +667,7 @@ async fn copy_closure(
         manifest_sha256: closure.manifest_sha256.clone(),
         already_complete: already_complete && to_send.is_empty(),
         resumed,
+        committed: false,
         duration: Duration::ZERO,
     };
     tracing::info!(target = %target.path, total = items.len(), skip = skipped.len(),
@@ -619,6 +681,7 @@ async fn copy_closure(
         CopyVerification::Full => true,
     };
     let work: Vec<Work> = (0..items.len())
+        .filter(|&index| mine[index])
         .filter_map(|index| {
             let send = known[index].is_none();
             let check = read_back(known[index]);
@@ -635,8 +698,12 @@ async fn copy_closure(
     if work.iter().any(|w| w.send) {
         journal.start().await?;
     }
+    let mut touched = vec![false; items.len()];
+    for w in &work {
+        touched[w.index] = true;
+    }
     let untouched: Vec<usize> = (0..items.len())
-        .filter(|i| !work.iter().any(|w| w.index == *i))
+        .filter(|&i| mine[i] && !touched[i])
         .collect();
     let untouched_bytes: u64 = untouched.iter().map(|&i| items[i].source.size).sum();
     let copy_progress = |journal: &Journal| CopyProgress {
@@ -694,6 +761,10 @@ async fn copy_closure(
             objects: mismatches,
             rounds: options.max_retransmissions,
         });
+    }
+    if !commits {
+        // The share's objects are settled and journalled; the commit is another run's.
+        return Ok(report);
     }
 
     // The content root, over what the target now holds (as read back, or as sent).
@@ -770,6 +841,7 @@ async fn copy_closure(
             tracing::warn!(%error, target = %target.path, "the copy is committed, but removing its journals failed")
         }
     }
+    report.committed = true;
     progress(CopyProgress {
         phase: CopyPhase::Done,
         objects_done: objects_total,

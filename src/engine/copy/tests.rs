@@ -815,3 +815,54 @@ async fn a_checkpoint_expiring_during_the_copy_is_refreshed_and_a_long_lived_one
         "{error}"
     );
 }
+
+#[tokio::test]
+async fn shares_copy_disjoint_objects_and_a_final_run_commits_only_the_manifest() {
+    let f = fixture(4).await;
+    let checkpoint = more_rows(&f.source_store, KEYS, KEYS + 24, true).await;
+    let closure = f.closure(&checkpoint).await;
+    let (counted, behaviour) = behind_test_store(&f.target_store, Behaviour::default());
+    let target = database(&counted, "copies/s");
+    let share = |index| CopyOptions {
+        share: Some(CopyShare { index, count: 3 }),
+        ..options()
+    };
+    let (first, second, third) = (share(0), share(1), share(2));
+    let shares = tokio::join!(
+        f.copy(&checkpoint, &target, &first),
+        f.copy(&checkpoint, &target, &second),
+        f.copy(&checkpoint, &target, &third),
+    );
+    let shares = [shares.0.unwrap(), shares.1.unwrap(), shares.2.unwrap()];
+    assert!(shares
+        .iter()
+        .all(|r| !r.committed && r.objects_transferred > 0));
+    let sent: u64 = shares.iter().map(|r| r.objects_transferred).sum();
+    assert_eq!(sent, closure.len() as u64, "{shares:?}");
+    assert_eq!(
+        behaviour.data_puts().len(),
+        closure.len(),
+        "each object once"
+    );
+    let manifests = f.target_dir.path().join("copies/s/manifest");
+    assert!(
+        !manifests.exists(),
+        "no manifest before every share is committed"
+    );
+
+    let report = f.copy(&checkpoint, &target, &options()).await.unwrap();
+    assert!(report.committed);
+    assert_eq!(report.objects_transferred, 1, "only the manifest");
+    assert_eq!(
+        report.objects_read_back, 0,
+        "the shares verified everything"
+    );
+    f.assert_same_content(&report, &checkpoint, &target).await;
+    assert_rows(&f.target_store, "copies/s", KEYS + 24).await;
+
+    let latest = CloneSourceCheckpoint::Latest {
+        name: "copy:share".into(),
+    };
+    let refused = copy_checkpoint(&f.source, &latest, &target, &first, |_| {}).await;
+    assert!(refused.unwrap_err().to_string().contains("checkpoint id"));
+}
