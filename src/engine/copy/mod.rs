@@ -46,6 +46,7 @@ pub use promote::{promote_copy, PromoteReport};
 
 use super::checkpoint::{CheckpointInfo, CheckpointSelector};
 use super::clone::{CloneSourceCheckpoint, RetryPolicy};
+use super::crash_point::crash_point;
 use super::error::{EngineError, Fault};
 use super::fingerprint::{manifest_path, merkle_root, CONTENT_BUDGET_MIB};
 use super::ownership::Owner;
@@ -781,6 +782,7 @@ async fn copy_closure(
     leaves.sort();
     report.content_root = hex::encode(merkle_root(&leaves));
 
+    crash_point("copy-transferred");
     // Commit: the record, then the manifest, last.
     progress(CopyProgress {
         phase: CopyPhase::Commit,
@@ -807,6 +809,7 @@ async fn copy_closure(
         },
     )
     .await?;
+    crash_point("copy-recorded");
     let manifest_at = manifest_path(&target.path, manifest_id);
     match create_object(target, &manifest_at, closure.manifest.clone()).await? {
         None => {
@@ -821,6 +824,7 @@ async fn copy_closure(
             })
         }
     }
+    crash_point("copy-committed");
     // Committed: what is left of unfinished work (journals, objects of interrupted runs no
     // complete copy needs, such as WAL objects a writer would replay) goes.
     let written: Vec<String> = closure
