@@ -3,7 +3,7 @@
 //! the same relative names under a path in a target store, which may be another bucket or
 //! another provider. The target is a plain SlateDB root; nothing in it refers back to the source.
 //!
-//! The protocol (compare sleet's mirror, which it is interoperable with at the layout level):
+//! The protocol (compare sleet's mirror, whose target layout it shares: a plain SlateDB root):
 //!
 //! 1. **Pin.** The checkpoint is kept alive while the copy runs: one that would expire within
 //!    [`CopyOptions::checkpoint_lifetime`] is refreshed to that lifetime, again at half of it.
@@ -619,7 +619,7 @@ async fn copy_closure(
     let kept = inventory.kept();
     let mut known: Vec<Option<Known>> = vec![None; items.len()];
     let mut to_send = Vec::new();
-    let mut resumed = !inventory.journals.is_empty();
+    let resumed = !inventory.journals.is_empty();
     for (index, item) in items.iter().enumerate() {
         let present = inventory.objects.get(&item.relative).copied();
         let recorded = known_hashes
@@ -628,7 +628,6 @@ async fn copy_closure(
             .and_then(|(h, verified)| Some((parse_sha256(&h.sha256)?, *verified)));
         match (present, recorded) {
             (Some(size), Some((sha256, verified))) if size == item.source.size => {
-                resumed |= !verified;
                 known[index] = Some(Known { sha256, verified });
             }
             (Some(size), _) if size != item.source.size && kept.contains(&item.relative) => {
