@@ -11,6 +11,7 @@
 #   verify_throughput      library: Content verification vs `sha256sum` (~100 MiB checkpoint)
 #   checkpoint_under_load  library: writer throughput with and without a checkpoint every N ms
 #   operator_scale         e2e control plane: 100 DatabaseClones at once (500 with BENCH_FULL=1) vs plain creates
+#   copy_throughput        library: independent copy vs `rclone copy` (~100 MiB, 1 GiB with BENCH_FULL=1); incremental vs full
 #
 # operator_scale needs the e2e control plane. When KUBECONFIG and E2E_KUBECTL are set and the API server
 # answers (e.g. after `source <(e2e/cluster.sh env)`), it uses that cluster; otherwise this script starts one
@@ -25,7 +26,7 @@
 set -euo pipefail
 cd "$(dirname "$0")/.."
 
-ALL_BENCHES=(clone_cost verify_throughput checkpoint_under_load operator_scale)
+ALL_BENCHES=(clone_cost verify_throughput checkpoint_under_load operator_scale copy_throughput)
 results=benches/RESULTS.md
 command_line="$({ env | grep -E '^(BENCH_[A-Z_]+|TMPDIR|E2E_STATE_DIR|E2E_[A-Z_]*PORT)=' || true; } | sort | tr '\n' ' ')benches/run.sh"
 

@@ -2,6 +2,7 @@
 
 pub mod api;
 pub mod controller;
+pub mod copy_command;
 pub mod crds;
 pub mod engine;
 pub mod offline_commands;

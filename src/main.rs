@@ -136,6 +136,10 @@ enum Command {
         #[arg(long)]
         end: Option<String>,
     },
+    /// Copy a checkpoint to another store or path: an independent database (no cluster needed).
+    Copy(slatedb_operator::copy_command::CopyArgs),
+    /// Turn a finished copy into an independent, writable database.
+    Promote(slatedb_operator::copy_command::PromoteArgs),
     /// Fingerprint a checkpoint or the latest state; --content also reads every byte.
     Verify {
         #[command(flatten)]
@@ -308,6 +312,16 @@ fn main() -> ExitCode {
                 bar.finish_and_clear();
                 report
             });
+        }
+        Command::Copy(args) => {
+            let (json, bar) = (output == Output::Json, progress_bar(output));
+            return local(
+                output,
+                slatedb_operator::copy_command::copy(args, json, bar),
+            );
+        }
+        Command::Promote(args) => {
+            return local(output, slatedb_operator::copy_command::promote(args))
         }
         Command::Verify {
             db,

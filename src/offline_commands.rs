@@ -31,7 +31,9 @@ pub mod exit_code {
 /// The exit code for an engine error.
 pub fn exit_code_for(error: &EngineError) -> u8 {
     match (error, error.fault()) {
-        (EngineError::Corrupt { .. }, _) => exit_code::CORRUPT,
+        (EngineError::Corrupt { .. } | EngineError::ChecksumMismatch { .. }, _) => {
+            exit_code::CORRUPT
+        }
         (_, Fault::Transient) => exit_code::TRANSIENT,
         (_, Fault::Permanent) => exit_code::PERMANENT,
     }
@@ -40,13 +42,25 @@ pub fn exit_code_for(error: &EngineError) -> u8 {
 /// Object-store options from the environment: every `AWS_*`, `GOOGLE_*` and `AZURE_*` variable,
 /// as a Secret would give them to the operator. Unrelated variables of those prefixes are skipped.
 pub fn store_from_env(url: &str) -> Result<Store, EngineError> {
-    let options: BTreeMap<String, String> = std::env::vars()
+    store_with_options(url, store_options_from_env())
+}
+
+/// The object-store options [`store_from_env`] takes from the environment.
+pub fn store_options_from_env() -> BTreeMap<String, String> {
+    std::env::vars()
         .filter(|(key, _)| {
             ["AWS_", "GOOGLE_", "AZURE_"]
                 .iter()
                 .any(|prefix| key.starts_with(prefix))
         })
-        .collect();
+        .collect()
+}
+
+/// A store at `url` with `options` (unknown ones skipped) and the ambient identity of the user.
+pub fn store_with_options(
+    url: &str,
+    options: BTreeMap<String, String>,
+) -> Result<Store, EngineError> {
     Store::open(&StoreConfig {
         url: url.into(),
         options,

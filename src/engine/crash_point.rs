@@ -3,7 +3,8 @@
 
 /// Test hook: names the point at which the process exits (`clone-<Step>` once that clone step is
 /// reached, `after-checkpoint-create` right after a new checkpoint is written and before its
-/// status is).
+/// status is; `copy-transferred` once every object of a copy is settled, `copy-recorded` after
+/// its commit record and before its manifest, `copy-committed` after the manifest).
 pub const CRASH_POINT_ENV: &str = "SLATEDB_OPERATOR_CRASH_POINT";
 
 /// The exit code of a crash point, so tests tell it from a real failure.

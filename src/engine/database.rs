@@ -86,6 +86,25 @@ impl Database {
         }
     }
 
+    /// Writes `body` to `path` unless an object is there already (a conditional create, never
+    /// retried blindly); returns whether it wrote.
+    pub(super) async fn create_if_absent(
+        &self,
+        operation: &'static str,
+        path: &Path,
+        body: bytes::Bytes,
+    ) -> Result<bool, EngineError> {
+        self.bounded_store(operation, async {
+            let options = object_store::PutOptions::from(object_store::PutMode::Create);
+            match self.store.main.put_opts(path, body.into(), options).await {
+                Ok(_) => Ok(true),
+                Err(object_store::Error::AlreadyExists { .. }) => Ok(false),
+                Err(e) => Err(e),
+            }
+        })
+        .await
+    }
+
     /// One plain, non-retrying listing of the manifest directory. SlateDB's own calls retry every
     /// error for ever, so this is how rejected credentials or an unreachable endpoint show up as a
     /// clear error rather than a timeout.

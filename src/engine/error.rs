@@ -84,6 +84,34 @@ pub enum EngineError {
     DataMissing { path: String, missing: String },
     #[error("{object} is corrupt: {detail}")]
     Corrupt { object: String, detail: String },
+    #[error(
+        "the copy target {path:?} was written by something other than a copy ({detail}); a copy \
+         never overwrites it. Choose another target, or delete it first"
+    )]
+    Diverged { path: String, detail: String },
+    #[error(
+        "the copy target {path:?} already holds a copy of a newer state (manifest {target_manifest}) \
+         than the checkpoint being copied (manifest {source_manifest}); copy a newer checkpoint, or \
+         to another target"
+    )]
+    TargetNewer {
+        path: String,
+        target_manifest: u64,
+        source_manifest: u64,
+    },
+    #[error("the database at {path:?} cannot be copied: {reason}")]
+    CopySourceUnsupported { path: String, reason: String },
+    #[error(
+        "{} objects copied to {path:?} still differ from the source after {rounds} retransmissions: {}",
+        objects.len(),
+        objects.join(", ")
+    )]
+    ChecksumMismatch {
+        path: String,
+        /// Each object's target path, with what was wrong with it.
+        objects: Vec<String>,
+        rounds: u32,
+    },
     #[error("SlateDB {operation} failed: {source}")]
     SlateDb {
         operation: &'static str,
@@ -110,7 +138,11 @@ impl EngineError {
             | EngineError::Corrupt { .. }
             | EngineError::ManifestNotPreserved { .. }
             | EngineError::TargetOwned { .. }
-            | EngineError::DataMissing { .. } => Fault::Permanent,
+            | EngineError::DataMissing { .. }
+            | EngineError::Diverged { .. }
+            | EngineError::TargetNewer { .. }
+            | EngineError::CopySourceUnsupported { .. }
+            | EngineError::ChecksumMismatch { .. } => Fault::Permanent,
             EngineError::Leftover { .. } => Fault::Transient,
         }
     }
@@ -136,6 +168,10 @@ impl EngineError {
             EngineError::TargetOwned { .. } => "TargetOwned",
             EngineError::DataMissing { .. } => "SourceDataMissing",
             EngineError::Leftover { .. } => "CleanupIncomplete",
+            EngineError::Diverged { .. } => "Diverged",
+            EngineError::TargetNewer { .. } => "TargetHasNewerCopy",
+            EngineError::CopySourceUnsupported { .. } => "CopySourceUnsupported",
+            EngineError::ChecksumMismatch { .. } => "ChecksumMismatch",
             EngineError::SlateDb { source, .. } => match slatedb_fault(source) {
                 Fault::Transient => "StoreUnavailable",
                 Fault::Permanent => "SlateDbError",

@@ -9,6 +9,9 @@
 //!   and deleting its checkpoints.
 //! - `clone.rs`: [`initialize_clone`], a copy-on-write clone step by step: resolving the source,
 //!   running SlateDB's clone builder, resuming, verifying, removing partial work.
+//! - `copy/`: [`copy_checkpoint`], an independent byte copy of a checkpoint to another store or
+//!   path (incremental, resumable, verified, parallel), and [`promote_copy`], which makes a copy
+//!   a writable database of its own.
 //! - `fingerprint.rs`: the objects a checkpoint pins, its metadata digest, and the content check
 //!   (hashes, Merkle root, SST block CRCs).
 //! - `manifest_guard.rs`: refuses any write that would lose a field of a database's manifest.
@@ -28,6 +31,7 @@
 mod backoff;
 mod checkpoint;
 mod clone;
+mod copy;
 mod crash_point;
 mod database;
 mod error;
@@ -48,6 +52,10 @@ pub use checkpoint::{CheckpointInfo, CheckpointSelector, Coverage, Obtained};
 pub use clone::{
     initialize_clone, CloneConfig, CloneProgress, CloneReport, CloneSourceCheckpoint, CloneStep,
     RetryPolicy, Verification,
+};
+pub use copy::{
+    copy_checkpoint, promote_copy, source_label, CopyOptions, CopyPhase, CopyProgress, CopyReport,
+    CopyShare, CopyVerification, PromoteReport,
 };
 pub use crash_point::{crash_point, CRASH_POINT_ENV};
 pub use database::Database;

@@ -6,7 +6,7 @@
 use super::error::EngineError;
 use super::Database;
 use object_store::path::Path;
-use object_store::{ObjectStoreExt, PutMode, PutOptions};
+use object_store::ObjectStoreExt;
 use serde::{Deserialize, Serialize};
 
 /// Who owns a target: a Kubernetes object (namespace, name, uid), or another tool by name.
@@ -56,19 +56,7 @@ impl Database {
             serde_json::to_vec(owner).map_err(|e| EngineError::StoreConfig(e.to_string()))?;
         let record = self.owner_record();
         let created = self
-            .bounded_store("create owner record", async {
-                let options = PutOptions::from(PutMode::Create);
-                match self
-                    .store
-                    .main
-                    .put_opts(&record, body.into(), options)
-                    .await
-                {
-                    Ok(_) => Ok(true),
-                    Err(object_store::Error::AlreadyExists { .. }) => Ok(false),
-                    Err(e) => Err(e),
-                }
-            })
+            .create_if_absent("create owner record", &record, body.into())
             .await?;
         if created {
             return Ok(());
