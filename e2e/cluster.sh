@@ -21,9 +21,10 @@
 # Environment: E2E_STATE_DIR (default <repo>/target/e2e-cluster), E2E_ETCD_PORT (12379),
 # E2E_ETCD_PEER_PORT (12380), E2E_APISERVER_PORT (16443), E2E_S3_PORT (19000),
 # K8S_VERSION (1.37.2, as e2e/build-k8s.sh); for the node: E2E_NODE (1; 0 starts no node, scheduler or
-# containerd), E2E_NODE_NAME (e2e-node), E2E_POD_CIDR (10.244.0.0/24: a /24 whose .1 is the bridge and node
-# address; give a second cluster on the machine another one), E2E_KUBELET_PORT (30250), E2E_KUBELET_HEALTHZ_PORT
-# (30248).
+# containerd), E2E_NODE_NAME (e2e-node), E2E_POD_CIDR (a /24 whose .1 is the bridge and node address; unset: the
+# first of 10.244.0.0/24, 10.244.1.0/24, ... that no route of the machine covers, so a second cluster on the
+# machine gets its own), E2E_KUBELET_PORT (30250), E2E_KUBELET_HEALTHZ_PORT (30248; unset and taken: free ports
+# are picked).
 #
 # The node (needs root): containerd's root, state, socket and config, kubelet's root and pod logs, the CNI
 # configuration and IPAM state all live under $E2E_STATE_DIR/node. The bridge (e2e-<id>), the cgroup root
@@ -66,8 +67,13 @@ NODE_NAME=${E2E_NODE_NAME:-e2e-node}
 POD_CIDR=${E2E_POD_CIDR:-10.244.0.0/24}
 KUBELET_PORT=${E2E_KUBELET_PORT:-30250}
 KUBELET_HEALTHZ_PORT=${E2E_KUBELET_HEALTHZ_PORT:-30248}
-[[ $POD_CIDR =~ ^([0-9]+\.[0-9]+\.[0-9]+)\.0/24$ ]] || { echo "cluster: E2E_POD_CIDR must be a /24 (a.b.c.0/24)" >&2; exit 2; }
-NODE_IP=${BASH_REMATCH[1]}.1
+# set_pod_cidr CIDR: POD_CIDR and NODE_IP (its .1: the bridge's address).
+set_pod_cidr() {
+  [[ $1 =~ ^([0-9]+\.[0-9]+\.[0-9]+)\.0/24$ ]] || { echo "cluster: E2E_POD_CIDR must be a /24 (a.b.c.0/24)" >&2; exit 2; }
+  POD_CIDR=$1
+  NODE_IP=${BASH_REMATCH[1]}.1
+}
+set_pod_cidr "$POD_CIDR"
 # <id>: the names this cluster gives host-wide objects (bridge, cgroups, CNI network) are its own.
 NODE_ID=$(printf '%s' "$STATE" | sha256sum | cut -c1-8)
 BRIDGE=e2e-$NODE_ID
@@ -431,13 +437,16 @@ start_apiserver() {
 # --- the node --------------------------------------------------------------------------------------
 
 # Kernel settings `up` may change (kubelet sets the first six at start, the CNI bridge plugin enables forwarding
-# for its gateway); their values before are saved in $N/sysctl.saved and written back by `down`.
+# for its gateway), and host directories the node's programs hard-code (kubelet's container log links, libcni's
+# result cache, the shim sockets; children before parents). They are host-wide, and several clusters' nodes may
+# run at once (e2e/tests/restarts.rs starts a private one), so the record is host-wide too: $HOST_REG/users holds
+# one file per running node (its state directory); the first node to start saves the sysctls' values and the
+# directories that do not exist yet, and the last one to stop writes the values back and removes the directories
+# (when empty). A node whose kubelet and containerd are gone no longer counts (a cluster that died without `down`).
 SYSCTLS=(vm.overcommit_memory vm.panic_on_oom kernel.panic kernel.panic_on_oops kernel.keys.root_maxkeys
          kernel.keys.root_maxbytes net.ipv4.ip_forward)
-# Host directories the node's programs hard-code (kubelet's container log links, libcni's result cache, the shim
-# sockets); the ones that did not exist before `up` are listed in $N/created-dirs and removed by `down` when empty.
-# Children before parents.
 HOST_DIRS=(/var/log/containers /var/lib/cni/results /var/lib/cni /run/containerd/s /run/containerd)
+HOST_REG=/run/e2e-k8s-node
 
 sysctl_file() { echo "/proc/sys/${1//.//}"; }
 
@@ -642,8 +651,7 @@ start_node() {
   done
   mkdir -p "$N"
   # What `down` restores: saved before anything changes.
-  for k in "${SYSCTLS[@]}"; do echo "$k $(cat "$(sysctl_file "$k")")"; done > "$N/sysctl.saved"
-  for d in "${HOST_DIRS[@]}"; do [ -e "$d" ] || echo "$d"; done > "$N/created-dirs"
+  register_node
 
   log "creating bridge $BRIDGE ($NODE_IP/24) and the relay to the API server and S3 ports"
   ip link add "$BRIDGE" type bridge
@@ -673,13 +681,34 @@ start_node() {
   log "node $NODE_NAME Ready $((SECONDS - t1))s after kubelet start ($((SECONDS - t0))s for the whole node)"
 }
 
+# pick_node_network: the pod CIDR and kubelet ports when they were not given and the defaults are taken (another
+# cluster's node runs on this machine, e.g. the private cluster of e2e/tests/restarts.rs). Runs under the cluster
+# lock, so two `up`s never pick the same.
+pick_node_network() {
+  local n
+  if [ -z "${E2E_POD_CIDR:-}" ]; then
+    for ((n = 0; n < 256; n++)); do
+      ip -4 route show | grep -qF "10.244.$n." || break
+    done
+    [ "$n" -lt 256 ] || die "no free 10.244.N.0/24 for the pod network; set E2E_POD_CIDR"
+    set_pod_cidr "10.244.$n.0/24"
+  fi
+  if [ -z "${E2E_KUBELET_PORT:-}" ] && port_in_use "$KUBELET_PORT"; then KUBELET_PORT=$(free_port); fi
+  if [ -z "${E2E_KUBELET_HEALTHZ_PORT:-}" ] && port_in_use "$KUBELET_HEALTHZ_PORT"; then
+    KUBELET_HEALTHZ_PORT=$(free_port)
+  fi
+  return 0
+}
+
+free_port() { python3 -c 'import socket; s = socket.socket(); s.bind(("127.0.0.1", 0)); print(s.getsockname()[1])'; }
+
 # node_shim_pids: the PIDs of the containerd shims of this cluster's containerd (their command line names its
 # socket), one per line.
 node_shim_pids() {
   local f pid
   for f in /proc/[0-9]*/cmdline; do
     pid=${f#/proc/}; pid=${pid%/cmdline}
-    tr '\0' ' ' < "$f" 2>/dev/null | grep -qE -- "containerd-shim-runc-v2 .*-address $CONTAINERD_SOCK( |$)" \
+    { tr '\0' ' ' < "$f"; } 2>/dev/null | grep -qE -- "containerd-shim-runc-v2 .*-address $CONTAINERD_SOCK( |$)" \
       && echo "$pid"
   done
   return 0
@@ -713,7 +742,7 @@ stop_node() {
   stop_one containerd
   # 5. Shims still running (each serves one pod): by PID, with the socket it leaves behind in /run/containerd/s.
   for pid in $(node_shim_pids); do
-    id=$(tr '\0' '\n' < "/proc/$pid/cmdline" 2>/dev/null | sed -n '/^-id$/{n;p;q}')
+    id=$({ tr '\0' '\n' < "/proc/$pid/cmdline"; } 2>/dev/null | sed -n '/^-id$/{n;p;q}')
     log "killing containerd shim $pid (sandbox ${id:0:12})"
     kill -KILL "$pid" 2>/dev/null || true
     [ -n "$id" ] && rm -f "/run/containerd/s/$(printf '%s' "$CONTAINERD_SOCK/k8s.io/$id" | sha256sum | cut -d' ' -f1)"
@@ -734,19 +763,8 @@ stop_node() {
     find "$m$CGROUP_ROOT" -depth -type d -exec rmdir {} + 2>/dev/null || true
     [ -d "$m$CGROUP_ROOT" ] && log "could not remove cgroup $m$CGROUP_ROOT"
   done
-  # 9. Kernel settings back to what they were.
-  if [ -f "$N/sysctl.saved" ]; then
-    local key value now
-    while read -r key value; do
-      now=$(cat "$(sysctl_file "$key")")
-      if [ "$now" != "$value" ]; then
-        echo "$value" > "$(sysctl_file "$key")" && log "restored $key = $value (was $now)"
-      fi
-    done < "$N/sysctl.saved"
-    rm -f "$N/sysctl.saved"
-  fi
-  # 10. What the programs left in hard-coded host paths: kubelet's log links into our pod log dir, libcni's result
-  # cache of our network and of loopback networks in our netns, then the directories `up` created.
+  # 9. What the programs left in hard-coded host paths: kubelet's log links into our pod log dir, libcni's result
+  # cache of our network and of the loopback networks in our network namespaces.
   if [ -d /var/log/containers ]; then
     find /var/log/containers -maxdepth 1 -type l -lname "$N/*" -delete 2>/dev/null || true
   fi
@@ -754,12 +772,62 @@ stop_node() {
     rm -f /var/lib/cni/results/"$CNI_NETWORK"-* 2>/dev/null || true
     { grep -lF "$N/" /var/lib/cni/results/* 2>/dev/null || true; } | xargs -r rm -f
   fi
-  if [ -f "$N/created-dirs" ]; then
+  # 10. Kernel settings back to what they were, and the host directories `up` created removed (by the last node on
+  # the machine).
+  unregister_node
+}
+
+# other_live_nodes: the state directories of the other nodes running on this machine (stale entries are dropped).
+other_live_nodes() {
+  local f state name pid alive
+  [ -d "$HOST_REG/users" ] || return 0
+  for f in "$HOST_REG"/users/*; do
+    [ -f "$f" ] || continue
+    [ "$f" = "$HOST_REG/users/$NODE_ID" ] && continue
+    state=$(cat "$f")
+    alive=0
+    for name in kubelet containerd; do
+      pid=$(cat "$state/$name.pid" 2>/dev/null || true)
+      [[ $pid =~ ^[0-9]+$ ]] && { tr '\0' ' ' < "/proc/$pid/cmdline"; } 2>/dev/null | grep -qF -- "$state/" \
+        && alive=1
+    done
+    if [ "$alive" = 1 ]; then echo "$state"; else rm -f "$f"; fi
+  done
+}
+
+register_node() {
+  local k d
+  mkdir -p "$HOST_REG/users"
+  if [ -z "$(other_live_nodes)" ]; then
+    for k in "${SYSCTLS[@]}"; do echo "$k $(cat "$(sysctl_file "$k")")"; done > "$HOST_REG/sysctl.saved"
+    for d in "${HOST_DIRS[@]}"; do [ -e "$d" ] || echo "$d"; done > "$HOST_REG/created-dirs"
+  fi
+  echo "$STATE" > "$HOST_REG/users/$NODE_ID"
+}
+
+unregister_node() {
+  local others key value now d
+  [ -f "$HOST_REG/users/$NODE_ID" ] || return 0
+  rm -f "$HOST_REG/users/$NODE_ID"
+  others=$(other_live_nodes)
+  if [ -n "$others" ]; then
+    log "kernel settings and host directories stay as they are: another node runs ($(echo $others))"
+    return 0
+  fi
+  if [ -f "$HOST_REG/sysctl.saved" ]; then
+    while read -r key value; do
+      now=$(cat "$(sysctl_file "$key")")
+      if [ "$now" != "$value" ]; then
+        echo "$value" > "$(sysctl_file "$key")" && log "restored $key = $value (was $now)"
+      fi
+    done < "$HOST_REG/sysctl.saved"
+  fi
+  if [ -f "$HOST_REG/created-dirs" ]; then
     while read -r d; do
       [ -d "$d" ] && { rmdir "$d" 2>/dev/null || log "left $d (not empty)"; }
-    done < "$N/created-dirs"
-    rm -f "$N/created-dirs"
+    done < "$HOST_REG/created-dirs"
   fi
+  rm -rf "$HOST_REG"
 }
 
 # cmd_import_image OCI-TAR: import an image into the node's containerd (namespace k8s.io, where kubelet looks).
@@ -837,6 +905,7 @@ cmd_up() {
   for port in "$ETCD_PORT" "$ETCD_PEER_PORT" "$APISERVER_PORT" "$S3_PORT"; do
     port_in_use "$port" && die "port $port on 127.0.0.1 is already in use (set E2E_*_PORT)"
   done
+  [ "$NODE_ENABLED" = 0 ] || pick_node_network
 
   log "creating the PKI in $STATE/pki"
   make_pki
