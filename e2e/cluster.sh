@@ -643,7 +643,9 @@ start_node() {
   need_cmd ip iproute2
   grep -qw overlay /proc/filesystems || modprobe overlay 2>/dev/null || die "the overlay filesystem is not available"
   ip link show "$BRIDGE" >/dev/null 2>&1 && die "a network interface $BRIDGE already exists (another cluster on $STATE?)"
-  if ip -4 route show | grep -v "dev $BRIDGE" | grep -qF "${POD_CIDR%/24}/"; then
+  local routes
+  routes=$(ip -4 route show)
+  if grep -v "dev $BRIDGE" <<< "$routes" | grep -qF "${POD_CIDR%/24}/"; then
     die "$POD_CIDR is routed already (another cluster?); set E2E_POD_CIDR to a free /24"
   fi
   for k in "$KUBELET_PORT" "$KUBELET_HEALTHZ_PORT"; do
@@ -685,10 +687,11 @@ start_node() {
 # cluster's node runs on this machine, e.g. the private cluster of e2e/tests/restarts.rs). Runs under the cluster
 # lock, so two `up`s never pick the same.
 pick_node_network() {
-  local n
+  local n routes
   if [ -z "${E2E_POD_CIDR:-}" ]; then
+    routes=$(ip -4 route show)
     for ((n = 0; n < 256; n++)); do
-      ip -4 route show | grep -qF "10.244.$n." || break
+      grep -qF "10.244.$n." <<< "$routes" || break
     done
     [ "$n" -lt 256 ] || die "no free 10.244.N.0/24 for the pod network; set E2E_POD_CIDR"
     set_pod_cidr "10.244.$n.0/24"
