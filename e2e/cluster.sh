@@ -26,10 +26,11 @@
 # machine gets its own), E2E_KUBELET_PORT (30250), E2E_KUBELET_HEALTHZ_PORT (30248; unset and taken: free ports
 # are picked).
 #
-# The node (needs root): containerd's root, state, socket and config, kubelet's root and pod logs, the CNI
-# configuration and IPAM state all live under $E2E_STATE_DIR/node. The bridge (e2e-<id>), the cgroup root
-# (/e2e-<id> in every cgroup hierarchy) and the CNI network name carry <id>, a hash of the state directory, so two
-# clusters never share one. The bridge's address (.1 of E2E_POD_CIDR) is the node's InternalIP: kubelet serves
+# The node (needs root): containerd's root, state and config, kubelet's config and pod logs, the CNI
+# configuration and IPAM state live under $E2E_STATE_DIR/node; containerd's socket and kubelet's root directory
+# (its sockets, the pods' volumes) under /run/e2e-node-<id> (socket paths must be short). The bridge (e2e-<id>),
+# the cgroup root (/e2e-<id> in every cgroup hierarchy) and the CNI network name carry <id> too, a hash of the
+# state directory, so two clusters never share one. The bridge's address (.1 of E2E_POD_CIDR) is the node's InternalIP: kubelet serves
 # there, and a relay there forwards the API server's and the S3 server's ports to loopback, so pods on the pod
 # network reach both without anything listening on the machine's external interfaces. Pods get no default route
 # and containerd can pull from no registry (every registry host is mapped to 127.0.0.1:1): images come only from
@@ -39,15 +40,15 @@
 # kubelet's symlinks in /var/log/containers, the CNI result cache in /var/lib/cni and the shims' sockets in
 # /run/containerd/s (paths those programs hard-code; directories `up` created are removed again).
 # The env file exports KUBECONFIG, E2E_KUBECTL, E2E_HELM, E2E_LUA (a Lua 5.4 interpreter, for the Argo CD health
-# checks of the chart), E2E_STATE_DIR, E2E_APISERVER_URL, E2E_APISERVER_PORT, E2E_S3_ENDPOINT,
+# checks of the chart), E2E_STATE_DIR, E2E_APISERVER_URL, E2E_S3_ENDPOINT,
 # E2E_S3_BUCKET, E2E_S3_ACCESS_KEY, E2E_S3_SECRET_KEY and E2E_S3_ROOT (the s3s-fs root directory: the bucket is
 # the directory $E2E_S3_ROOT/$E2E_S3_BUCKET and an object is a file under it, for tests that inspect or corrupt
 # objects on disk). s3s-fs keeps each object's ETag and metadata in sidecar files in the root,
 # .bucket-<base64url(bucket)>.object-<base64url(key)>.{internal,metadata}.json: editing an object's file on disk
 # does not change the ETag it reports, and DELETE leaves the sidecars behind.
 # With the node it also exports E2E_NODE_NAME, E2E_NODE_IP (the bridge address: the node's InternalIP, and where
-# pods reach the API server at port E2E_APISERVER_PORT and the S3 server at E2E_POD_S3_ENDPOINT),
-# E2E_POD_S3_ENDPOINT, E2E_POD_CIDR, E2E_NODE_BRIDGE, E2E_CTR (ctr), E2E_CONTAINERD_ADDRESS (its socket; use
+# pods reach the API server, at E2E_APISERVER_URL's port, and the S3 server at E2E_POD_S3_ENDPOINT),
+# E2E_POD_S3_ENDPOINT, E2E_NODE_POD_CIDR, E2E_NODE_BRIDGE, E2E_CTR (ctr), E2E_CONTAINERD_ADDRESS (its socket; use
 # `$E2E_CTR --address $E2E_CONTAINERD_ADDRESS -n k8s.io ...`) and E2E_CLUSTER_SH (this script, for import-image).
 # Progress goes to stderr, prefixed with "cluster:"; noisy output goes to log files in the state directory.
 set -euo pipefail
@@ -80,7 +81,11 @@ BRIDGE=e2e-$NODE_ID
 CGROUP_ROOT=/e2e-$NODE_ID
 CNI_NETWORK=e2e-pods-$NODE_ID
 N=$STATE/node
-CONTAINERD_SOCK=$N/containerd/containerd.sock
+# Unix sockets cannot have paths longer than ~104 bytes, and a state directory may be deep (e2e/tests/restarts.rs
+# puts one under the cargo target directory): containerd's sockets and kubelet's root (which holds kubelet's
+# sockets and the pods' volumes) live in a short directory of this cluster's own, removed by `down`.
+RUN_DIR=/run/e2e-node-$NODE_ID
+CONTAINERD_SOCK=$RUN_DIR/containerd.sock
 # NODE_CONTAINERD, NODE_SHIM_DIR, NODE_CTR, NODE_RUNC, NODE_CNI_BIN, NODE_PAUSE_TAR, NODE_PAUSE_IMAGE (cached builds).
 eval "$("$SCRIPT_DIR/build-node.sh" --paths)"
 
@@ -584,7 +589,7 @@ EOF
 
 write_kubelet_config() {
   local p=$STATE/pki
-  mkdir -p "$N/kubelet" "$N/pod-logs"
+  mkdir -p "$RUN_DIR/kubelet" "$N/pod-logs"
   cat > "$N/kubelet.yaml" <<EOF
 apiVersion: kubelet.config.k8s.io/v1beta1
 kind: KubeletConfiguration
@@ -652,6 +657,15 @@ start_node() {
     port_in_use "$k" && die "port $k on 127.0.0.1 is already in use (set E2E_KUBELET_PORT / E2E_KUBELET_HEALTHZ_PORT)"
   done
   mkdir -p "$N"
+  # The run directory is named after the state directory, which `up` just cleaned: what is left in it is ours.
+  if [ -e "$RUN_DIR" ]; then
+    local m
+    for m in $(awk -v r="$RUN_DIR/" 'index($5, r) == 1 { print $5 }' /proc/self/mountinfo | sort -r); do
+      umount -l "$m" 2>/dev/null || true
+    done
+    rm -rf "$RUN_DIR"
+  fi
+  mkdir -p "$RUN_DIR"
   # What `down` restores: saved before anything changes.
   register_node
 
@@ -677,7 +691,7 @@ start_node() {
   write_kubelet_config
   make_cgroup_root
   start kubelet "$KUBELET" --config "$N/kubelet.yaml" --kubeconfig "$STATE/kubelet.kubeconfig" \
-    --root-dir "$N/kubelet" --hostname-override "$NODE_NAME" --node-ip "$NODE_IP"
+    --root-dir "$RUN_DIR/kubelet" --hostname-override "$NODE_NAME" --node-ip "$NODE_IP"
   local t1=$SECONDS
   wait_for 90 kubelet "node $NODE_NAME Ready" node_ready
   log "node $NODE_NAME Ready $((SECONDS - t1))s after kubelet start ($((SECONDS - t0))s for the whole node)"
@@ -750,11 +764,14 @@ stop_node() {
     kill -KILL "$pid" 2>/dev/null || true
     [ -n "$id" ] && rm -f "/run/containerd/s/$(printf '%s' "$CONTAINERD_SOCK/k8s.io/$id" | sha256sum | cut -d' ' -f1)"
   done
-  # 6. Mounts under the state directory (overlay rootfs, netns, volumes, shm), innermost first.
-  for m in $(awk -v s="$STATE/" 'index($5, s) == 1 { print $5 }' /proc/self/mountinfo | sort -r); do
+  # 6. Mounts under the state directory and the run directory (overlay rootfs, netns, volumes, shm), innermost
+  # first; then the run directory.
+  for m in $(awk -v s="$STATE/" -v r="$RUN_DIR/" 'index($5, s) == 1 || index($5, r) == 1 { print $5 }' \
+               /proc/self/mountinfo | sort -r); do
     umount "$m" 2>/dev/null || umount -l "$m" 2>/dev/null || log "could not unmount $m"
   done
   stop_one pod-relay
+  rm -rf "$RUN_DIR"
   # 7. The bridge.
   if [ -f "$N/bridge.created" ]; then
     ip link del "$BRIDGE" 2>/dev/null || true
@@ -965,7 +982,6 @@ cmd_up() {
     printf 'export E2E_LUA=%q\n' "$(command -v lua5.4)"
     printf 'export E2E_STATE_DIR=%q\n' "$STATE"
     printf 'export E2E_APISERVER_URL=%q\n' "https://127.0.0.1:$APISERVER_PORT"
-    printf 'export E2E_APISERVER_PORT=%q\n' "$APISERVER_PORT"
     printf 'export E2E_S3_ENDPOINT=%q\n' "http://127.0.0.1:$S3_PORT"
     printf 'export E2E_S3_BUCKET=%q\n' "$S3_BUCKET"
     printf 'export E2E_S3_ACCESS_KEY=%q\n' "$S3_ACCESS_KEY"
@@ -975,7 +991,7 @@ cmd_up() {
       printf 'export E2E_NODE_NAME=%q\n' "$NODE_NAME"
       printf 'export E2E_NODE_IP=%q\n' "$NODE_IP"
       printf 'export E2E_POD_S3_ENDPOINT=%q\n' "http://$NODE_IP:$S3_PORT"
-      printf 'export E2E_POD_CIDR=%q\n' "$POD_CIDR"
+      printf 'export E2E_NODE_POD_CIDR=%q\n' "$POD_CIDR"
       printf 'export E2E_NODE_BRIDGE=%q\n' "$BRIDGE"
       printf 'export E2E_CTR=%q\n' "$NODE_CTR"
       printf 'export E2E_CONTAINERD_ADDRESS=%q\n' "$CONTAINERD_SOCK"

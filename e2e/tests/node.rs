@@ -101,6 +101,16 @@ fn image_tag() -> &'static str {
     })
 }
 
+/// The API server's port (it listens on 127.0.0.1, and the node's relay on the bridge address).
+fn apiserver_port() -> String {
+    let url = node_env("E2E_APISERVER_URL");
+    url.rsplit(':')
+        .next()
+        .unwrap()
+        .trim_end_matches('/')
+        .to_string()
+}
+
 /// How the operator pod reaches the API server and the S3 server.
 #[derive(Clone, Copy)]
 enum Network {
@@ -164,7 +174,7 @@ impl Release {
         };
         let mut container_env = vec![
             json!({"name": "KUBERNETES_SERVICE_HOST", "value": apiserver_host}),
-            json!({"name": "KUBERNETES_SERVICE_PORT", "value": node_env("E2E_APISERVER_PORT")}),
+            json!({"name": "KUBERNETES_SERVICE_PORT", "value": apiserver_port()}),
             // No object-store client may ask a cloud metadata service for an identity.
             json!({"name": "AWS_METADATA_ENDPOINT", "value": "http://127.0.0.1:1"}),
             json!({"name": "AZURE_MSI_ENDPOINT", "value": "http://127.0.0.1:1/metadata/identity/oauth2/token"}),
