@@ -52,6 +52,13 @@ fn image_tag() -> &'static str {
         let cluster_sh = node_env("E2E_CLUSTER_SH");
         let dir = PathBuf::from(env!("CARGO_TARGET_TMPDIR")).join("node-image");
         std::fs::create_dir_all(&dir).unwrap();
+        // Earlier runs' images (one per binary built) are not needed again.
+        for entry in std::fs::read_dir(&dir).unwrap() {
+            let path = entry.unwrap().path();
+            if path.extension().is_some_and(|e| e == "tar") {
+                let _ = std::fs::remove_file(path);
+            }
+        }
         // The binary this test run built, without its debug info: the test profile's binary is
         // ~450 MB with it, ~10 times what the image needs.
         let binary = dir.join("slatedb-operator");
