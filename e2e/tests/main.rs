@@ -1,5 +1,5 @@
-//! End-to-end tests against the real control plane that `e2e/cluster.sh up` starts
-//! (kube-apiserver, etcd and kube-controller-manager). Run them with `e2e/run-tests.sh`, which
+//! End-to-end tests against the real cluster that `e2e/cluster.sh up` starts (kube-apiserver,
+//! etcd, kube-controller-manager, kube-scheduler and a real node: kubelet and containerd). Run them with `e2e/run-tests.sh`, which
 //! starts the cluster, exports its environment and stops it afterwards. Without a cluster these
 //! tests fail; they never skip.
 
@@ -19,6 +19,7 @@ mod dockerfile;
 mod examples;
 mod faults;
 mod image;
+mod node;
 mod operations;
 mod plugin;
 mod restarts;
