@@ -695,7 +695,9 @@ async fn copy_closure(
         .collect();
     let mover = Mover::new(source, target, options);
     let mut journal = Journal::new(target, label, manifest_id, options.journal_batch);
-    if work.iter().any(|w| w.send) {
+    // A target without a complete copy gets an empty first batch before any data object, so
+    // that what is written before the first real batch is recognisably a copy's.
+    if work.iter().any(|w| w.send) && inventory.committed().next().is_none() {
         journal.start().await?;
     }
     let mut touched = vec![false; items.len()];
@@ -1055,7 +1057,7 @@ impl<'a> Journal<'a> {
         }
     }
 
-    /// Writes batch 0, which lists nothing: the target is a copy's before any data is written.
+    /// Writes an empty batch: the target is a copy's before any data is written.
     async fn start(&mut self) -> Result<(), EngineError> {
         self.write(Vec::new()).await
     }

@@ -15,9 +15,9 @@
 //! - `journal/<manifest id:020>-<run>-<seq:06>.json`, a [`JournalBatch`]: the size and sha256 (taken
 //!   while reading the source) of objects a run has finished transferring, written every few
 //!   objects. A resumed copy skips an object the journal names when the target holds it at that
-//!   size, so the target itself is the resume state. Batch 0 of each run lists nothing: it marks
-//!   the target as a copy's before the first data object is written. Journals are deleted once a
-//!   copy commits (its record then holds every hash).
+//!   size, so the target itself is the resume state. On a target without a complete copy, batch 0
+//!   of each run lists nothing: it marks the target as a copy's before the first data object is
+//!   written. Journals are deleted once a copy commits (its record then holds every hash).
 //! - `promoted.json`, a [`Promotion`]: written when a copy is promoted into an independent
 //!   database, with the checkpoints the promotion deletes (so a resumed promotion knows them).
 
