@@ -257,7 +257,14 @@ start() {
   local name=$1; shift
   # setsid: own session, so the process survives the caller's terminal. Close the lock fd.
   setsid "$@" < /dev/null > "$STATE/$name.log" 2>&1 9>&- &
-  echo $! > "$STATE/$name.pid"
+  local pid=$! i
+  echo "$pid" > "$STATE/$name.pid"
+  # Until the forked shell has exec'd the command, its cmdline is this script's, and pid_alive (which
+  # looks for the state directory in it) would call a process that is starting "exited".
+  for i in $(seq 1 100); do
+    pid_alive "$name" || [ ! -e "/proc/$pid" ] && break
+    sleep 0.02
+  done
 }
 
 # stop_one NAME [SECONDS]: SIGTERM the recorded process, SIGKILL after SECONDS (default 10), forget its PID.
