@@ -32,6 +32,9 @@ pub struct OperatorOptions {
     pub leader_election: Option<LeaderElection>,
 }
 
+/// How long a shutting-down leader waits for its lease to be released.
+const LEASE_RELEASE_TIMEOUT: std::time::Duration = std::time::Duration::from_secs(5);
+
 type Task = Pin<Box<dyn std::future::Future<Output = ()> + Send>>;
 
 /// Runs until a shutdown signal, or until leadership is lost (an error, so the process restarts
@@ -47,6 +50,7 @@ pub async fn run(client: Client, options: OperatorOptions) -> Result<(), String>
         });
     }
     let mut lost_leadership = None;
+    let mut lease_task = None;
     if let Some(election) = &options.leader_election {
         let manager = LeaseManagerBuilder::new(client, &election.lease_name)
             .with_namespace(&election.lease_namespace)
@@ -56,7 +60,8 @@ pub async fn run(client: Client, options: OperatorOptions) -> Result<(), String>
             .build()
             .await
             .map_err(|e| format!("leader election: {e}"))?;
-        let (mut leading, _task) = manager.watch().await;
+        let (mut leading, task) = manager.watch().await;
+        lease_task = Some(task);
         info!(lease = %election.lease_name, identity = %election.identity, "waiting to become the leader");
         while !*leading.borrow_and_update() {
             leading
@@ -106,12 +111,25 @@ pub async fn run(client: Client, options: OperatorOptions) -> Result<(), String>
     match lost_leadership {
         Some(lost) => {
             tokio::select! {
-                _ = controllers => Ok(()),
+                _ = controllers => {}
                 _ = lost => {
                     ctx.metrics.set_leader(false);
-                    Err("lost the leader lease; exiting so a fresh process campaigns again".into())
+                    return Err("lost the leader lease; exiting so a fresh process campaigns again".into());
                 }
             }
+            // Shut down while leading: the watch channel is gone with `lost`, so the lease manager
+            // releases the lease, and a standby takes over now instead of after the lease expires.
+            if let Some(task) = lease_task {
+                match tokio::time::timeout(LEASE_RELEASE_TIMEOUT, task).await {
+                    Ok(Ok(Ok(_))) => info!("released the leader lease"),
+                    Ok(Ok(Err(error))) => warn!(%error, "releasing the leader lease"),
+                    Ok(Err(error)) => warn!(%error, "the lease manager task failed"),
+                    Err(_) => {
+                        warn!("the leader lease was not released in time; it expires instead")
+                    }
+                }
+            }
+            Ok(())
         }
         None => {
             controllers.await;
