@@ -27,6 +27,7 @@ pub mod shell;
 pub mod store;
 pub mod store_policy;
 pub mod stores;
+pub mod work_pool;
 
 use crate::engine::{Backoff, EngineError, Fault};
 use kube::runtime::controller::Action;
@@ -120,7 +121,7 @@ impl Context {
             client,
             // Every call of a clone is bounded by the admin timeout; a job silent for many of them
             // is stuck.
-            clones: clone::ClonePool::new(
+            clones: clone::clone_pool(
                 settings.clone_concurrency,
                 (settings.admin_timeout * 6).max(Duration::from_secs(60)),
             ),

@@ -9,7 +9,7 @@ mod pool;
 mod source;
 
 pub use decide::{decide, settled, Decision, Effect, SettledCheck, Work, PROGRESS_INTERVAL};
-pub use pool::ClonePool;
+pub use pool::{clone_pool, ClonePool};
 
 use crate::api::conditions::READY;
 use crate::api::{
@@ -17,6 +17,7 @@ use crate::api::{
 };
 use crate::controller::shell::{self, Reconcile};
 use crate::controller::stores::{leave_data_behind, open_store, PathUse};
+use crate::controller::work_pool::Observed;
 use crate::controller::{predicates, store};
 use crate::controller::{Context, Error, Notice, Problem};
 use crate::engine::{Database, Fault};
@@ -72,7 +73,8 @@ async fn apply(object: &DatabaseClone, ctx: &Context) -> Result<Action, Error> {
     }
     let mut start = None;
     let work = match ctx.clones.observe(&uid) {
-        Some(work) => work,
+        Some(Observed::Running(progress)) => Work::Running(progress),
+        Some(Observed::Finished(outcome)) => Work::Finished(outcome),
         None if settled(object) => Work::Settled(check_settled(object, ctx).await?),
         None => match resolve(object, ctx).await? {
             Ok(Resolved {
@@ -167,7 +169,10 @@ async fn apply(object: &DatabaseClone, ctx: &Context) -> Result<Action, Error> {
     }
     if let (Effect::StartWork, Some(config)) = (&decision.effect, start) {
         info!(target_path = %config.target_path, "starting clone work");
-        ctx.clones.spawn(&uid, ObjectRef::from_obj(object), config);
+        ctx.clones
+            .spawn(&uid, ObjectRef::from_obj(object), move |report| {
+                crate::engine::initialize_clone(config, report)
+            });
     }
     Ok(shell::requeue(decision.requeue_after))
 }
