@@ -59,7 +59,7 @@ pub(super) fn manifest_path(db: &Path, manifest_id: u64) -> Path {
 }
 
 impl Database {
-    pub(super) async fn pinned_manifest(
+    pub(crate) async fn pinned_manifest(
         &self,
         manifest_id: u64,
     ) -> Result<VersionedManifest, EngineError> {

@@ -36,12 +36,14 @@
 //!
 //! [`promote_copy`] turns a copy into an independent writable database.
 
+mod delete;
 mod promote;
 mod records;
 #[cfg(test)]
 mod tests;
 mod transfer;
 
+pub use delete::{delete_copy, CopyDeletion};
 pub use promote::{promote_copy, PromoteReport};
 
 use super::checkpoint::{CheckpointInfo, CheckpointSelector};

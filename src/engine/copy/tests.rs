@@ -866,3 +866,68 @@ async fn shares_copy_disjoint_objects_and_a_final_run_commits_only_the_manifest(
     let refused = copy_checkpoint(&f.source, &latest, &target, &first, |_| {}).await;
     assert!(refused.unwrap_err().to_string().contains("checkpoint id"));
 }
+
+#[tokio::test]
+async fn deleting_a_copy_removes_every_object_unless_a_later_checkpoint_holds_it() {
+    let f = fixture(2).await;
+    let owner = Owner {
+        namespace: "ns".into(),
+        name: "copy".into(),
+        uid: "uid-1".into(),
+    };
+    let copy_options = CopyOptions {
+        owner: Some(owner.clone()),
+        ..options()
+    };
+    let now = chrono::Utc::now();
+
+    // A plain copy: its inherited checkpoint holds nothing; everything goes, owner record too.
+    let plain = f.target("copies/plain");
+    f.copy(&f.checkpoint, &plain, &copy_options).await.unwrap();
+    let deleted = delete_copy(&plain, &owner, now).await.unwrap();
+    assert!(
+        matches!(deleted, CopyDeletion::Deleted(n) if n > 3),
+        "{deleted:?}"
+    );
+    assert_eq!(f.target_files("copies/plain"), BTreeMap::new());
+    assert!(plain.owner().await.unwrap().is_none());
+
+    // A copy someone took a checkpoint of since (as a clone of it does): it stays.
+    let held = f.target("copies/held");
+    f.copy(&f.checkpoint, &held, &copy_options).await.unwrap();
+    let before = f.target_files("copies/held");
+    let (later, _) = held.obtain_checkpoint("a-clone-of-it", None).await.unwrap();
+    let outcome = delete_copy(&held, &owner, now).await.unwrap();
+    match outcome {
+        CopyDeletion::Held(holders) => {
+            assert_eq!(holders.iter().map(|c| c.id).collect::<Vec<_>>(), [later.id])
+        }
+        other => panic!("{other:?}"),
+    }
+    assert!(f.target_files("copies/held").len() >= before.len());
+
+    // Someone else's target is left alone.
+    let stranger = Owner {
+        uid: "uid-2".into(),
+        ..owner.clone()
+    };
+    let outcome = delete_copy(&held, &stranger, now).await.unwrap();
+    assert_eq!(outcome, CopyDeletion::NotOwned(owner.clone()));
+
+    // Once promoted, the database's own checkpoints hold it; with them gone it is deleted.
+    let promoted = f.target("copies/promoted");
+    f.copy(&f.checkpoint, &promoted, &copy_options)
+        .await
+        .unwrap();
+    promote_copy(&promoted, Some(&owner)).await.unwrap();
+    let (own, _) = promoted.obtain_checkpoint("users", None).await.unwrap();
+    let outcome = delete_copy(&promoted, &owner, now).await.unwrap();
+    assert!(
+        matches!(&outcome, CopyDeletion::Held(h) if h.len() == 1),
+        "{outcome:?}"
+    );
+    promoted.delete_checkpoint(own.id).await.unwrap();
+    let deleted = delete_copy(&promoted, &owner, now).await.unwrap();
+    assert!(matches!(deleted, CopyDeletion::Deleted(_)), "{deleted:?}");
+    assert_eq!(f.target_files("copies/promoted"), BTreeMap::new());
+}
