@@ -10,7 +10,7 @@
 
 use crate::engine::{
     copy_checkpoint, promote_copy, source_label, CloneSourceCheckpoint, CopyOptions, CopyProgress,
-    CopyShare, CopyVerification, Database, EngineError, DEFAULT_ADMIN_TIMEOUT,
+    CopyShare, CopyVerification, Database, EngineError, Owner, DEFAULT_ADMIN_TIMEOUT,
 };
 use crate::offline_commands::{store_options_from_env, store_with_options};
 use serde_json::{json, Value};
@@ -71,6 +71,23 @@ pub struct CopyArgs {
     /// Bound on each SlateDB and object-store call, in seconds.
     #[arg(long, default_value_t = DEFAULT_ADMIN_TIMEOUT.as_secs())]
     pub timeout_seconds: u64,
+    /// The owner of the target, `NAMESPACE/NAME/UID` (a DatabaseCopy, for its Job): the target is
+    /// claimed for it, and one claimed by anyone else is refused.
+    #[arg(long, value_parser = parse_owner)]
+    pub owner: Option<Owner>,
+}
+
+fn parse_owner(text: &str) -> Result<Owner, String> {
+    match text.splitn(3, '/').collect::<Vec<_>>()[..] {
+        [namespace, name, uid] if !namespace.is_empty() && !name.is_empty() && !uid.is_empty() => {
+            Ok(Owner {
+                namespace: namespace.into(),
+                name: name.into(),
+                uid: uid.into(),
+            })
+        }
+        _ => Err(format!("{text:?} is not NAMESPACE/NAME/UID")),
+    }
 }
 
 /// Arguments of `slatedb-operator promote`.
@@ -131,6 +148,7 @@ pub async fn copy(
         max_retransmissions: args.max_retransmissions,
         multipart_threshold: args.multipart_threshold_mib << 20,
         source_label: Some(source_label(&args.from_store, &args.from)),
+        owner: args.owner,
         share: args.shares.map(|count| CopyShare {
             index: args.share_index,
             count,
@@ -216,7 +234,23 @@ mod tests {
             shares: None,
             share_index: 0,
             timeout_seconds: 20,
+            owner: None,
         }
+    }
+
+    #[test]
+    fn an_owner_is_namespace_name_and_uid() {
+        let owner = parse_owner("team-a/dr/1234").unwrap();
+        assert_eq!(
+            (
+                owner.namespace.as_str(),
+                owner.name.as_str(),
+                owner.uid.as_str()
+            ),
+            ("team-a", "dr", "1234")
+        );
+        assert!(parse_owner("team-a/dr").is_err());
+        assert!(parse_owner("//x").is_err());
     }
 
     #[tokio::test]

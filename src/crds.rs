@@ -1,7 +1,9 @@
 //! The CustomResourceDefinitions generated from the types in [`crate::api`], as committed under `crds/`,
 //! and their installation into a cluster.
 
-use crate::api::{DatabaseCheckpoint, DatabaseCheckpointSchedule, DatabaseClone, DatabaseStore};
+use crate::api::{
+    DatabaseCheckpoint, DatabaseCheckpointSchedule, DatabaseClone, DatabaseCopy, DatabaseStore,
+};
 use k8s_openapi::apiextensions_apiserver::pkg::apis::apiextensions::v1::CustomResourceDefinition;
 use kube::api::{Patch, PatchParams};
 use kube::runtime::wait::{await_condition, conditions};
@@ -25,6 +27,10 @@ pub fn generated() -> Result<Vec<(&'static str, String)>, serde_yaml::Error> {
         (
             "databaseclones.slatedb.io.yaml",
             serde_yaml::to_string(&DatabaseClone::crd())?,
+        ),
+        (
+            "databasecopies.slatedb.io.yaml",
+            serde_yaml::to_string(&DatabaseCopy::crd())?,
         ),
         (
             "databasestores.slatedb.io.yaml",
@@ -60,6 +66,7 @@ pub async fn install_crds(client: &Client, field_manager: &str) -> Result<(), In
         DatabaseCheckpoint::crd(),
         DatabaseCheckpointSchedule::crd(),
         DatabaseClone::crd(),
+        DatabaseCopy::crd(),
         DatabaseStore::crd(),
     ] {
         let name = crd.name_any();

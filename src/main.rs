@@ -1,4 +1,5 @@
 use clap::{Parser, Subcommand};
+use slatedb_operator::controller::copy::job::JobSettings;
 use slatedb_operator::controller::runtime::{self, LeaderElection, OperatorOptions};
 use slatedb_operator::controller::store_policy::{InlineStores, StorePolicy};
 use slatedb_operator::controller::Settings;
@@ -87,6 +88,33 @@ enum LogFormat {
 enum ControllerKind {
     Checkpoint,
     Clone,
+    Copy,
+}
+
+/// How the operator runs large copies as Kubernetes Jobs.
+#[derive(clap::Args)]
+struct CopyJobArgs {
+    /// Image of the copy Jobs' pods: the operator's own (the chart sets it); without it every copy
+    /// runs in the operator.
+    #[arg(long, env = "COPY_JOB_IMAGE")]
+    copy_job_image: Option<String>,
+    /// imagePullPolicy of the copy Jobs' pods.
+    #[arg(long, env = "COPY_JOB_IMAGE_PULL_POLICY")]
+    copy_job_image_pull_policy: Option<String>,
+    /// ServiceAccount of the copy Jobs' pods (the chart's, which has no API rights).
+    #[arg(
+        long,
+        env = "COPY_JOB_SERVICE_ACCOUNT",
+        default_value = "slatedb-operator-copy"
+    )]
+    copy_job_service_account: String,
+    /// Copies of checkpoints of at least this many bytes run as Jobs (a DatabaseCopy's
+    /// spec.job.thresholdBytes overrides it).
+    #[arg(long, env = "COPY_JOB_THRESHOLD_BYTES", default_value_t = 1 << 30)]
+    copy_job_threshold_bytes: u64,
+    /// Run the copy Jobs' pods on the node's network (as an operator on the host network is).
+    #[arg(long, env = "COPY_JOB_HOST_NETWORK")]
+    copy_job_host_network: bool,
 }
 
 /// An SST compression codec, or none.
@@ -208,10 +236,12 @@ enum Command {
             long,
             value_enum,
             value_delimiter = ',',
-            default_value = "checkpoint,clone",
+            default_value = "checkpoint,clone,copy",
             env = "CONTROLLERS"
         )]
         controllers: Vec<ControllerKind>,
+        #[command(flatten)]
+        copy_jobs: CopyJobArgs,
         /// Port of the /healthz, /readyz and /metrics endpoint (0 turns it off).
         #[arg(long, default_value_t = 8080, env = "HTTP_PORT")]
         http_port: u16,
@@ -372,6 +402,7 @@ fn main() -> ExitCode {
             allow_local_stores,
             namespaces,
             controllers,
+            copy_jobs,
             http_port,
             leader_election,
             lease_name,
@@ -397,10 +428,18 @@ fn main() -> ExitCode {
                     operator_namespace,
                     namespaces: namespaces.into_iter().filter(|n| !n.is_empty()).collect(),
                     store_selector: store_selector.0,
+                    copy_jobs: JobSettings {
+                        image: copy_jobs.copy_job_image,
+                        image_pull_policy: copy_jobs.copy_job_image_pull_policy,
+                        service_account: copy_jobs.copy_job_service_account,
+                        threshold_bytes: copy_jobs.copy_job_threshold_bytes,
+                        host_network: copy_jobs.copy_job_host_network,
+                    },
                     ..Settings::default()
                 },
                 run_checkpoints: controllers.contains(&ControllerKind::Checkpoint),
                 run_clones: controllers.contains(&ControllerKind::Clone),
+                run_copies: controllers.contains(&ControllerKind::Copy),
                 http_address: (http_port != 0).then(|| SocketAddr::from(([0, 0, 0, 0], http_port))),
                 leader_election: leader_election.then_some(LeaderElection {
                     lease_name,

@@ -4,12 +4,14 @@ mod checkpoint;
 mod clone;
 mod common;
 pub mod conditions;
+mod copy;
 mod schedule;
 pub mod store;
 
 pub use checkpoint::*;
 pub use clone::*;
 pub use common::*;
+pub use copy::*;
 pub use schedule::*;
 pub use store::{DatabaseStore, DatabaseStoreSpec, DatabaseStoreStatus};
 

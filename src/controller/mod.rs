@@ -16,6 +16,7 @@
 pub mod checkpoint;
 pub mod clone;
 pub mod conditions;
+pub mod copy;
 #[cfg(test)]
 mod decide_properties;
 pub mod metrics;
@@ -63,6 +64,8 @@ pub struct Settings {
     /// The labels of the DatabaseStores this operator serves (all when empty), so several
     /// operators can share a cluster.
     pub store_selector: std::collections::BTreeMap<String, String>,
+    /// How copies run as Jobs.
+    pub copy_jobs: copy::job::JobSettings,
 }
 
 impl Default for Settings {
@@ -77,6 +80,10 @@ impl Default for Settings {
             operator_namespace: "default".into(),
             namespaces: Vec::new(),
             store_selector: Default::default(),
+            copy_jobs: copy::job::JobSettings {
+                threshold_bytes: 1 << 30,
+                ..Default::default()
+            },
         }
     }
 }
@@ -88,6 +95,8 @@ pub struct Context {
     pub settings: Settings,
     /// Clone work in flight.
     pub clones: clone::ClonePool,
+    /// Copy work in flight in the operator.
+    pub copies: copy::CopyPool,
     /// The reads the health checks of Ready clones share per round, when checks are on.
     pub health: Option<crate::engine::HealthRounds>,
     pub metrics: metrics::Metrics,
@@ -124,6 +133,12 @@ impl Context {
             clones: clone::clone_pool(
                 settings.clone_concurrency,
                 (settings.admin_timeout * 6).max(Duration::from_secs(60)),
+            ),
+            // A copy settles objects one at a time per transfer slot; a large object takes a
+            // while, so a copy is stuck only after much longer than a clone.
+            copies: copy::copy_pool(
+                settings.clone_concurrency,
+                (settings.admin_timeout * 20).max(Duration::from_secs(600)),
             ),
             health: settings
                 .health_check_period

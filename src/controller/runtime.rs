@@ -1,7 +1,7 @@
 //! Assembles the running operator: probes and metrics endpoint, leader election, and the
 //! controllers of each watched namespace.
 
-use super::{checkpoint, clone, schedule, server, store, Context, Settings};
+use super::{checkpoint, clone, copy, schedule, server, store, Context, Settings};
 use futures::future::join_all;
 use kube::Client;
 use kube_lease_manager::LeaseManagerBuilder;
@@ -28,6 +28,7 @@ pub struct OperatorOptions {
     pub settings: Settings,
     pub run_checkpoints: bool,
     pub run_clones: bool,
+    pub run_copies: bool,
     pub http_address: Option<SocketAddr>,
     pub leader_election: Option<LeaderElection>,
 }
@@ -86,7 +87,7 @@ pub async fn run(client: Client, options: OperatorOptions) -> Result<(), String>
         namespaces.iter().cloned().map(Some).collect()
     };
     let mut tasks: Vec<Task> = Vec::new();
-    if options.run_checkpoints || options.run_clones {
+    if options.run_checkpoints || options.run_clones || options.run_copies {
         tasks.push(Box::pin(store::run(ctx.clone())));
     }
     for namespace in scopes {
@@ -95,7 +96,10 @@ pub async fn run(client: Client, options: OperatorOptions) -> Result<(), String>
             tasks.push(Box::pin(schedule::run(ctx.clone(), namespace.clone())));
         }
         if options.run_clones {
-            tasks.push(Box::pin(clone::run(ctx.clone(), namespace)));
+            tasks.push(Box::pin(clone::run(ctx.clone(), namespace.clone())));
+        }
+        if options.run_copies {
+            tasks.push(Box::pin(copy::run(ctx.clone(), namespace)));
         }
     }
     let codecs: Vec<&str> = crate::engine::manifest_guard::CODECS

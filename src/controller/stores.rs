@@ -57,7 +57,19 @@ pub async fn open_store(
     spec: &StoreSpec,
     uses: &[PathUse<'_>],
 ) -> Outcome<Store> {
-    let config = match (&spec.store_ref, &spec.url) {
+    let config = store_config(ctx, namespace, spec, uses).await?;
+    Ok(config.and_then(|config| open_shared(config).map_err(|e| Problem::from(&e))))
+}
+
+/// The configuration [`open_store`] opens (URLs, options with the credentials): for work that
+/// runs elsewhere with the same rights, such as a copy's Job.
+pub async fn store_config(
+    ctx: &Context,
+    namespace: &str,
+    spec: &StoreSpec,
+    uses: &[PathUse<'_>],
+) -> Outcome<StoreConfig> {
+    Ok(match (&spec.store_ref, &spec.url) {
         (Some(name), _) => referenced_store_config(ctx, namespace, name, uses).await?,
         (None, Some(url)) => inline_store_config(ctx, namespace, spec, url).await?,
         (None, None) => {
@@ -67,8 +79,7 @@ pub async fn open_store(
                 "the store names neither ref nor url".into(),
             )
         }
-    };
-    Ok(config.and_then(|config| open_shared(config).map_err(|e| Problem::from(&e))))
+    })
 }
 
 async fn inline_store_config(

@@ -54,8 +54,8 @@ pub use clone::{
     RetryPolicy, Verification,
 };
 pub use copy::{
-    copy_checkpoint, delete_copy, promote_copy, source_label, CopyDeletion, CopyOptions, CopyPhase,
-    CopyProgress, CopyReport, CopyShare, CopyVerification, PromoteReport,
+    copy_checkpoint, delete_copy, promote_copy, source_label, transferred_so_far, CopyDeletion,
+    CopyOptions, CopyPhase, CopyProgress, CopyReport, CopyShare, CopyVerification, PromoteReport,
 };
 pub use crash_point::{crash_point, CRASH_POINT_ENV};
 pub use database::Database;

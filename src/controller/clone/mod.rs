@@ -6,7 +6,7 @@
 mod connection;
 pub mod decide;
 mod pool;
-mod source;
+pub(crate) mod source;
 
 pub use decide::{decide, settled, Decision, Effect, SettledCheck, Work, PROGRESS_INTERVAL};
 pub use pool::{clone_pool, ClonePool};

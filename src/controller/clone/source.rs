@@ -128,7 +128,7 @@ pub async fn resolve(object: &DatabaseClone, ctx: &Context) -> Outcome<Resolved>
 }
 
 /// The store, database path and SlateDB checkpoint of DatabaseCheckpoint `name`, once it is Ready.
-async fn checkpoint_source(
+pub(crate) async fn checkpoint_source(
     namespace: &str,
     name: &str,
     ctx: &Context,
@@ -165,7 +165,7 @@ async fn checkpoint_source(
                 SOURCE_STALLED,
                 format!(
                     "DatabaseCheckpoint {namespace}/{name} is Stalled ({why}); fix it and this \
-                     clone proceeds"
+                     proceeds"
                 ),
             )
         }
@@ -187,19 +187,27 @@ async fn scheduled_source(object: &DatabaseClone, name: &str, ctx: &Context) -> 
     {
         return Ok(Ok(recorded));
     }
-    let namespace = object.namespace().unwrap_or_default();
-    let schedules = Api::<DatabaseCheckpointSchedule>::namespaced(ctx.client.clone(), &namespace);
+    newest_of_schedule(&object.namespace().unwrap_or_default(), name, ctx).await
+}
+
+/// The newest Ready DatabaseCheckpoint of schedule `name`.
+pub(crate) async fn newest_of_schedule(
+    namespace: &str,
+    name: &str,
+    ctx: &Context,
+) -> Outcome<String> {
+    let schedules = Api::<DatabaseCheckpointSchedule>::namespaced(ctx.client.clone(), namespace);
     let Some(schedule) = schedules.get_opt(name).await? else {
         return problem(
             Fault::Permanent,
             SCHEDULE_NOT_FOUND,
             format!(
                 "DatabaseCheckpointSchedule {namespace}/{name} does not exist; create it (or fix \
-                 spec.source.scheduleRef) and this clone proceeds"
+                 spec.source.scheduleRef) and this proceeds"
             ),
         );
     };
-    let checkpoints = Api::<DatabaseCheckpoint>::namespaced(ctx.client.clone(), &namespace);
+    let checkpoints = Api::<DatabaseCheckpoint>::namespaced(ctx.client.clone(), namespace);
     let children = schedule::children_of(&schedule, &checkpoints).await?;
     match children
         .iter()
@@ -218,7 +226,7 @@ async fn scheduled_source(object: &DatabaseClone, name: &str, ctx: &Context) -> 
                 "NoReadyCheckpoint",
                 format!(
                     "DatabaseCheckpointSchedule {namespace}/{name} has no Ready checkpoint yet{next}; \
-                     the clone starts from the first one"
+                     the work starts from the first one"
                 ),
             )
         }

@@ -251,6 +251,20 @@ pub struct CopyReport {
     pub duration: Duration,
 }
 
+/// The objects and bytes of a database's closure at a copy's target so far (everything under
+/// its path but the copy's own records): the progress of a copy that runs elsewhere, such as the
+/// shares of a Job, as one listing shows it.
+pub async fn transferred_so_far(target: &Database) -> Result<(u64, u64), EngineError> {
+    let inventory = records::Inventory::read(target).await?;
+    Ok(inventory
+        .objects
+        .iter()
+        .filter(|(path, _)| !path.starts_with(records::COPY_DIR))
+        .fold((0, 0), |(objects, bytes), (_, size)| {
+            (objects + 1, bytes + size)
+        }))
+}
+
 /// The label that identifies a source in a target's records ([`CopyOptions::source_label`]):
 /// its store URL and path. Every caller (the CLI, the operator, Jobs) labels a source this way, so
 /// that they may continue each other's copies.
