@@ -46,6 +46,7 @@ pub(crate) async fn create(env: &TestEnv, kind: &str, name: &str, spec: Value) {
         "DatabaseCheckpointSchedule" => {
             kube::api::ApiResource::erase::<slatedb_operator::api::DatabaseCheckpointSchedule>(&())
         }
+        "DatabaseCopy" => kube::api::ApiResource::erase::<slatedb_operator::api::DatabaseCopy>(&()),
         _ => kube::api::ApiResource::erase::<DatabaseCheckpoint>(&()),
     };
     kube::Api::<kube::api::DynamicObject>::namespaced_with(

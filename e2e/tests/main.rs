@@ -13,6 +13,7 @@ mod checkpoints;
 mod cli;
 mod clones;
 mod compression;
+mod copies;
 mod crds;
 mod data_safety;
 mod dockerfile;

@@ -420,6 +420,11 @@ async fn cleanup(object: &DatabaseCopy, ctx: &Context) -> Result<Action, Error> 
             "Deleted",
             format!("deleted the copy's {objects} objects at {path}"),
         ),
+        CopyDeletion::Unclaimed => Notice::normal(
+            "Delete",
+            "DataNotOwned",
+            format!("the copy never wrote to {path}, so deleting this object leaves what is there"),
+        ),
         CopyDeletion::NotOwned(owner) => Notice::normal(
             "Delete",
             "DataNotOwned",

@@ -15,6 +15,9 @@ pub enum CopyDeletion {
     Held(Vec<CheckpointInfo>),
     /// The target belongs to someone else; it was not touched.
     NotOwned(Owner),
+    /// No one claimed the target (the copy never started writing): nothing there is the
+    /// caller's, and it was not touched.
+    Unclaimed,
 }
 
 /// Deletes the copy at `target` that `owner` claimed. A copy's objects are all its own (it
@@ -30,7 +33,7 @@ pub async fn delete_copy(
     match target.owner().await? {
         Some(existing) if existing.uid == owner.uid => {}
         Some(existing) => return Ok(CopyDeletion::NotOwned(existing)),
-        None => {}
+        None => return Ok(CopyDeletion::Unclaimed),
     }
     let inventory = Inventory::read(target).await?;
     let inherited: BTreeSet<String> = match &inventory.promotion {

@@ -906,6 +906,16 @@ async fn deleting_a_copy_removes_every_object_unless_a_later_checkpoint_holds_it
     }
     assert!(f.target_files("copies/held").len() >= before.len());
 
+    // A target no copy claimed (a database a writer made) is left alone.
+    let foreign = f.target("copies/foreign");
+    write_sample_db(&f.target_store, "copies/foreign", 10, 1)
+        .await
+        .unwrap();
+    let foreign_files = f.target_files("copies/foreign");
+    let outcome = delete_copy(&foreign, &owner, now).await.unwrap();
+    assert_eq!(outcome, CopyDeletion::Unclaimed);
+    assert_eq!(f.target_files("copies/foreign"), foreign_files);
+
     // Someone else's target is left alone.
     let stranger = Owner {
         uid: "uid-2".into(),
