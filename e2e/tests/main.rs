@@ -22,6 +22,7 @@ mod image;
 mod node;
 mod operations;
 mod plugin;
+mod providers;
 mod restarts;
 mod schedules;
 mod tenants;
