@@ -638,7 +638,10 @@ impl TestStore {
         TestStore::remote(
             format!("az://{container}/{prefix}"),
             [
-                ("AZURE_STORAGE_ACCOUNT_NAME", required_env("E2E_AZURE_ACCOUNT")),
+                (
+                    "AZURE_STORAGE_ACCOUNT_NAME",
+                    required_env("E2E_AZURE_ACCOUNT"),
+                ),
                 ("AZURE_STORAGE_ACCESS_KEY", required_env("E2E_AZURE_KEY")),
                 ("AZURE_ENDPOINT", required_env("E2E_AZURE_ENDPOINT")),
                 ("AZURE_ALLOW_HTTP", "true".to_string()),
