@@ -98,14 +98,19 @@ func (a *adapter) ServeHTTP(w http.ResponseWriter, r *http.Request) {
 		return
 	}
 	q := r.URL.Query()
+	// fakestorage's access log shows the requests these become; this one, what was asked.
+	logXML := func(what string) { log.Printf("XML API %s %s: %s", r.Method, r.URL.RequestURI(), what) }
 	switch {
 	case r.Method == http.MethodPut && q.Has("uploadId"):
+		logXML("multipart part")
 		a.putPart(w, r, q)
 	case r.Method == http.MethodPut && q.Has("X-Goog-Algorithm"):
 		a.inner.ServeHTTP(w, r) // a signed-URL upload, which fakestorage serves
 	case r.Method == http.MethodPut && r.Header.Get("x-goog-copy-source") != "":
+		logXML("copy of " + r.Header.Get("x-goog-copy-source"))
 		a.copy(w, r, bucket, object)
 	case r.Method == http.MethodPut:
+		logXML("upload")
 		body, err := io.ReadAll(r.Body)
 		if err != nil {
 			http.Error(w, err.Error(), http.StatusBadRequest)
@@ -113,10 +118,13 @@ func (a *adapter) ServeHTTP(w http.ResponseWriter, r *http.Request) {
 		}
 		a.upload(w, r.Header, bucket, object, body, nil)
 	case r.Method == http.MethodPost && q.Has("uploads"):
+		logXML("multipart start")
 		a.initiate(w, r, bucket, object)
 	case r.Method == http.MethodPost && q.Has("uploadId"):
+		logXML("multipart complete")
 		a.complete(w, r, q.Get("uploadId"))
 	case r.Method == http.MethodDelete && q.Has("uploadId"):
+		logXML("multipart abort")
 		a.mu.Lock()
 		delete(a.uploads, q.Get("uploadId"))
 		a.mu.Unlock()

@@ -184,6 +184,10 @@ async fn copy_from_s3(prefix: &str, target: fn(&str) -> TestStore) {
             "copies/orders",
             "--verify",
             "full",
+            // Every object in parts: the protocol's multipart upload (SlateDB's own writes of
+            // these small SSTs are single uploads).
+            "--multipart-threshold-mib",
+            "0",
         ],
         env,
     );
