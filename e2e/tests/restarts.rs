@@ -32,7 +32,7 @@ const DOWN_SECONDS: &str = "5";
 /// A control plane of this test's own; `cluster.sh down` on drop, whatever happened.
 struct PrivateCluster {
     state: PathBuf,
-    ports: [(&'static str, u16); 4],
+    ports: [(&'static str, u16); 6],
     env: BTreeMap<String, String>,
     _dir: tempfile::TempDir,
 }
@@ -50,6 +50,8 @@ impl PrivateCluster {
                 ("E2E_ETCD_PEER_PORT", 0),
                 ("E2E_APISERVER_PORT", 0),
                 ("E2E_S3_PORT", 0),
+                ("E2E_GCS_PORT", 0),
+                ("E2E_AZURITE_PORT", 0),
             ],
             env: BTreeMap::new(),
             _dir: dir,
@@ -81,8 +83,8 @@ impl PrivateCluster {
     }
 
     fn pick_ports(&mut self) {
-        // Hold all four listeners at once, so the four ports differ.
-        let listeners: Vec<_> = (0..4)
+        // Hold all the listeners at once, so the ports differ.
+        let listeners: Vec<_> = (0..self.ports.len())
             .map(|_| std::net::TcpListener::bind("127.0.0.1:0").unwrap())
             .collect();
         for (slot, listener) in self.ports.iter_mut().zip(&listeners) {

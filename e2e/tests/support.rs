@@ -607,3 +607,57 @@ pub fn yaml_files(dir: &Path) -> BTreeMap<String, Vec<u8>> {
         })
         .collect()
 }
+
+// --- the GCS- and Azure-protocol test servers ---------------------------------------------------
+
+impl TestStore {
+    /// A store under `prefix` on the GCS-protocol test server, with the options a Secret gives
+    /// it: the server's base URL and a service-account key with `disable_oauth` (no token or
+    /// metadata server is ever asked). Its objects are in the server's memory: `local_root` is
+    /// empty.
+    pub fn gcs(prefix: &str) -> TestStore {
+        let bucket = required_env("E2E_GCS_BUCKET");
+        TestStore::remote(
+            format!("gs://{bucket}/{prefix}"),
+            [
+                (
+                    "GOOGLE_SERVICE_ACCOUNT_KEY",
+                    required_env("E2E_GCS_SERVICE_ACCOUNT_KEY"),
+                ),
+                ("GOOGLE_BASE_URL", required_env("E2E_GCS_ENDPOINT")),
+                ("GOOGLE_ALLOW_HTTP", "true".to_string()),
+            ],
+        )
+    }
+
+    /// A store under `prefix` on the Azure-Blob-protocol test server (Azurite), with the options
+    /// a Secret gives it: the account, its key and the account's path-style endpoint. Its objects
+    /// are in Azurite's own files: `local_root` is empty.
+    pub fn azure(prefix: &str) -> TestStore {
+        let container = required_env("E2E_AZURE_CONTAINER");
+        TestStore::remote(
+            format!("az://{container}/{prefix}"),
+            [
+                (
+                    "AZURE_STORAGE_ACCOUNT_NAME",
+                    required_env("E2E_AZURE_ACCOUNT"),
+                ),
+                ("AZURE_STORAGE_ACCESS_KEY", required_env("E2E_AZURE_KEY")),
+                ("AZURE_ENDPOINT", required_env("E2E_AZURE_ENDPOINT")),
+                ("AZURE_ALLOW_HTTP", "true".to_string()),
+            ],
+        )
+    }
+
+    fn remote<const N: usize>(url: String, options: [(&str, String); N]) -> TestStore {
+        TestStore {
+            url,
+            options: options
+                .into_iter()
+                .map(|(k, v)| (k.to_string(), v))
+                .collect(),
+            local_root: std::path::PathBuf::new(),
+            _dir: None,
+        }
+    }
+}

@@ -251,6 +251,38 @@ mod tests {
         assert!(store.is_ok(), "{:?}", store.err());
     }
 
+    /// The options a Secret gives to reach a GCS-protocol emulator (a base URL and a
+    /// service-account key with `disable_oauth`, so no token or metadata server is asked) and an
+    /// Azure one (an account, its key and a path-style endpoint), as the e2e test bed uses them.
+    #[test]
+    fn gcs_and_azure_emulator_options_from_a_secret_are_accepted() {
+        let key = r#"{"private_key": "", "private_key_id": "", "client_email": "", "disable_oauth": true}"#;
+        let gcs = Store::open(&config(
+            "gs://bucket/prefix",
+            &[
+                ("GOOGLE_SERVICE_ACCOUNT_KEY", key),
+                ("GOOGLE_BASE_URL", "http://127.0.0.1:1"),
+                ("GOOGLE_ALLOW_HTTP", "true"),
+            ],
+        ));
+        assert!(gcs.is_ok(), "{:?}", gcs.err());
+        let azure = Store::open(&config(
+            "az://container/prefix",
+            &[
+                ("AZURE_STORAGE_ACCOUNT_NAME", "devstoreaccount1"),
+                ("azure_storage_access_key", "a2V5"),
+                ("AZURE_ENDPOINT", "http://127.0.0.1:1/devstoreaccount1"),
+                ("AZURE_ALLOW_HTTP", "true"),
+            ],
+        ));
+        assert!(azure.is_ok(), "{:?}", azure.err());
+        let emulator = Store::open(&config(
+            "az://container",
+            &[("AZURE_STORAGE_USE_EMULATOR", "true")],
+        ));
+        assert!(emulator.is_ok(), "{:?}", emulator.err());
+    }
+
     #[tokio::test]
     async fn file_urls_are_rooted_at_their_path() {
         let dir = tempfile::tempdir().unwrap();
