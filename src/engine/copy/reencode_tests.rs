@@ -1,0 +1,1 @@
+//! Re-encodes between stores on temporary directories.
