@@ -1235,27 +1235,30 @@ async fn estimate_rows(
     objects: &[crate::engine::PinnedObject],
 ) -> (Option<u64>, u64) {
     let stored: u64 = objects.iter().map(|o| o.size).sum();
-    let ssts: Vec<&crate::engine::PinnedObject> =
-        objects.iter().filter(|o| o.key.starts_with("sst/")).collect();
+    // Owned, so that the reads below are `Send` futures whatever the caller's lifetimes.
+    let ssts: Vec<String> = objects
+        .iter()
+        .filter(|o| o.key.starts_with("sst/"))
+        .map(|o| o.path.to_string())
+        .collect();
     let wal: u64 = objects
         .iter()
         .filter(|o| o.key.starts_with("wal/"))
         .map(|o| o.size)
         .sum();
+    let (store, timeout) = (source.store.main.clone(), source.timeout);
     let stats = futures::stream::iter(ssts)
-        .map(|object| async move {
-            let path = object.path.as_ref();
-            let (owner, file) = path.rsplit_once("/compacted/")?;
-            let ulid = file.strip_suffix(".sst")?.parse().ok()?;
-            let reader = slatedb::SstReader::new(
-                object_store::path::Path::from(owner),
-                source.store.main.clone(),
-                None,
-                None,
-            );
-            let read = async { reader.open(ulid).await?.stats().await };
-            let stats = tokio::time::timeout(source.timeout, read).await.ok()?.ok()??;
-            Some((stats.num_puts, stats.raw_key_size + stats.raw_val_size))
+        .map(|path| {
+            let store = store.clone();
+            async move {
+                let (owner, file) = path.rsplit_once("/compacted/")?;
+                let ulid = file.strip_suffix(".sst")?.parse().ok()?;
+                let owner = object_store::path::Path::from(owner);
+                let reader = slatedb::SstReader::new(owner, store, None, None);
+                let read = async { reader.open(ulid).await?.stats().await };
+                let stats = tokio::time::timeout(timeout, read).await.ok()?.ok()??;
+                Some((stats.num_puts, stats.raw_key_size + stats.raw_val_size))
+            }
         })
         .buffer_unordered(16)
         .collect::<Vec<_>>()
