@@ -319,7 +319,8 @@ pub async fn copy_checkpoint(
         .ensure_not_owned_by_another(options.owner.as_ref())
         .await?;
     let lifetime = options.checkpoint_lifetime;
-    let mut report = while_pinned(source, checkpoint, lifetime, |pinned| async move {
+    let on_lost = OnLost::Drop;
+    let mut report = while_pinned(source, checkpoint, lifetime, on_lost, |pinned, _| async move {
         tracing::info!(source = %source.path, target = %target.path, checkpoint = %pinned.id,
             manifest = pinned.manifest_id, "copying a checkpoint");
         copy_pinned(source, &pinned, target, options, &progress).await
@@ -347,6 +348,16 @@ fn refuse_overlap(source: &Database, target: &Database) -> Result<(), EngineErro
     Ok(())
 }
 
+/// How [`while_pinned`] ends the work when the checkpoint cannot be kept alive.
+#[derive(Clone, Copy, PartialEq, Eq)]
+enum OnLost {
+    /// Drop the work's future at once.
+    Drop,
+    /// Set the flag given to the work and wait for it to return (so that it can close what it
+    /// opened and clean up).
+    Stop,
+}
+
 /// Runs `work` on the checkpoint while keeping it alive (see the module doc's step 1): an
 /// existing one, or for `Latest { name }` one made (or adopted) under that name, deleted
 /// afterwards unless the work failed transiently (so that the next run adopts it and resumes).
@@ -354,7 +365,8 @@ async fn while_pinned<T, F>(
     source: &Database,
     checkpoint: &CloneSourceCheckpoint,
     lifetime: Duration,
-    work: impl FnOnce(CheckpointInfo) -> F,
+    on_lost: OnLost,
+    work: impl FnOnce(CheckpointInfo, std::sync::Arc<AtomicBool>) -> F,
 ) -> Result<T, EngineError>
 where
     F: Future<Output = Result<T, EngineError>>,
@@ -371,9 +383,20 @@ where
     };
     refresh_if_expiring(source, &pinned, lifetime).await?;
     let id = pinned.id;
+    let lost = std::sync::Arc::new(AtomicBool::new(false));
+    let work = work(pinned, lost.clone());
+    tokio::pin!(work);
     let result = tokio::select! {
-        result = work(pinned) => result,
-        error = keep_alive(source, id, lifetime) => Err(error),
+        result = &mut work => result,
+        error = keep_alive(source, id, lifetime) => {
+            if on_lost == OnLost::Stop {
+                lost.store(true, Ordering::SeqCst);
+                if let Err(stopped) = work.await {
+                    tracing::debug!(%stopped, "the work stopped: its checkpoint is lost");
+                }
+            }
+            Err(error)
+        }
     };
     let transient = matches!(&result, Err(e) if e.fault() == Fault::Transient);
     if temporary && !transient {

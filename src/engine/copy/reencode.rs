@@ -44,7 +44,7 @@
 //! reader is given none, so unmerged operands fail the read).
 
 use super::records::{create_object, delete_objects, read_object, relative_to, under};
-use super::{normalized_label, refuse_overlap, while_pinned};
+use super::{normalized_label, refuse_overlap, while_pinned, OnLost};
 use crate::engine::checkpoint::CheckpointInfo;
 use crate::engine::clone::CloneSourceCheckpoint;
 use crate::engine::crash_point::crash_point;
@@ -64,6 +64,7 @@ use slatedb::config::{
 use slatedb::{CloseReason, DbIterator, DbReader, DbReaderMode, ErrorKind, KeyValue, WriteBatch};
 use std::future::Future;
 use std::ops::Bound;
+use std::sync::atomic::{AtomicBool, Ordering};
 use std::time::{Duration, Instant};
 use uuid::Uuid;
 
@@ -272,11 +273,17 @@ pub async fn reencode_checkpoint(
         .ensure_not_owned_by_another(options.owner.as_ref())
         .await?;
     let lifetime = options.checkpoint_lifetime;
-    let mut report = while_pinned(source, checkpoint, lifetime, |pinned| async move {
-        tracing::info!(source = %source.path, target = %target.path, checkpoint = %pinned.id,
-            manifest = pinned.manifest_id, codec = codec_name(options.compression),
-            block_size = options.block_size.as_bytes(), "re-encoding a checkpoint");
-        reencode_pinned(source, &pinned, target, options, &progress).await
+    // A lost checkpoint stops the run between batches, so that it closes the target's writer
+    // (a dropped one would write on) and cleans up like any other permanent failure.
+    let on_lost = OnLost::Stop;
+    let mut report = while_pinned(source, checkpoint, lifetime, on_lost, |pinned, lost| {
+        async move {
+            tracing::info!(source = %source.path, target = %target.path,
+                checkpoint = %pinned.id, manifest = pinned.manifest_id,
+                codec = codec_name(options.compression),
+                block_size = options.block_size.as_bytes(), "re-encoding a checkpoint");
+            reencode_pinned(source, &pinned, target, options, &lost, &progress).await
+        }
     })
     .await?;
     report.duration = started.elapsed();
@@ -628,6 +635,7 @@ async fn reencode_pinned(
     checkpoint: &CheckpointInfo,
     target: &Database,
     options: &ReencodeOptions,
+    lost: &AtomicBool,
     progress: &(dyn Fn(ReencodeProgress) + Send + Sync),
 ) -> Result<ReencodeReport, EngineError> {
     let label = normalized_label(
@@ -682,6 +690,7 @@ async fn reencode_pinned(
         options,
         progress,
         identity,
+        lost,
     };
     let result = run.execute(resume).await;
     match result {
@@ -763,6 +772,8 @@ struct Run<'a> {
     options: &'a ReencodeOptions,
     progress: &'a (dyn Fn(ReencodeProgress) + Send + Sync),
     identity: Identity,
+    /// Set when the source checkpoint could not be kept alive: the run stops at its next batch.
+    lost: &'a AtomicBool,
 }
 
 /// Where a rewrite stands.
@@ -979,6 +990,7 @@ impl Run<'_> {
             (self.progress)(report(&position));
             let (mut unrecorded, mut recorded_at) = (0u64, Instant::now());
             loop {
+                self.stop_if_lost()?;
                 let batch = next_batch(self.source, &mut rows, self.options.batch_bytes).await?;
                 let Some(last) = batch.last() else { break };
                 let last_key = last.key.clone();
@@ -1016,6 +1028,16 @@ impl Run<'_> {
         .await;
         close_reader(self.source, reader).await;
         result
+    }
+
+    fn stop_if_lost(&self) -> Result<(), EngineError> {
+        if self.lost.load(Ordering::SeqCst) {
+            return Err(EngineError::CheckpointMissing {
+                path: self.source.path.to_string(),
+                selector: format!("with id {} (lost during the re-encode)", self.checkpoint.id),
+            });
+        }
+        Ok(())
     }
 
     /// Writes the next progress record, then removes the one before it (a leftover only costs a
@@ -1091,6 +1113,7 @@ impl Run<'_> {
             let mut rows = scan(self.target, &reader, (Bound::Unbounded, Bound::Unbounded)).await?;
             let mut digest = RowDigest::default();
             loop {
+                self.stop_if_lost()?;
                 let batch = next_batch(self.target, &mut rows, self.options.batch_bytes).await?;
                 if batch.is_empty() {
                     return Ok(digest);

@@ -10,7 +10,8 @@ use super::tests::{
 use super::*;
 use crate::engine::manifest_guard::CODECS;
 use crate::engine::sample::{sample_row, sample_settings, write_sample_db};
-use crate::engine::{initialize_clone, CloneConfig, Verification};
+use crate::engine::store_layers::{FaultPlan, InstrumentedStore};
+use crate::engine::{initialize_clone, CloneConfig, Store, Verification};
 use slatedb::config::{CompressionCodec, FlushOptions, FlushType, PutOptions, SstBlockSize, Ttl};
 use slatedb::{DbReader, DbReaderMode};
 use std::collections::BTreeMap;
@@ -438,4 +439,51 @@ fn rows_whose_ttl_passed_before_the_read_back_may_be_missing_and_no_others() {
     let mut altered = RowDigest::default();
     altered.add(b"lasting", b"w", None);
     assert!(source.compare(&altered, 2_000).is_err());
+}
+
+#[tokio::test]
+async fn a_fresh_target_whose_run_loses_its_checkpoint_is_left_empty() {
+    let f = fixture(2).await;
+    // A slow target and a resume point after every batch, so that the run is still writing when
+    // the checkpoint goes.
+    let faults = FaultPlan {
+        latency: Duration::from_millis(20),
+        ..Default::default()
+    };
+    let slow = Store {
+        main: Arc::new(InstrumentedStore::new(
+            f.target_store.main.clone(),
+            Some(faults),
+        )),
+        wal: None,
+    };
+    let small = ReencodeOptions {
+        batch_bytes: 256,
+        record_every_bytes: 256,
+        checkpoint_lifetime: Duration::from_secs(2),
+        ..reencode_options(None)
+    };
+    let (checkpoint, _) = f.source.obtain_checkpoint("short", None).await.unwrap();
+    let writing = Arc::new(tokio::sync::Notify::new());
+    let notify = writing.clone();
+    let run = {
+        let (source, target) = (f.source.clone(), database(&slow, "re/fresh"));
+        tokio::spawn(async move {
+            let id = CloneSourceCheckpoint::Id(checkpoint.id);
+            reencode_checkpoint(&source, &id, &target, &small, move |p| {
+                if p.rows_recorded >= 50 {
+                    notify.notify_one();
+                }
+            })
+            .await
+        })
+    };
+    writing.notified().await;
+    f.source.delete_checkpoint(checkpoint.id).await.unwrap();
+    let error = run.await.unwrap().unwrap_err();
+    assert!(
+        matches!(error, EngineError::CheckpointMissing { .. }),
+        "{error}"
+    );
+    assert_eq!(f.target_files("re/fresh"), BTreeMap::new(), "nothing is left");
 }
