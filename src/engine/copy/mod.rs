@@ -320,11 +320,17 @@ pub async fn copy_checkpoint(
         .await?;
     let lifetime = options.checkpoint_lifetime;
     let on_lost = OnLost::Drop;
-    let mut report = while_pinned(source, checkpoint, lifetime, on_lost, |pinned, _| async move {
-        tracing::info!(source = %source.path, target = %target.path, checkpoint = %pinned.id,
+    let mut report = while_pinned(
+        source,
+        checkpoint,
+        lifetime,
+        on_lost,
+        |pinned, _| async move {
+            tracing::info!(source = %source.path, target = %target.path, checkpoint = %pinned.id,
             manifest = pinned.manifest_id, "copying a checkpoint");
-        copy_pinned(source, &pinned, target, options, &progress).await
-    })
+            copy_pinned(source, &pinned, target, options, &progress).await
+        },
+    )
     .await?;
     report.duration = started.elapsed();
     tracing::info!(target = %target.path, transferred = report.objects_transferred,

@@ -58,8 +58,8 @@ use futures::{StreamExt, TryStreamExt};
 use serde::{Deserialize, Serialize};
 use sha2::{Digest, Sha256};
 use slatedb::config::{
-    CompressionCodec, DbReaderOptions, FlushOptions, FlushType, PutOptions, ScanOptions,
-    Settings, SstBlockSize, Ttl,
+    CompressionCodec, DbReaderOptions, FlushOptions, FlushType, PutOptions, ScanOptions, Settings,
+    SstBlockSize, Ttl,
 };
 use slatedb::{CloseReason, DbIterator, DbReader, DbReaderMode, ErrorKind, KeyValue, WriteBatch};
 use std::future::Future;
@@ -276,15 +276,19 @@ pub async fn reencode_checkpoint(
     // A lost checkpoint stops the run between batches, so that it closes the target's writer
     // (a dropped one would write on) and cleans up like any other permanent failure.
     let on_lost = OnLost::Stop;
-    let mut report = while_pinned(source, checkpoint, lifetime, on_lost, |pinned, lost| {
-        async move {
+    let mut report = while_pinned(
+        source,
+        checkpoint,
+        lifetime,
+        on_lost,
+        |pinned, lost| async move {
             tracing::info!(source = %source.path, target = %target.path,
                 checkpoint = %pinned.id, manifest = pinned.manifest_id,
                 codec = codec_name(options.compression),
                 block_size = options.block_size.as_bytes(), "re-encoding a checkpoint");
             reencode_pinned(source, &pinned, target, options, &lost, &progress).await
-        }
-    })
+        },
+    )
     .await?;
     report.duration = started.elapsed();
     tracing::info!(target = %target.path, rows = report.rows, written = report.rows_written,
@@ -414,15 +418,16 @@ impl Identity {
     /// How `other` (found at the target) differs from this run's, if it does.
     fn differs_from(&self, other: &Identity) -> Option<String> {
         if normalized_label(&other.source) != normalized_label(&self.source) {
-            Some(format!("it holds a re-encode of another source, {:?}", other.source))
+            Some(format!(
+                "it holds a re-encode of another source, {:?}",
+                other.source
+            ))
         } else if other.checkpoint_id != self.checkpoint_id {
             Some(format!(
                 "it holds a re-encode of another checkpoint, {}",
                 other.checkpoint_id
             ))
-        } else if (&other.compression, other.block_size)
-            != (&self.compression, self.block_size)
-        {
+        } else if (&other.compression, other.block_size) != (&self.compression, self.block_size) {
             Some(format!(
                 "it holds a re-encode with codec {} and block size {}, not {} and {}",
                 other.compression, other.block_size, self.compression, self.block_size
@@ -997,7 +1002,11 @@ impl Run<'_> {
                 let mut write = WriteBatch::new();
                 for row in &batch {
                     let ttl = row.expire_ts.map_or(Ttl::NoExpiry, Ttl::ExpireAtMillis);
-                    write.put_bytes_with_options(row.key.clone(), row.value.clone(), &PutOptions { ttl });
+                    write.put_bytes_with_options(
+                        row.key.clone(),
+                        row.value.clone(),
+                        &PutOptions { ttl },
+                    );
                     position.digest.add(&row.key, &row.value, row.expire_ts);
                     unrecorded += (row.key.len() + row.value.len()) as u64;
                 }
@@ -1019,7 +1028,12 @@ impl Run<'_> {
             let memtable = FlushOptions {
                 flush_type: FlushType::MemTable,
             };
-            writer_call(self.target, "flush into L0", db.flush_with_options(memtable)).await?;
+            writer_call(
+                self.target,
+                "flush into L0",
+                db.flush_with_options(memtable),
+            )
+            .await?;
             self.record(&mut position, true).await?;
             (self.progress)(report(&position));
             crash_point("reencode-rewritten");
@@ -1147,7 +1161,10 @@ impl Run<'_> {
             });
         }
         let objects = self.target.pinned_objects(manifest.id()).await?;
-        let ssts: Vec<_> = objects.iter().filter(|o| o.key.starts_with("sst/")).collect();
+        let ssts: Vec<_> = objects
+            .iter()
+            .filter(|o| o.key.starts_with("sst/"))
+            .collect();
         let bytes = ssts.iter().map(|o| o.size).sum();
         Ok((manifest.id(), ssts.len() as u64, bytes))
     }

@@ -44,7 +44,10 @@ impl Fixture {
         stop: impl Fn(&ReencodeProgress) -> bool + Send + Sync + 'static,
     ) -> ReencodeProgress {
         let (source, target) = (self.source.clone(), self.target(path));
-        let (options, id) = (options.clone(), CloneSourceCheckpoint::Id(self.checkpoint.id));
+        let (options, id) = (
+            options.clone(),
+            CloneSourceCheckpoint::Id(self.checkpoint.id),
+        );
         let last = Arc::new(Mutex::new(None));
         let seen = last.clone();
         let task = tokio::spawn(async move {
@@ -164,7 +167,11 @@ async fn the_block_size_shapes_the_target_ssts() {
 async fn an_interrupted_reencode_resumes_after_the_recorded_key_with_the_same_digest() {
     let f = fixture(4).await;
     let reference = f
-        .reencode(&f.checkpoint, &f.target("re/whole"), &reencode_options(None))
+        .reencode(
+            &f.checkpoint,
+            &f.target("re/whole"),
+            &reencode_options(None),
+        )
         .await
         .unwrap();
     // A resume point after about every 50 rows.
@@ -198,7 +205,10 @@ async fn an_interrupted_reencode_resumes_after_the_recorded_key_with_the_same_di
     .await
     .unwrap();
     assert!(report.resumed && report.committed, "{report:?}");
-    assert_eq!(report.rows_skipped, recorded, "continued after the recorded key");
+    assert_eq!(
+        report.rows_skipped, recorded,
+        "continued after the recorded key"
+    );
     assert_eq!(report.rows_written, KEYS as u64 - recorded);
     assert_eq!(report.rows, KEYS as u64);
     assert_eq!(report.digest, reference.digest, "the same rows");
@@ -208,7 +218,10 @@ async fn an_interrupted_reencode_resumes_after_the_recorded_key_with_the_same_di
         (ReencodePhase::Rewrite, recorded),
         "the resumed run starts at the recorded rows"
     );
-    assert!(target_codecs(&target).await.iter().all(|c| *c == small.compression));
+    assert!(target_codecs(&target)
+        .await
+        .iter()
+        .all(|c| *c == small.compression));
     assert_rows(&f.target_store, "re/r", KEYS).await;
     // Only started.json and done.json are left of the records.
     let records: Vec<String> = f
@@ -272,9 +285,13 @@ async fn a_target_holding_anything_else_is_refused_as_diverged_and_left_alone() 
     };
 
     // A database some SlateDB writer made.
-    write_sample_db(&f.target_store, "re/db", 10, 1).await.unwrap();
+    write_sample_db(&f.target_store, "re/db", 10, 1)
+        .await
+        .unwrap();
     let before = f.target_files("re/db");
-    let error = f.reencode(&f.checkpoint, &f.target("re/db"), &options).await;
+    let error = f
+        .reencode(&f.checkpoint, &f.target("re/db"), &options)
+        .await;
     refused(error.unwrap_err(), "no re-encode wrote");
     assert_eq!(f.target_files("re/db"), before);
 
@@ -283,7 +300,9 @@ async fn a_target_holding_anything_else_is_refused_as_diverged_and_left_alone() 
     f.copy(&f.checkpoint, &copy, &copy_options()).await.unwrap();
     let before = f.target_files("re/copy");
     refused(
-        f.reencode(&f.checkpoint, &copy, &options).await.unwrap_err(),
+        f.reencode(&f.checkpoint, &copy, &options)
+            .await
+            .unwrap_err(),
         "no re-encode wrote",
     );
     assert_eq!(f.target_files("re/copy"), before);
@@ -320,7 +339,11 @@ async fn a_target_holding_anything_else_is_refused_as_diverged_and_left_alone() 
 async fn a_clone_is_reencoded_row_for_row_into_a_flat_database() {
     let f = fixture(2).await;
     let parent = f
-        .reencode(&f.checkpoint, &f.target("re/parent"), &reencode_options(None))
+        .reencode(
+            &f.checkpoint,
+            &f.target("re/parent"),
+            &reencode_options(None),
+        )
         .await
         .unwrap();
     let config = CloneConfig {
@@ -344,12 +367,18 @@ async fn a_clone_is_reencoded_row_for_row_into_a_flat_database() {
     let report = reencode_checkpoint(&clone, &latest, &target, &options, |_| {})
         .await
         .unwrap();
-    assert_eq!(report.digest, parent.digest, "the clone's rows are its parent's");
+    assert_eq!(
+        report.digest, parent.digest,
+        "the clone's rows are its parent's"
+    );
     assert_rows(&f.target_store, "re/clone", KEYS).await;
     let manifest = target.latest_manifest().await.unwrap();
     assert!(manifest.external_dbs().is_empty(), "nothing refers back");
     let left = clone.list_checkpoints(Some("reencode:clone")).await;
-    assert!(left.unwrap().is_empty(), "the temporary checkpoint is deleted");
+    assert!(
+        left.unwrap().is_empty(),
+        "the temporary checkpoint is deleted"
+    );
 }
 
 #[tokio::test]
@@ -420,7 +449,11 @@ fn the_row_digest_is_order_independent_resumable_and_length_prefixed() {
     assert!(whole.compare(&digest_of(&altered), 0).is_err());
     let mut doubled = rows.clone();
     doubled.push(rows[5].clone());
-    assert_ne!(digest_of(&doubled).hex(), whole.hex(), "a sum counts a row twice");
+    assert_ne!(
+        digest_of(&doubled).hex(),
+        whole.hex(),
+        "a sum counts a row twice"
+    );
     let (mut a, mut b) = (RowDigest::default(), RowDigest::default());
     a.add(b"ab", b"c", None);
     b.add(b"a", b"bc", None);
@@ -485,5 +518,9 @@ async fn a_fresh_target_whose_run_loses_its_checkpoint_is_left_empty() {
         matches!(error, EngineError::CheckpointMissing { .. }),
         "{error}"
     );
-    assert_eq!(f.target_files("re/fresh"), BTreeMap::new(), "nothing is left");
+    assert_eq!(
+        f.target_files("re/fresh"),
+        BTreeMap::new(),
+        "nothing is left"
+    );
 }

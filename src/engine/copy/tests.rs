@@ -143,7 +143,12 @@ impl Fixture {
 /// Writes rows `from..to` into the parent (compaction off) and checkpoints it: detached after a
 /// memtable flush, or, with `wal_tail`, with each row flushed to a WAL object of its own and the
 /// writer's checkpoint (which pins those WAL objects, so a copy must copy them).
-pub(super) async fn more_rows(store: &Store, from: usize, to: usize, wal_tail: bool) -> CheckpointInfo {
+pub(super) async fn more_rows(
+    store: &Store,
+    from: usize,
+    to: usize,
+    wal_tail: bool,
+) -> CheckpointInfo {
     let db = slatedb::Db::builder("parent", store.main.clone())
         .with_settings(sample_settings(None))
         .build()
