@@ -77,6 +77,10 @@ const FORMAT: u32 = 1;
 /// The directories a SlateDB writer writes into under its root.
 const DATA_DIRS: [&str; 3] = ["manifest/", "compacted/", "wal/"];
 
+/// The L0 SST limits of the target's writer, which runs without compaction: never reached
+/// (1 000 000 SSTs of 64 MiB are 64 TiB), yet far from any overflow in SlateDB's arithmetic.
+const L0_WITHOUT_COMPACTION: usize = 1_000_000;
+
 /// How a re-encode runs.
 #[derive(Clone, Debug)]
 pub struct ReencodeOptions {
@@ -568,6 +572,14 @@ async fn classify(target: &Database, identity: &Identity) -> Result<TargetState,
     if let Some(detail) = identity.differs_from(&started.identity) {
         return Err(diverged(detail));
     }
+    // A finished re-encode is the target's own database from then on (a writer may have opened
+    // it since): the no-op looks at nothing else.
+    if let Some(done) = read_record::<DoneRecord>(target, "done.json").await? {
+        if let Some(detail) = identity.differs_from(&done.identity) {
+            return Err(diverged(detail));
+        }
+        return Ok(TargetState::Finished(Box::new(done)));
+    }
     if let Some(foreign) = relative
         .iter()
         .find(|p| !ours(p) && !DATA_DIRS.iter().any(|d| p.starts_with(d)))
@@ -575,12 +587,6 @@ async fn classify(target: &Database, identity: &Identity) -> Result<TargetState,
         return Err(diverged(format!(
             "it holds objects no re-encode wrote, e.g. {foreign:?}"
         )));
-    }
-    if let Some(done) = read_record::<DoneRecord>(target, "done.json").await? {
-        if let Some(detail) = identity.differs_from(&done.identity) {
-            return Err(diverged(detail));
-        }
-        return Ok(TargetState::Finished(Box::new(done)));
     }
     let latest = relative
         .iter()
@@ -697,7 +703,7 @@ async fn reencode_pinned(
         identity,
         lost,
     };
-    let result = run.execute(resume).await;
+    let result = run.execute(resume, !fresh).await;
     match result {
         Err(error) if error.fault() == Fault::Permanent && !is_refusal(&error) => {
             let known_wrong = matches!(error, EngineError::ChecksumMismatch { .. });
@@ -792,12 +798,17 @@ struct Position {
 }
 
 impl Run<'_> {
-    async fn execute(&self, resume: Option<ProgressRecord>) -> Result<ReencodeReport, EngineError> {
+    /// Runs the re-encode from `resume` (the latest progress record of an earlier run), on a
+    /// target an earlier run had started when `resumed`.
+    async fn execute(
+        &self,
+        resume: Option<ProgressRecord>,
+        resumed: bool,
+    ) -> Result<ReencodeReport, EngineError> {
         let corrupt = |detail: &str| EngineError::Corrupt {
             object: format!("{}/{REENCODE_DIR}/progress", self.target.path),
             detail: detail.into(),
         };
-        let resumed = resume.is_some();
         let (position, rewritten) = match resume {
             None => (
                 Position {
@@ -839,11 +850,10 @@ impl Run<'_> {
             .pinned_objects(self.checkpoint.manifest_id)
             .await?;
         let source_bytes: u64 = objects.iter().map(|o| o.size).sum();
-        let (rows_total, bytes_total) = estimate_rows(self.source, self.checkpoint, &objects).await;
-        let totals = (rows_total, bytes_total);
         let position = if rewritten {
             position
         } else {
+            let totals = estimate_rows(self.source, self.checkpoint, &objects).await;
             self.rewrite(position, totals).await?
         };
         let source_digest = position.digest;
@@ -944,8 +954,8 @@ impl Run<'_> {
             garbage_collector_options: None,
             l0_sst_size_bytes: self.options.l0_sst_size_bytes,
             max_unflushed_bytes: self.options.l0_sst_size_bytes.saturating_mul(4),
-            l0_max_ssts: usize::MAX / 2,
-            l0_max_ssts_per_key: usize::MAX / 2,
+            l0_max_ssts: L0_WITHOUT_COMPACTION,
+            l0_max_ssts_per_key: L0_WITHOUT_COMPACTION,
             ..Settings::default()
         };
         let db = writer_call(
