@@ -524,3 +524,61 @@ async fn a_fresh_target_whose_run_loses_its_checkpoint_is_left_empty() {
         "nothing is left"
     );
 }
+
+#[tokio::test]
+async fn a_source_with_its_wal_in_another_store_is_read_through_it() {
+    let f = fixture(1).await;
+    let wal_dir = tempfile::tempdir().unwrap();
+    let wal_store = super::tests::file_store(&wal_dir);
+    let store = Store {
+        main: f.source_store.main.clone(),
+        wal: Some(wal_store.main.clone()),
+    };
+    // Rows only in WAL objects of the WAL store, pinned by the writer's durable checkpoint.
+    let db = slatedb::Db::builder("walled", store.main.clone())
+        .with_wal_object_store(wal_store.main.clone())
+        .with_settings(sample_settings(None))
+        .build()
+        .await
+        .unwrap();
+    for i in 0..200 {
+        let (key, value) = sample_row(i);
+        db.put(key.as_bytes(), value.as_bytes()).await.unwrap();
+    }
+    let wal = FlushOptions {
+        flush_type: FlushType::Wal,
+    };
+    db.flush_with_options(wal).await.unwrap();
+    let scope = slatedb::config::CheckpointScope::Durable;
+    let made = db.create_checkpoint(scope, &Default::default()).await;
+    let made = made.unwrap();
+    db.close().await.unwrap();
+    let walled = database(&store, "walled");
+    let id = CloneSourceCheckpoint::Id(made.id);
+    let target = f.target("re/walled");
+    let options = reencode_options(Some(CompressionCodec::Lz4));
+    let report = reencode_checkpoint(&walled, &id, &target, &options, |_| {})
+        .await
+        .unwrap();
+    assert_eq!(report.rows, 200, "{report:?}");
+    assert_rows(&f.target_store, "re/walled", 200).await;
+}
+
+#[tokio::test]
+async fn an_empty_checkpoint_becomes_an_empty_database() {
+    let f = fixture(1).await;
+    write_sample_db(&f.source_store, "empty", 0, 1)
+        .await
+        .unwrap();
+    let empty = database(&f.source_store, "empty");
+    let (checkpoint, _) = empty.obtain_checkpoint("empty", None).await.unwrap();
+    let id = CloneSourceCheckpoint::Id(checkpoint.id);
+    let target = f.target("re/empty");
+    let report = reencode_checkpoint(&empty, &id, &target, &reencode_options(None), |_| {})
+        .await
+        .unwrap();
+    assert_eq!((report.rows, report.target_ssts), (0, 0), "{report:?}");
+    assert!(report.committed);
+    assert_eq!(report.digest, RowDigest::default().hex());
+    assert_rows(&f.target_store, "re/empty", 0).await;
+}
