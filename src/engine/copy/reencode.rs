@@ -44,7 +44,7 @@
 //! reader is given none, so unmerged operands fail the read).
 
 use super::records::{create_object, delete_objects, read_object, relative_to, under};
-use super::{normalized_label, refuse_overlap, while_pinned, OnLost};
+use super::{normalized_label, refuse_overlap, while_pinned, AbortOnDrop, OnLost};
 use crate::engine::checkpoint::CheckpointInfo;
 use crate::engine::clone::CloneSourceCheckpoint;
 use crate::engine::crash_point::crash_point;
@@ -355,6 +355,19 @@ impl RowDigest {
                 self.earliest_expiry = Some(self.earliest_expiry.map_or(at, |e| e.min(at)));
             }
         }
+    }
+
+    /// Adds the rows of `other` (a digest of other rows).
+    pub fn merge(&mut self, other: &RowDigest) {
+        self.rows += other.rows;
+        self.bytes += other.bytes;
+        add_256(&mut self.lasting, &other.lasting);
+        self.expiring_rows += other.expiring_rows;
+        add_256(&mut self.expiring, &other.expiring);
+        self.earliest_expiry = match (self.earliest_expiry, other.earliest_expiry) {
+            (Some(a), Some(b)) => Some(a.min(b)),
+            (a, b) => a.or(b),
+        };
     }
 
     /// The digest of every row: both sums added, in hex.
@@ -988,70 +1001,79 @@ impl Run<'_> {
         (rows_total, bytes_total): (Option<u64>, u64),
     ) -> Result<Position, EngineError> {
         let reader = self.source_reader().await?;
-        let result = async {
-            let start = match &position.last_key {
-                Some(key) => Bound::Excluded(key.clone()),
-                None => Bound::Unbounded,
-            };
-            let mut rows = scan(self.source, &reader, (start, Bound::Unbounded)).await?;
-            let report = |position: &Position| ReencodeProgress {
-                phase: ReencodePhase::Rewrite,
-                rows_done: position.digest.rows,
-                bytes_done: position.digest.bytes,
-                rows_recorded: position.rows_recorded,
-                rows_total,
-                bytes_total,
-            };
-            (self.progress)(report(&position));
-            let (mut unrecorded, mut recorded_at) = (0u64, Instant::now());
-            loop {
-                self.stop_if_lost()?;
-                let batch = next_batch(self.source, &mut rows, self.options.batch_bytes).await?;
-                let Some(last) = batch.last() else { break };
-                let last_key = last.key.clone();
-                let mut write = WriteBatch::new();
-                for row in &batch {
-                    let ttl = row.expire_ts.map_or(Ttl::NoExpiry, Ttl::ExpireAtMillis);
-                    write.put_bytes_with_options(
-                        row.key.clone(),
-                        row.value.clone(),
-                        &PutOptions { ttl },
-                    );
-                    position.digest.add(&row.key, &row.value, row.expire_ts);
-                    unrecorded += (row.key.len() + row.value.len()) as u64;
+        let start = match &position.last_key {
+            Some(key) => Bound::Excluded(key.clone()),
+            None => Bound::Unbounded,
+        };
+        let (mut batches, reading) =
+            read_ahead(self.source.clone(), reader, start, self.options.batch_bytes);
+        let report = |position: &Position| ReencodeProgress {
+            phase: ReencodePhase::Rewrite,
+            rows_done: position.digest.rows,
+            bytes_done: position.digest.bytes,
+            rows_recorded: position.rows_recorded,
+            rows_total,
+            bytes_total,
+        };
+        (self.progress)(report(&position));
+        let (mut unrecorded, mut recorded_at) = (0u64, Instant::now());
+        loop {
+            self.stop_if_lost()?;
+            let batch = match batches.recv().await {
+                Some(batch) => batch?,
+                // The reading task ended without saying so: it panicked.
+                None => {
+                    let ended = reading.await.err();
+                    return Err(EngineError::Store {
+                        operation: "read rows",
+                        source: object_store::Error::Generic {
+                            store: "reader",
+                            source: format!("the reading task ended: {ended:?}").into(),
+                        },
+                    });
                 }
-                writer_call(self.target, "write rows", db.write(write)).await?;
-                position.last_key = Some(last_key);
-                if unrecorded >= self.options.record_every_bytes
-                    || recorded_at.elapsed() >= self.options.record_interval
-                {
-                    let wal = FlushOptions {
-                        flush_type: FlushType::Wal,
-                    };
-                    writer_call(self.target, "flush the WAL", db.flush_with_options(wal)).await?;
-                    self.record(&mut position, false).await?;
-                    crash_point("reencode-recorded");
-                    (unrecorded, recorded_at) = (0, Instant::now());
-                }
-                (self.progress)(report(&position));
+            };
+            let Some(last) = batch.rows.last() else { break };
+            position.last_key = Some(last.key.clone());
+            let mut write = WriteBatch::new();
+            for row in batch.rows {
+                let ttl = row.expire_ts.map_or(Ttl::NoExpiry, Ttl::ExpireAtMillis);
+                write.put_bytes_with_options(row.key, row.value, &PutOptions { ttl });
             }
-            let memtable = FlushOptions {
-                flush_type: FlushType::MemTable,
-            };
-            writer_call(
-                self.target,
-                "flush into L0",
-                db.flush_with_options(memtable),
-            )
-            .await?;
-            self.record(&mut position, true).await?;
+            writer_call(self.target, "write rows", db.write(write)).await?;
+            position.digest.merge(&batch.digest);
+            unrecorded += batch.digest.bytes;
+            if unrecorded >= self.options.record_every_bytes
+                || recorded_at.elapsed() >= self.options.record_interval
+            {
+                let wal = FlushOptions {
+                    flush_type: FlushType::Wal,
+                };
+                writer_call(self.target, "flush the WAL", db.flush_with_options(wal)).await?;
+                self.record(&mut position, false).await?;
+                crash_point("reencode-recorded");
+                (unrecorded, recorded_at) = (0, Instant::now());
+            }
             (self.progress)(report(&position));
-            crash_point("reencode-rewritten");
-            Ok(position)
         }
-        .await;
-        close_reader(self.source, reader).await;
-        result
+        // The reader is closed by its task, at the end of the rows.
+        drop(batches);
+        if let Err(error) = reading.await {
+            tracing::debug!(%error, "the reading task failed after the last row");
+        }
+        let memtable = FlushOptions {
+            flush_type: FlushType::MemTable,
+        };
+        writer_call(
+            self.target,
+            "flush into L0",
+            db.flush_with_options(memtable),
+        )
+        .await?;
+        self.record(&mut position, true).await?;
+        (self.progress)(report(&position));
+        crash_point("reencode-rewritten");
+        Ok(position)
     }
 
     fn stop_if_lost(&self) -> Result<(), EngineError> {
@@ -1230,6 +1252,51 @@ async fn writer_call<T>(
             after: target.timeout,
         }),
     }
+}
+
+/// Rows read ahead of the writer, with their digest.
+struct Batch {
+    rows: Vec<KeyValue>,
+    digest: RowDigest,
+}
+
+/// Reads the rows from `start` on in a task of its own, in batches of about `batch_bytes`,
+/// digesting each on the way, so that reading and decoding the source overlaps writing the
+/// target (two batches are held ahead at most). An empty batch ends the rows; an error ends them
+/// too. The task closes the reader when it ends, and stops when the receiver is dropped (and is
+/// aborted with the handle).
+fn read_ahead(
+    source: Database,
+    reader: DbReader,
+    start: Bound<Bytes>,
+    batch_bytes: usize,
+) -> (
+    tokio::sync::mpsc::Receiver<Result<Batch, EngineError>>,
+    AbortOnDrop<()>,
+) {
+    let (sender, receiver) = tokio::sync::mpsc::channel(2);
+    let task = tokio::spawn(async move {
+        let read = async {
+            let mut rows = scan(&source, &reader, (start, Bound::Unbounded)).await?;
+            loop {
+                let rows = next_batch(&source, &mut rows, batch_bytes).await?;
+                let mut digest = RowDigest::default();
+                for row in &rows {
+                    digest.add(&row.key, &row.value, row.expire_ts);
+                }
+                let last = rows.is_empty();
+                if sender.send(Ok(Batch { rows, digest })).await.is_err() || last {
+                    return Ok(());
+                }
+            }
+        };
+        if let Err(error) = read.await {
+            // The receiver may be gone already: then nobody needs the error.
+            let _ = sender.send(Err(error)).await;
+        }
+        close_reader(&source, reader).await;
+    });
+    (receiver, AbortOnDrop(task))
 }
 
 /// Scans `range` of a reader: blocks are not cached (each is read once), and fetched ahead.

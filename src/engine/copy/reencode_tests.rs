@@ -443,6 +443,10 @@ fn the_row_digest_is_order_independent_resumable_and_length_prefixed() {
     }
     assert_eq!(resumed, whole);
     assert_eq!(whole.compare(&resumed, 0), Ok(0));
+    // Split into batches digested apart (as the reading task does), then merged.
+    let mut merged = digest_of(&rows[..40]);
+    merged.merge(&digest_of(&rows[40..]));
+    assert_eq!(merged, whole);
 
     let mut altered = rows.clone();
     altered[3].1.push('!');
