@@ -98,7 +98,9 @@ pub struct CopyArgs {
     /// Rewrite the rows instead of copying the bytes: every row of the checkpoint is read and
     /// written into a new database at the target with --compression and --block-size, verified by
     /// a digest of the rows. Resumable like a copy; a clone may be the source.
-    #[arg(long, conflicts_with = "shares")]
+    #[arg(long, conflicts_with_all = [
+        "shares", "parallelism", "verify", "max_retransmissions", "multipart_threshold_mib",
+    ])]
     pub reencode: bool,
     /// Compression codec of the re-encoded target's SSTs.
     #[arg(long, value_enum, requires = "reencode")]
@@ -479,6 +481,10 @@ mod tests {
         };
         assert!(parse(&["--compression", "zstd"]).is_err());
         assert!(parse(&["--block-size", "8192"]).is_err());
+        assert!(
+            parse(&["--reencode", "--verify", "full"]).is_err(),
+            "a byte copy's flag"
+        );
         assert!(parse(&[
             "--reencode",
             "--shares",
