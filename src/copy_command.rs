@@ -9,11 +9,13 @@
 //! that two buckets with different keys can be copied between.
 
 use crate::engine::{
-    copy_checkpoint, promote_copy, source_label, CloneSourceCheckpoint, CopyOptions, CopyProgress,
-    CopyShare, CopyVerification, Database, EngineError, Owner, DEFAULT_ADMIN_TIMEOUT,
+    codec_name, copy_checkpoint, promote_copy, reencode_checkpoint, source_label, sst_block_size,
+    CloneSourceCheckpoint, CopyOptions, CopyProgress, CopyShare, CopyVerification, Database,
+    EngineError, Owner, ReencodeOptions, ReencodeProgress, DEFAULT_ADMIN_TIMEOUT,
 };
 use crate::offline_commands::{store_options_from_env, store_with_options};
 use serde_json::{json, Value};
+use slatedb::config::CompressionCodec;
 
 /// Prefix of the variables that configure only the source store.
 pub const FROM_PREFIX: &str = "SLATEDB_COPY_FROM_";
@@ -28,6 +30,28 @@ pub enum VerifyArg {
     Content,
     /// Read back every object.
     Full,
+}
+
+/// The compression codecs of a re-encoded target.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, clap::ValueEnum)]
+pub enum CompressionArg {
+    None,
+    Snappy,
+    Lz4,
+    Zlib,
+    Zstd,
+}
+
+impl CompressionArg {
+    pub fn codec(self) -> Option<CompressionCodec> {
+        match self {
+            CompressionArg::None => None,
+            CompressionArg::Snappy => Some(CompressionCodec::Snappy),
+            CompressionArg::Lz4 => Some(CompressionCodec::Lz4),
+            CompressionArg::Zlib => Some(CompressionCodec::Zlib),
+            CompressionArg::Zstd => Some(CompressionCodec::Zstd),
+        }
+    }
 }
 
 /// Arguments of `slatedb-operator copy`.
@@ -75,6 +99,20 @@ pub struct CopyArgs {
     /// claimed for it, and one claimed by anyone else is refused.
     #[arg(long, value_parser = parse_owner)]
     pub owner: Option<Owner>,
+    /// Rewrite the rows instead of copying the bytes: every row of the checkpoint is read and
+    /// written into a new database at the target with --compression and --block-size, verified by
+    /// a digest of the rows. Resumable like a copy; a clone may be the source.
+    #[arg(long, conflicts_with_all = [
+        "shares", "parallelism", "verify", "max_retransmissions", "multipart_threshold_mib",
+    ])]
+    pub reencode: bool,
+    /// Compression codec of the re-encoded target's SSTs.
+    #[arg(long, value_enum, requires = "reencode")]
+    pub compression: Option<CompressionArg>,
+    /// SST block size of the re-encoded target, in bytes: 1024, 2048, 4096 (SlateDB's default),
+    /// 8192, 16384, 32768 or 65536.
+    #[arg(long, requires = "reencode")]
+    pub block_size: Option<usize>,
 }
 
 fn parse_owner(text: &str) -> Result<Owner, String> {
@@ -129,6 +167,9 @@ pub async fn copy(
         args.timeout_seconds,
     )?;
     let target = database(&args.to_store, &args.to, TO_PREFIX, args.timeout_seconds)?;
+    if args.reencode {
+        return reencode(args, &source, &target, json, bar).await;
+    }
     let checkpoint = match args.checkpoint {
         Some(id) => CloneSourceCheckpoint::Id(id),
         None => CloneSourceCheckpoint::Latest {
@@ -177,6 +218,55 @@ pub async fn copy(
     }))
 }
 
+/// The `--reencode` form of the copy: rows rewritten with the chosen codec and block size.
+async fn reencode(
+    args: CopyArgs,
+    source: &Database,
+    target: &Database,
+    json: bool,
+    bar: indicatif::ProgressBar,
+) -> Result<Value, EngineError> {
+    let checkpoint = match args.checkpoint {
+        Some(id) => CloneSourceCheckpoint::Id(id),
+        None => CloneSourceCheckpoint::Latest {
+            name: format!(
+                "slatedb-operator-cli:reencode:{}",
+                source_label(&args.to_store, &args.to)
+            ),
+        },
+    };
+    let defaults = ReencodeOptions::default();
+    let options = ReencodeOptions {
+        compression: args.compression.and_then(CompressionArg::codec),
+        block_size: match args.block_size {
+            Some(bytes) => sst_block_size(bytes)?,
+            None => defaults.block_size,
+        },
+        source_label: Some(source_label(&args.from_store, &args.from)),
+        owner: args.owner.clone(),
+        ..defaults
+    };
+    let shown = bar.clone();
+    let report = reencode_checkpoint(source, &checkpoint, target, &options, move |p| {
+        show_reencode_progress(json, &shown, &p)
+    })
+    .await;
+    bar.finish_and_clear();
+    let report = report?;
+    Ok(json!({
+        "reencode": true,
+        "checkpointId": report.checkpoint_id.to_string(), "manifestId": report.manifest_id,
+        "compression": codec_name(report.compression), "blockSize": report.block_size,
+        "rows": report.rows, "bytes": report.bytes,
+        "rowsWritten": report.rows_written, "rowsSkipped": report.rows_skipped,
+        "rowsExpired": report.rows_expired, "digest": report.digest,
+        "sourceBytes": report.source_bytes, "targetBytes": report.target_bytes,
+        "targetSsts": report.target_ssts, "targetManifestId": report.target_manifest_id,
+        "alreadyComplete": report.already_complete, "resumed": report.resumed,
+        "committed": report.committed, "seconds": report.duration.as_secs_f64(),
+    }))
+}
+
 /// Promotes the copy at `--store`/`--path` into an independent writable database.
 pub async fn promote(args: PromoteArgs) -> Result<Value, EngineError> {
     let timeout = DEFAULT_ADMIN_TIMEOUT.as_secs();
@@ -214,6 +304,28 @@ fn show_progress(json: bool, bar: &indicatif::ProgressBar, p: &CopyProgress) {
     }
 }
 
+fn show_reencode_progress(json: bool, bar: &indicatif::ProgressBar, p: &ReencodeProgress) {
+    if json {
+        println!(
+            "{}",
+            json!({"progress": {"phase": p.phase.name(), "percent": p.percent(),
+                "rowsDone": p.rows_done, "rowsTotal": p.rows_total,
+                "rowsRecorded": p.rows_recorded,
+                "bytesDone": p.bytes_done, "bytesTotal": p.bytes_total}})
+        );
+    } else {
+        let total = p.rows_total.map_or("?".to_string(), |t| t.to_string());
+        bar.set_position(u64::from(p.percent()));
+        bar.set_message(format!(
+            "{} {}/{total} rows, {}/{} MiB",
+            p.phase.name(),
+            p.rows_done,
+            p.bytes_done >> 20,
+            p.bytes_total >> 20
+        ));
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -235,6 +347,9 @@ mod tests {
             share_index: 0,
             timeout_seconds: 20,
             owner: None,
+            reencode: false,
+            compression: None,
+            block_size: None,
         }
     }
 
@@ -335,5 +450,97 @@ mod tests {
         assert_eq!(all["committed"], true);
         assert_eq!(all["objectsTransferred"], 1, "{all}");
         assert_eq!(sent + 1, all["objectsTotal"].as_u64().unwrap());
+    }
+
+    #[tokio::test]
+    async fn the_copy_command_reencodes_resumes_as_a_no_op_and_refuses_a_bad_block_size() {
+        let (from, to) = (tempfile::tempdir().unwrap(), tempfile::tempdir().unwrap());
+        let from_url = format!("file://{}", from.path().display());
+        let to_url = format!("file://{}", to.path().display());
+        let store = Store::open(&StoreConfig::with_options(&from_url, &[])).unwrap();
+        write_sample_db(&store, "db", 300, 2).await.unwrap();
+        let reencode = |block_size| CopyArgs {
+            reencode: true,
+            compression: Some(CompressionArg::Zstd),
+            block_size: Some(block_size),
+            ..args(&from_url, &to_url, None)
+        };
+        let hidden = indicatif::ProgressBar::hidden;
+        let first = copy(reencode(8192), true, hidden()).await.unwrap();
+        assert_eq!(first["rows"], 300, "{first}");
+        assert_eq!(first["rowsWritten"], 300, "{first}");
+        assert_eq!(
+            (&first["compression"], &first["blockSize"]),
+            (&json!("zstd"), &json!(8192))
+        );
+        assert_eq!(first["digest"].as_str().map(str::len), Some(64), "{first}");
+        let source = Database::new(store.clone(), "db", DEFAULT_ADMIN_TIMEOUT);
+        assert!(
+            source.list_checkpoints(None).await.unwrap().is_empty(),
+            "the temporary checkpoint is deleted"
+        );
+        // Of a named checkpoint, twice: the second run is a no-op.
+        let (made, _) = source.obtain_checkpoint("cli", None).await.unwrap();
+        let of_checkpoint = || CopyArgs {
+            checkpoint: Some(made.id),
+            to: "reencoded".into(),
+            ..reencode(8192)
+        };
+        let once = copy(of_checkpoint(), false, hidden()).await.unwrap();
+        let twice = copy(of_checkpoint(), false, hidden()).await.unwrap();
+        assert_eq!(
+            (&once["alreadyComplete"], &twice["alreadyComplete"]),
+            (&json!(false), &json!(true))
+        );
+        assert_eq!(once["digest"], first["digest"], "the same rows");
+        assert_eq!(twice["digest"], first["digest"]);
+
+        let bad = copy(reencode(3000), false, hidden()).await.unwrap_err();
+        assert!(bad.to_string().contains("block size 3000"), "{bad}");
+        assert_eq!(crate::offline_commands::exit_code_for(&bad), 3);
+    }
+
+    #[test]
+    fn compression_and_block_size_need_reencode() {
+        use clap::Parser;
+        #[derive(clap::Parser)]
+        struct Cli {
+            #[command(flatten)]
+            copy: CopyArgs,
+        }
+        let base = ["copy", "--from-store", "file:///a", "--from", "db"];
+        let to = ["--to-store", "file:///b", "--to", "c"];
+        let parse = |extra: &[&str]| {
+            let all = base.iter().chain(&to).chain(extra).copied();
+            Cli::try_parse_from(all).map(|c| c.copy)
+        };
+        assert!(parse(&["--compression", "zstd"]).is_err());
+        assert!(parse(&["--block-size", "8192"]).is_err());
+        assert!(
+            parse(&["--reencode", "--verify", "full"]).is_err(),
+            "a byte copy's flag"
+        );
+        assert!(parse(&[
+            "--reencode",
+            "--shares",
+            "2",
+            "--checkpoint",
+            &uuid::Uuid::nil().to_string()
+        ])
+        .is_err());
+        let ok = parse(&[
+            "--reencode",
+            "--compression",
+            "lz4",
+            "--block-size",
+            "16384",
+        ])
+        .unwrap();
+        assert_eq!(
+            ok.compression.and_then(CompressionArg::codec),
+            Some(CompressionCodec::Lz4)
+        );
+        assert_eq!(ok.block_size, Some(16384));
+        assert!(!parse(&[]).unwrap().reencode, "a byte copy by default");
     }
 }

@@ -348,23 +348,29 @@ async fn a_copy_whose_operator_is_killed_five_times_ends_complete_and_verified()
     source.create_secret(&env).await;
     // Slow requests, so that every kill lands in the middle of the transfer.
     let slow = [(slatedb_operator::engine::FAULTS_ENV, "latency=50ms")];
-    // SlateDB holds at most a few L0 SSTs without compaction; the many objects come from a WAL
-    // tail of 120 WAL objects that the checkpoint pins too.
-    write_sample_db(&source, PARENT, 880, 6).await;
+    // A parent of 100 L0 SSTs (SlateDB's default allows far fewer without compaction).
+    let settings = slatedb::config::Settings {
+        l0_max_ssts: 200,
+        l0_max_ssts_per_key: 200,
+        ..slatedb_operator::engine::sample::sample_settings(None)
+    };
     let writer = slatedb::Db::builder(PARENT, source.open().main)
-        .with_settings(slatedb_operator::engine::sample::sample_settings(None))
+        .with_settings(settings)
         .build()
         .await
         .unwrap();
-    for i in 880..1_000 {
+    for i in 0..1_000 {
         let (key, value) = sample_row(i);
         writer.put(key.as_bytes(), value.as_bytes()).await.unwrap();
-        writer
-            .flush_with_options(slatedb::config::FlushOptions {
-                flush_type: slatedb::config::FlushType::Wal,
-            })
-            .await
-            .unwrap();
+        if i % 10 == 9 {
+            for flush_type in [
+                slatedb::config::FlushType::Wal,
+                slatedb::config::FlushType::MemTable,
+            ] {
+                let options = slatedb::config::FlushOptions { flush_type };
+                writer.flush_with_options(options).await.unwrap();
+            }
+        }
     }
     writer.close().await.unwrap();
     let mut operator = Operator::start(&env.namespace, &slow);

@@ -101,15 +101,13 @@ pub enum EngineError {
     },
     #[error("the database at {path:?} cannot be copied: {reason}")]
     CopySourceUnsupported { path: String, reason: String },
-    #[error(
-        "{} objects copied to {path:?} still differ from the source after {rounds} retransmissions: {}",
-        objects.len(),
-        objects.join(", ")
-    )]
+    #[error("{}", checksum_mismatch(path, objects, *rounds))]
     ChecksumMismatch {
         path: String,
-        /// Each object's target path, with what was wrong with it.
+        /// Each object's target path, with what was wrong with it (for a re-encode, which writes
+        /// rows rather than objects: what differs between the rows' digests).
         objects: Vec<String>,
+        /// Retransmissions of each object before giving up (0 for a re-encode).
         rounds: u32,
     },
     #[error("SlateDB {operation} failed: {source}")]
@@ -177,6 +175,19 @@ impl EngineError {
                 Fault::Permanent => "SlateDbError",
             },
         }
+    }
+}
+
+fn checksum_mismatch(path: &str, objects: &[String], rounds: u32) -> String {
+    if rounds == 0 {
+        format!("{path:?} differs from its source: {}", objects.join(", "))
+    } else {
+        format!(
+            "{} objects copied to {path:?} still differ from the source after {rounds} \
+             retransmissions: {}",
+            objects.len(),
+            objects.join(", ")
+        )
     }
 }
 

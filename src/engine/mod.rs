@@ -10,8 +10,9 @@
 //! - `clone.rs`: [`initialize_clone`], a copy-on-write clone step by step: resolving the source,
 //!   running SlateDB's clone builder, resuming, verifying, removing partial work.
 //! - `copy/`: [`copy_checkpoint`], an independent byte copy of a checkpoint to another store or
-//!   path (incremental, resumable, verified, parallel), and [`promote_copy`], which makes a copy
-//!   a writable database of its own.
+//!   path (incremental, resumable, verified, parallel), [`promote_copy`], which makes a copy
+//!   a writable database of its own, and [`reencode_checkpoint`], which rewrites a checkpoint's
+//!   rows into a new database with another compression codec or SST block size.
 //! - `fingerprint.rs`: the objects a checkpoint pins, its metadata digest, and the content check
 //!   (hashes, Merkle root, SST block CRCs).
 //! - `manifest_guard.rs`: refuses any write that would lose a field of a database's manifest.
@@ -54,8 +55,10 @@ pub use clone::{
     RetryPolicy, Verification,
 };
 pub use copy::{
-    copy_checkpoint, delete_copy, promote_copy, source_label, transferred_so_far, CopyDeletion,
-    CopyOptions, CopyPhase, CopyProgress, CopyReport, CopyShare, CopyVerification, PromoteReport,
+    codec_name, copy_checkpoint, delete_copy, promote_copy, reencode_checkpoint, source_label,
+    sst_block_size, transferred_so_far, CopyDeletion, CopyOptions, CopyPhase, CopyProgress,
+    CopyReport, CopyShare, CopyVerification, PromoteReport, ReencodeOptions, ReencodePhase,
+    ReencodeProgress, ReencodeReport, RowDigest,
 };
 pub use crash_point::{crash_point, CRASH_POINT_ENV};
 pub use database::Database;

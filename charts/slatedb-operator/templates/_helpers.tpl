@@ -42,6 +42,10 @@ app.kubernetes.io/part-of: slatedb-operator
 {{- end }}
 {{- end }}
 
+{{- define "slatedb-operator.copyJobServiceAccountName" -}}
+{{- default (printf "%s-copy" (include "slatedb-operator.fullname" .)) .Values.copyJobs.serviceAccount.name }}
+{{- end }}
+
 {{- define "slatedb-operator.image" -}}
 {{- printf "%s:%s" .Values.image.repository (default .Chart.AppVersion .Values.image.tag) }}
 {{- end }}
@@ -90,10 +94,13 @@ retry fits in the renewal window.
   resources: ["databaseclones"]
   verbs: ["get", "list", "watch", "patch", "update", "delete"]
 - apiGroups: ["slatedb.io"]
-  resources: ["databasecheckpoints/status", "databasecheckpointschedules/status", "databaseclones/status"]
+  resources: ["databasecopies"]
+  verbs: ["get", "list", "watch", "patch", "update"]
+- apiGroups: ["slatedb.io"]
+  resources: ["databasecheckpoints/status", "databasecheckpointschedules/status", "databaseclones/status", "databasecopies/status"]
   verbs: ["get", "patch", "update"]
 - apiGroups: ["slatedb.io"]
-  resources: ["databasecheckpoints/finalizers", "databasecheckpointschedules/finalizers", "databaseclones/finalizers"]
+  resources: ["databasecheckpoints/finalizers", "databasecheckpointschedules/finalizers", "databaseclones/finalizers", "databasecopies/finalizers"]
   verbs: ["update"]
 # The connection details of each Ready clone, owned by it.
 - apiGroups: [""]

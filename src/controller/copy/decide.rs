@@ -475,3 +475,235 @@ fn failed(
         }
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use chrono::TimeZone;
+    use serde_json::json;
+
+    fn copy(extra: serde_json::Value, status: Option<DatabaseCopyStatus>) -> DatabaseCopy {
+        let mut spec = json!({
+            "source": {"checkpointRef": {"name": "nightly"}},
+            "target": {"store": {"ref": "dr"}, "path": "copies/orders"}
+        });
+        if let (Some(spec), Some(extra)) = (spec.as_object_mut(), extra.as_object()) {
+            spec.extend(extra.clone());
+        }
+        let mut object: DatabaseCopy = serde_json::from_value(json!({
+            "apiVersion": "slatedb.io/v1alpha1", "kind": "DatabaseCopy",
+            "metadata": {"name": "dr", "namespace": "team-a", "uid": "u1", "generation": 1},
+            "spec": spec
+        }))
+        .unwrap();
+        object.status = status;
+        object
+    }
+
+    fn now() -> DateTime<Utc> {
+        Utc.with_ymd_and_hms(2026, 12, 1, 12, 0, 0).unwrap()
+    }
+
+    fn start(id: &str, size: u64) -> Work {
+        Work::Startable(Start {
+            source_store: StoreSpec::inline("s3://prod"),
+            source_checkpoint: Some("nightly".into()),
+            checkpoint: Some(SourceCheckpoint {
+                id: id.into(),
+                size_bytes: Some(size),
+                objects: Some(12),
+            }),
+        })
+    }
+
+    fn report(id: uuid::Uuid) -> CopyReport {
+        CopyReport {
+            checkpoint_id: id,
+            manifest_id: 7,
+            objects_total: 12,
+            bytes_total: 1200,
+            objects_transferred: 3,
+            bytes_transferred: 300,
+            objects_skipped: 9,
+            bytes_skipped: 900,
+            objects_retransmitted: 0,
+            bytes_retransmitted: 0,
+            objects_read_back: 3,
+            blocks_checked: 30,
+            content_root: "root".into(),
+            manifest_sha256: "sha".into(),
+            already_complete: false,
+            resumed: false,
+            committed: true,
+            duration: Duration::from_millis(1500),
+        }
+    }
+
+    fn is(status: &DatabaseCopyStatus, type_: &str) -> bool {
+        is_true(&status.conditions, type_)
+    }
+
+    #[test]
+    fn a_copy_runs_as_a_job_only_from_its_threshold_and_only_when_jobs_are_available() {
+        let plain = copy(json!({}), None);
+        assert_eq!(
+            job_shares(&plain, Some(10), None),
+            None,
+            "no image, no Jobs"
+        );
+        assert_eq!(job_shares(&plain, Some(10), Some(100)), None);
+        assert_eq!(job_shares(&plain, Some(100), Some(100)), Some(1));
+        assert_eq!(job_shares(&plain, Some(5 << 30), Some(0)), Some(5));
+        assert_eq!(job_shares(&plain, Some(100 << 30), Some(0)), Some(8));
+        assert_eq!(job_shares(&plain, None, Some(0)), None, "unknown size");
+        let own = copy(json!({"job": {"thresholdBytes": 0, "shares": 3}}), None);
+        assert_eq!(job_shares(&own, Some(1), Some(1 << 40)), Some(3));
+    }
+
+    #[test]
+    fn a_first_start_is_not_ready_and_a_refresh_stays_ready() {
+        let object = copy(json!({}), None);
+        let decision = decide(&object, &start("a", 10), now(), Duration::ZERO, None);
+        assert_eq!(decision.effect, Effect::Copy);
+        assert!(!is(&decision.status, READY) && is(&decision.status, RECONCILING));
+        assert_eq!(decision.status.attempts, Some(1));
+        assert_eq!(decision.status.source_checkpoint_id.as_deref(), Some("a"));
+        assert_eq!(decision.status.progress.as_ref().unwrap().bytes_total, 10);
+
+        let id = uuid::Uuid::new_v4();
+        let done = Work::Finished(Ok(Done::Copied {
+            report: report(id),
+            by_job: false,
+        }));
+        let ready = decide(&object, &done, now(), Duration::ZERO, None).status;
+        assert!(is(&ready, READY) && is(&ready, VERIFIED) && !is(&ready, RECONCILING));
+        assert_eq!(ready.copied_checkpoint_id, Some(id.to_string()));
+        assert_eq!(
+            ready.checksum.as_ref().unwrap().content_root.as_deref(),
+            Some("root")
+        );
+        assert_eq!(ready.last_run.as_ref().unwrap().objects_skipped, 9);
+        assert_eq!(ready.progress.as_ref().unwrap().percent, "100%");
+
+        let refreshing = copy(json!({}), Some(ready.clone()));
+        let decision = decide(&refreshing, &start("b", 10), now(), Duration::ZERO, Some(0));
+        assert_eq!(decision.effect, Effect::StartJob { shares: 1 });
+        assert!(
+            is(&decision.status, READY),
+            "the earlier copy stays readable"
+        );
+        assert_eq!(decision.status.job.as_ref().map(|j| j.shares), Some(1));
+    }
+
+    #[test]
+    fn a_permanent_failure_keeps_an_earlier_copy_ready_and_is_not_retried_for_the_same_checkpoint()
+    {
+        let problem = Problem {
+            fault: Fault::Permanent,
+            reason: "Diverged".into(),
+            message: "a writer opened it".into(),
+        };
+        let fresh = copy(json!({}), None);
+        let started = decide(&fresh, &start("a", 1), now(), Duration::ZERO, None).status;
+        let failed = decide(
+            &copy(json!({}), Some(started)),
+            &Work::Finished(Err(problem.clone())),
+            now(),
+            Duration::ZERO,
+            None,
+        );
+        assert!(is(&failed.status, STALLED) && !is(&failed.status, READY));
+        assert_eq!(failed.status.phase, Some(Phase::Failed));
+        assert_eq!(failed.requeue_after, None);
+        let again = decide(
+            &copy(json!({}), Some(failed.status.clone())),
+            &start("a", 1),
+            now(),
+            Duration::ZERO,
+            None,
+        );
+        assert_eq!(
+            again.effect,
+            Effect::None,
+            "stalled on this very checkpoint"
+        );
+        let newer = decide(
+            &copy(json!({}), Some(failed.status)),
+            &start("b", 1),
+            now(),
+            Duration::ZERO,
+            None,
+        );
+        assert_eq!(
+            newer.effect,
+            Effect::Copy,
+            "a newer checkpoint starts again"
+        );
+
+        let ready = DatabaseCopyStatus {
+            copied_checkpoint_id: Some("old".into()),
+            phase: Some(Phase::Ready),
+            ..Default::default()
+        };
+        let kept = decide(
+            &copy(json!({}), Some(ready)),
+            &Work::Finished(Err(problem)),
+            now(),
+            Duration::ZERO,
+            None,
+        );
+        assert!(is(&kept.status, STALLED));
+        assert_eq!(kept.status.phase, Some(Phase::Ready));
+    }
+
+    #[test]
+    fn a_job_reports_what_is_at_the_target_and_its_success_commits() {
+        let object = copy(json!({}), None);
+        let started = decide(&object, &start("a", 1000), now(), Duration::ZERO, Some(0)).status;
+        let running = decide(
+            &copy(json!({}), Some(started.clone())),
+            &Work::JobRunning {
+                objects: 30,
+                bytes: 500,
+            },
+            now(),
+            Duration::ZERO,
+            Some(0),
+        );
+        let progress = running.status.progress.unwrap();
+        assert_eq!(
+            (progress.objects_done, progress.bytes_done),
+            (12, 500),
+            "capped at the totals"
+        );
+        assert_eq!(progress.percent, "48%");
+        let commit = decide(
+            &copy(json!({}), Some(started)),
+            &Work::JobSucceeded,
+            now(),
+            Duration::ZERO,
+            Some(0),
+        );
+        assert_eq!(commit.effect, Effect::CommitJob);
+    }
+
+    #[test]
+    fn promotion_follows_readiness_and_settles_the_copy() {
+        let ready = DatabaseCopyStatus {
+            copied_checkpoint_id: Some("a".into()),
+            ..Default::default()
+        };
+        let object = copy(json!({"promote": true}), Some(ready));
+        let decision = decide(&object, &Work::Promotable, now(), Duration::ZERO, None);
+        assert_eq!(decision.effect, Effect::Promote);
+        let promoted = Work::Finished(Ok(Done::Promoted(PromoteReport {
+            copy_manifest_id: 7,
+            checkpoints_deleted: vec![uuid::Uuid::nil()],
+            objects_removed: 0,
+            manifest_id: 8,
+        })));
+        let done = decide(&object, &promoted, now(), Duration::ZERO, None).status;
+        assert!(is(&done, PROMOTED));
+        assert!(settled(&copy(json!({"promote": true}), Some(done))));
+    }
+}

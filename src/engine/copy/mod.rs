@@ -35,16 +35,30 @@
 //! refused too (the copied manifest would still name that store).
 //!
 //! [`promote_copy`] turns a copy into an independent writable database.
+//!
+//! [`reencode_checkpoint`] is the other kind of copy, for a target that should differ from its
+//! source: it reads every row at the checkpoint and writes it into a new database at the target
+//! with the chosen compression codec and SST block size, resumable by key range and verified by
+//! a digest of the rows (see `reencode.rs`). Its records live under
+//! `<target>/.slatedb-operator/reencode/`, and `done.json` there, written last, marks it
+//! finished; unlike a byte copy it accepts a clone as its source.
 
 mod delete;
 mod promote;
 mod records;
+mod reencode;
+#[cfg(test)]
+mod reencode_tests;
 #[cfg(test)]
 mod tests;
 mod transfer;
 
 pub use delete::{delete_copy, CopyDeletion};
 pub use promote::{promote_copy, PromoteReport};
+pub use reencode::{
+    codec_name, reencode_checkpoint, sst_block_size, ReencodeOptions, ReencodePhase,
+    ReencodeProgress, ReencodeReport, RowDigest,
+};
 
 use super::checkpoint::{CheckpointInfo, CheckpointSelector};
 use super::clone::{CloneSourceCheckpoint, RetryPolicy};
@@ -293,16 +307,7 @@ pub async fn copy_checkpoint(
                 .into(),
         ));
     }
-    let same_store = std::sync::Arc::ptr_eq(&source.store.main, &target.store.main);
-    if same_store
-        && (target.path.prefix_matches(&source.path) || source.path.prefix_matches(&target.path))
-    {
-        return Err(EngineError::StoreConfig(format!(
-            "the copy target {:?} overlaps its source {:?} in the same store",
-            target.path.as_ref(),
-            source.path.as_ref()
-        )));
-    }
+    refuse_overlap(source, target)?;
     progress(CopyProgress {
         phase: CopyPhase::Prepare,
         objects_done: 0,
@@ -330,6 +335,64 @@ pub async fn copy_checkpoint(
         .ensure_not_owned_by_another(options.owner.as_ref())
         .await?;
     let lifetime = options.checkpoint_lifetime;
+    let on_lost = OnLost::Drop;
+    let mut report = while_pinned(
+        source,
+        checkpoint,
+        lifetime,
+        on_lost,
+        |pinned, _| async move {
+            tracing::info!(source = %source.path, target = %target.path, checkpoint = %pinned.id,
+            manifest = pinned.manifest_id, "copying a checkpoint");
+            copy_pinned(source, &pinned, target, options, &progress).await
+        },
+    )
+    .await?;
+    report.duration = started.elapsed();
+    tracing::info!(target = %target.path, transferred = report.objects_transferred,
+        skipped = report.objects_skipped, retransmitted = report.objects_retransmitted,
+        seconds = report.duration.as_secs_f64(), "copy committed");
+    Ok(report)
+}
+
+/// Refuses a target inside its source, or a source inside its target, in the same store.
+fn refuse_overlap(source: &Database, target: &Database) -> Result<(), EngineError> {
+    let same_store = std::sync::Arc::ptr_eq(&source.store.main, &target.store.main);
+    if same_store
+        && (target.path.prefix_matches(&source.path) || source.path.prefix_matches(&target.path))
+    {
+        return Err(EngineError::StoreConfig(format!(
+            "the copy target {:?} overlaps its source {:?} in the same store",
+            target.path.as_ref(),
+            source.path.as_ref()
+        )));
+    }
+    Ok(())
+}
+
+/// How [`while_pinned`] ends the work when the checkpoint cannot be kept alive.
+#[derive(Clone, Copy, PartialEq, Eq)]
+enum OnLost {
+    /// Drop the work's future at once.
+    Drop,
+    /// Set the flag given to the work and wait for it to return (so that it can close what it
+    /// opened and clean up).
+    Stop,
+}
+
+/// Runs `work` on the checkpoint while keeping it alive (see the module doc's step 1): an
+/// existing one, or for `Latest { name }` one made (or adopted) under that name, deleted
+/// afterwards unless the work failed transiently (so that the next run adopts it and resumes).
+async fn while_pinned<T, F>(
+    source: &Database,
+    checkpoint: &CloneSourceCheckpoint,
+    lifetime: Duration,
+    on_lost: OnLost,
+    work: impl FnOnce(CheckpointInfo, std::sync::Arc<AtomicBool>) -> F,
+) -> Result<T, EngineError>
+where
+    F: Future<Output = Result<T, EngineError>>,
+{
     let (pinned, temporary) = match checkpoint {
         CloneSourceCheckpoint::Id(id) => (
             source.find_checkpoint(&CheckpointSelector::Id(*id)).await?,
@@ -341,25 +404,29 @@ pub async fn copy_checkpoint(
         ),
     };
     refresh_if_expiring(source, &pinned, lifetime).await?;
-    tracing::info!(source = %source.path, target = %target.path, checkpoint = %pinned.id,
-        manifest = pinned.manifest_id, "copying a checkpoint");
+    let id = pinned.id;
+    let lost = std::sync::Arc::new(AtomicBool::new(false));
+    let work = work(pinned, lost.clone());
+    tokio::pin!(work);
     let result = tokio::select! {
-        result = copy_pinned(source, &pinned, target, options, &progress) => result,
-        error = keep_alive(source, pinned.id, lifetime) => Err(error),
+        result = &mut work => result,
+        error = keep_alive(source, id, lifetime) => {
+            if on_lost == OnLost::Stop {
+                lost.store(true, Ordering::SeqCst);
+                if let Err(stopped) = work.await {
+                    tracing::debug!(%stopped, "the work stopped: its checkpoint is lost");
+                }
+            }
+            Err(error)
+        }
     };
     let transient = matches!(&result, Err(e) if e.fault() == Fault::Transient);
     if temporary && !transient {
-        // A transient failure keeps it, so that the next run adopts it and resumes the same copy.
-        if let Err(error) = source.delete_checkpoint(pinned.id).await {
-            tracing::warn!(%error, checkpoint = %pinned.id, "could not delete the copy's temporary checkpoint; it expires");
+        if let Err(error) = source.delete_checkpoint(id).await {
+            tracing::warn!(%error, checkpoint = %id, "could not delete the temporary checkpoint; it expires");
         }
     }
-    let mut report = result?;
-    report.duration = started.elapsed();
-    tracing::info!(target = %target.path, transferred = report.objects_transferred,
-        skipped = report.objects_skipped, retransmitted = report.objects_retransmitted,
-        seconds = report.duration.as_secs_f64(), "copy committed");
-    Ok(report)
+    result
 }
 
 /// Refreshes the checkpoint to `lifetime` from now when it would expire sooner.

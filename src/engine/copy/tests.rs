@@ -19,20 +19,20 @@ use std::collections::{BTreeMap, BTreeSet};
 use std::sync::atomic::AtomicUsize;
 use std::sync::{Arc, Mutex};
 
-const TIMEOUT: Duration = Duration::from_secs(20);
-const KEYS: usize = 1_000;
+pub(super) const TIMEOUT: Duration = Duration::from_secs(20);
+pub(super) const KEYS: usize = 1_000;
 
-fn file_store(dir: &tempfile::TempDir) -> Store {
+pub(super) fn file_store(dir: &tempfile::TempDir) -> Store {
     let url = format!("file://{}", dir.path().display());
     Store::open(&StoreConfig::with_options(&url, &[])).unwrap()
 }
 
-fn database(store: &Store, path: &str) -> Database {
+pub(super) fn database(store: &Store, path: &str) -> Database {
     Database::new(store.clone(), path, TIMEOUT)
 }
 
 /// Every file under `dir` with its bytes, by path relative to `dir`.
-fn files(dir: &std::path::Path) -> BTreeMap<String, Vec<u8>> {
+pub(super) fn files(dir: &std::path::Path) -> BTreeMap<String, Vec<u8>> {
     fn walk(root: &std::path::Path, dir: &std::path::Path, into: &mut BTreeMap<String, Vec<u8>>) {
         let Ok(entries) = std::fs::read_dir(dir) else {
             return;
@@ -53,16 +53,16 @@ fn files(dir: &std::path::Path) -> BTreeMap<String, Vec<u8>> {
 
 /// Two stores on temporary directories, a 1 000-row parent in `ssts` SSTs in the first, and a
 /// checkpoint of it that never expires.
-struct Fixture {
-    source_dir: tempfile::TempDir,
-    target_dir: tempfile::TempDir,
-    source_store: Store,
-    target_store: Store,
-    source: Database,
-    checkpoint: CheckpointInfo,
+pub(super) struct Fixture {
+    pub(super) source_dir: tempfile::TempDir,
+    pub(super) target_dir: tempfile::TempDir,
+    pub(super) source_store: Store,
+    pub(super) target_store: Store,
+    pub(super) source: Database,
+    pub(super) checkpoint: CheckpointInfo,
 }
 
-async fn fixture(ssts: usize) -> Fixture {
+pub(super) async fn fixture(ssts: usize) -> Fixture {
     let (source_dir, target_dir) = (tempfile::tempdir().unwrap(), tempfile::tempdir().unwrap());
     let (source_store, target_store) = (file_store(&source_dir), file_store(&target_dir));
     write_sample_db(&source_store, "parent", KEYS, ssts)
@@ -81,16 +81,16 @@ async fn fixture(ssts: usize) -> Fixture {
 }
 
 impl Fixture {
-    fn target(&self, path: &str) -> Database {
+    pub(super) fn target(&self, path: &str) -> Database {
         database(&self.target_store, path)
     }
 
     /// The files under `path` in the target directory.
-    fn target_files(&self, path: &str) -> BTreeMap<String, Vec<u8>> {
+    pub(super) fn target_files(&self, path: &str) -> BTreeMap<String, Vec<u8>> {
         files(&self.target_dir.path().join(path))
     }
 
-    async fn copy(
+    pub(super) async fn copy(
         &self,
         checkpoint: &CheckpointInfo,
         target: &Database,
@@ -143,7 +143,12 @@ impl Fixture {
 /// Writes rows `from..to` into the parent (compaction off) and checkpoints it: detached after a
 /// memtable flush, or, with `wal_tail`, with each row flushed to a WAL object of its own and the
 /// writer's checkpoint (which pins those WAL objects, so a copy must copy them).
-async fn more_rows(store: &Store, from: usize, to: usize, wal_tail: bool) -> CheckpointInfo {
+pub(super) async fn more_rows(
+    store: &Store,
+    from: usize,
+    to: usize,
+    wal_tail: bool,
+) -> CheckpointInfo {
     let db = slatedb::Db::builder("parent", store.main.clone())
         .with_settings(sample_settings(None))
         .build()
@@ -186,7 +191,7 @@ async fn more_rows(store: &Store, from: usize, to: usize, wal_tail: bool) -> Che
 }
 
 /// Reads rows `0..keys` back with SlateDB at the target (a reader that writes nothing).
-async fn assert_rows(store: &Store, path: &str, keys: usize) {
+pub(super) async fn assert_rows(store: &Store, path: &str, keys: usize) {
     let reader = DbReader::builder(path, store.main.clone())
         .with_reader_mode(DbReaderMode::FollowLatest)
         .build()
@@ -205,7 +210,7 @@ async fn assert_rows(store: &Store, path: &str, keys: usize) {
     reader.close().await.unwrap();
 }
 
-fn options() -> CopyOptions {
+pub(super) fn options() -> CopyOptions {
     CopyOptions {
         parallelism: 4,
         ..Default::default()
