@@ -162,6 +162,12 @@ fn anonymous_option(scheme: &str) -> Option<&'static str> {
     }
 }
 
+/// The `gcs_base_url` of a GCS service-account key (JSON), if it names one.
+fn embedded_base_url(key: &str) -> Option<String> {
+    let parsed: serde_json::Value = serde_json::from_str(key).ok()?;
+    parsed.get("gcs_base_url")?.as_str().map(String::from)
+}
+
 impl StorePolicy {
     /// `file://` and `memory://` URLs, and endpoint options: link-local and metadata addresses
     /// never pass, loopback only with `--allow-local-stores` or when `loopback_trusted` (a store
@@ -184,26 +190,20 @@ impl StorePolicy {
             identity: None,
         };
         for (key, value) in &config.options {
+            // A GCS service-account key may carry its own base URL: an endpoint like any other.
+            let embedded = match role(scheme, key) {
+                Some(Role::Credential) if scheme == "gs" => embedded_base_url(value),
+                _ => None,
+            };
+            if let Some(url) = embedded {
+                self.check_endpoint(&format!("{key}.gcs_base_url"), &url, loopback_allowed)?;
+            }
             match role(scheme, key) {
                 Some(Role::Identity) => {
                     found.identity.get_or_insert_with(|| key.clone());
                 }
                 Some(Role::Credential) => found.credentials = true,
-                Some(Role::Endpoint) => match local_host(value) {
-                    Some(true) => {
-                        return Err(format!(
-                            "option {key} points at a link-local or metadata address ({value}), \
-                             which no store may use"
-                        ))
-                    }
-                    Some(false) if !loopback_allowed => {
-                        return Err(format!(
-                            "option {key} points at the operator's own loopback ({value}), allowed \
-                             only when the operator runs with --allow-local-stores"
-                        ))
-                    }
-                    _ => {}
-                },
+                Some(Role::Endpoint) => self.check_endpoint(key, value, loopback_allowed)?,
                 Some(Role::Loopback) if !loopback_allowed => {
                     return Err(format!(
                         "option {key} points at the operator's own loopback, allowed only when the \
@@ -214,6 +214,21 @@ impl StorePolicy {
             }
         }
         Ok(found)
+    }
+
+    /// Link-local and metadata addresses never pass; loopback only when allowed.
+    fn check_endpoint(&self, key: &str, value: &str, loopback_allowed: bool) -> Result<(), String> {
+        match local_host(value) {
+            Some(true) => Err(format!(
+                "option {key} points at a link-local or metadata address ({value}), which no \
+                 store may use"
+            )),
+            Some(false) if !loopback_allowed => Err(format!(
+                "option {key} points at the operator's own loopback ({value}), allowed only when \
+                 the operator runs with --allow-local-stores"
+            )),
+            _ => Ok(()),
+        }
     }
 
     /// The inline store `config` as it may be opened, or why it may not, in words naming the
@@ -380,6 +395,25 @@ mod tests {
         let mut proxied = KEYS.to_vec();
         proxied.push(("aws_proxy_url", "http://169.254.170.2"));
         assert!(refused(&local, &config("s3://b", &proxied)).is_some());
+        // A base URL inside a GCS service-account key is checked like the option.
+        let key = |url: &str| {
+            serde_json::json!({"private_key": "k", "private_key_id": "i", "client_email": "e",
+                "gcs_base_url": url, "disable_oauth": true})
+            .to_string()
+        };
+        let metadata = key("http://169.254.169.254");
+        let gs = config(
+            "gs://b",
+            &[("GOOGLE_SERVICE_ACCOUNT_KEY", metadata.as_str())],
+        );
+        assert!(refused(&local, &gs).unwrap().contains("gcs_base_url"));
+        let loopback = key("http://127.0.0.1:4443");
+        let gs = config(
+            "gs://b",
+            &[("GOOGLE_SERVICE_ACCOUNT_KEY", loopback.as_str())],
+        );
+        assert!(refused(&strict, &gs).unwrap().contains("loopback"));
+        assert_eq!(refused(&local, &gs), None);
         let emulator = config(
             "az://c",
             &[
