@@ -21,6 +21,7 @@ mod examples;
 mod faults;
 mod image;
 mod node;
+mod node_copies;
 mod operations;
 mod plugin;
 mod providers;

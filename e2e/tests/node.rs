@@ -33,7 +33,7 @@ const KEYS: usize = 2_000;
 /// How long the operator pods may take to become Ready (image already on the node).
 const POD_READY: Duration = Duration::from_secs(120);
 
-fn node_env(name: &str) -> String {
+pub(crate) fn node_env(name: &str) -> String {
     std::env::var(name).unwrap_or_else(|_| {
         panic!(
             "{name} is not set: the node tests need the e2e cluster's real node (kubelet and \
@@ -120,7 +120,7 @@ fn apiserver_port() -> String {
 
 /// How the operator pod reaches the API server and the S3 server.
 #[derive(Clone, Copy)]
-enum Network {
+pub(crate) enum Network {
     /// `hostNetwork: true`: the API server on 127.0.0.1; the HTTP port is a port of the node.
     Host { http_port: u16 },
     /// The pod network: both through the relay on the bridge address.
@@ -128,7 +128,7 @@ enum Network {
 }
 
 /// The S3 test store, with the Secret the operator reads: the endpoint as pods reach it.
-async fn pod_store(env: &TestEnv) -> TestStore {
+pub(crate) async fn pod_store(env: &TestEnv) -> TestStore {
     let store = TestStore::new(StoreKind::S3, &env.namespace);
     let mut options = store.options.clone();
     options.insert("AWS_ENDPOINT".into(), node_env("E2E_POD_S3_ENDPOINT"));
@@ -145,10 +145,10 @@ async fn pod_store(env: &TestEnv) -> TestStore {
 
 /// A Helm release of the local chart in the test's namespace, watching that namespace only.
 /// A failed test uninstalls it on drop, so that no operator pod outlives its test.
-struct Release {
+pub(crate) struct Release {
     name: String,
     namespace: String,
-    fullname: String,
+    pub(crate) fullname: String,
     uninstalled: std::cell::Cell<bool>,
 }
 
@@ -165,7 +165,7 @@ impl Release {
 
     /// `helm install` with the image on the node, the network settings and `extra` arguments;
     /// `extra_env` goes to the container after the network's variables.
-    fn install(
+    pub(crate) fn install(
         env: &TestEnv,
         suffix: &str,
         network: Network,
@@ -241,7 +241,7 @@ impl Release {
         format!("app.kubernetes.io/instance={}", self.name)
     }
 
-    fn uninstall(&self) -> String {
+    pub(crate) fn uninstall(&self) -> String {
         self.uninstalled.set(true);
         Release::helm(&["uninstall", &self.name, "--namespace", &self.namespace])
     }
@@ -268,7 +268,7 @@ fn pod_ready(pod: &Pod) -> bool {
 }
 
 /// The release's `count` pods, once exactly that many exist and all are Ready, sorted by name.
-async fn ready_pods(env: &TestEnv, release: &Release, count: usize) -> Vec<Pod> {
+pub(crate) async fn ready_pods(env: &TestEnv, release: &Release, count: usize) -> Vec<Pod> {
     let pods = env.api::<Pod>();
     let params = ListParams::default().labels(&release.selector());
     eventually(
@@ -285,7 +285,7 @@ async fn ready_pods(env: &TestEnv, release: &Release, count: usize) -> Vec<Pod> 
     .await
 }
 
-fn name_of(pod: &Pod) -> String {
+pub(crate) fn name_of(pod: &Pod) -> String {
     pod.metadata.name.clone().unwrap()
 }
 
@@ -295,7 +295,7 @@ async fn lease_holder(env: &TestEnv, release: &Release) -> Option<String> {
 }
 
 /// `kubectl apply` of `yaml` in the test's namespace.
-fn kubectl_apply(env: &TestEnv, yaml: &str) {
+pub(crate) fn kubectl_apply(env: &TestEnv, yaml: &str) {
     let output = run_tool(
         "E2E_KUBECTL",
         &["apply", "--namespace", &env.namespace, "-f", "-"],
