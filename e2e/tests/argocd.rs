@@ -138,9 +138,10 @@ fn argo_cd_health_checks_produce_the_expected_status_for_every_testdata_file() {
                 "{kind}/testdata/{name:?} is in no test"
             );
         }
-        // A store is answering or not; only checkpoints and clones expire (Suspended).
+        // A store is answering or not, a copy never expires; only checkpoints and clones do
+        // (Suspended).
         let outcomes: &[&str] = match kind.as_str() {
-            "DatabaseStore" => &["Healthy", "Progressing", "Degraded"],
+            "DatabaseStore" | "DatabaseCopy" => &["Healthy", "Progressing", "Degraded"],
             _ => &["Healthy", "Progressing", "Degraded", "Suspended"],
         };
         for status in outcomes {

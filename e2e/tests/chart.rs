@@ -320,9 +320,11 @@ fn expected_operator_rules() -> Value {
          "verbs": ["get", "list", "watch", "patch", "update"]},
         {"apiGroups": ["slatedb.io"], "resources": ["databaseclones"],
          "verbs": ["get", "list", "watch", "patch", "update", "delete"]},
-        {"apiGroups": ["slatedb.io"], "resources": ["databasecheckpoints/status", "databasecheckpointschedules/status", "databaseclones/status"],
+        {"apiGroups": ["slatedb.io"], "resources": ["databasecopies"],
+         "verbs": ["get", "list", "watch", "patch", "update"]},
+        {"apiGroups": ["slatedb.io"], "resources": ["databasecheckpoints/status", "databasecheckpointschedules/status", "databaseclones/status", "databasecopies/status"],
          "verbs": ["get", "patch", "update"]},
-        {"apiGroups": ["slatedb.io"], "resources": ["databasecheckpoints/finalizers", "databasecheckpointschedules/finalizers", "databaseclones/finalizers"],
+        {"apiGroups": ["slatedb.io"], "resources": ["databasecheckpoints/finalizers", "databasecheckpointschedules/finalizers", "databaseclones/finalizers", "databasecopies/finalizers"],
          "verbs": ["update"]},
         {"apiGroups": [""], "resources": ["configmaps"], "verbs": ["get", "create", "patch", "delete"]},
         {"apiGroups": ["events.k8s.io"], "resources": ["events"], "verbs": ["create", "patch"]},
@@ -363,7 +365,7 @@ fn default_values_render_a_cluster_wide_restricted_operator() {
     );
     assert_eq!(
         view["rules"],
-        json!([{"apiGroups": ["slatedb.io"], "resources": ["databasecheckpoints", "databasecheckpointschedules", "databaseclones"],
+        json!([{"apiGroups": ["slatedb.io"], "resources": ["databasecheckpoints", "databasecheckpointschedules", "databaseclones", "databasecopies"],
                 "verbs": ["get", "list", "watch"]}])
     );
     let edit = get(&docs, "ClusterRole", &format!("{full}-edit"));
@@ -793,8 +795,8 @@ async fn all_options_values_pass_server_side_dry_run() {
         assert!(counts.contains_key(kind), "no {kind} rendered: {counts:?}");
     }
     assert_eq!(
-        counts["Role"], 4,
-        "one per watched namespace, the lease Role and the store-credentials Role"
+        counts["Role"], 5,
+        "one per watched namespace, the lease Role, the store-credentials Role and the copy Jobs' Role"
     );
     // The one cluster-wide grant is for the cluster-scoped DatabaseStores (and the labels of the
     // namespaces that use them): nothing on checkpoints, clones or Secrets.

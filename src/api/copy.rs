@@ -56,7 +56,7 @@ pub struct DatabaseCopySpec {
     pub verify: CopyVerify,
     /// Objects transferred at once.
     #[serde(default, skip_serializing_if = "Option::is_none")]
-    #[schemars(range(min = 1, max = 256))]
+    #[x_kube(validation = Rule::new("self >= 1 && self <= 256").message("spec.parallelism must be 1 to 256"))]
     pub parallelism: Option<i32>,
     /// Turns the copy into an independent writable database once it is Ready: the checkpoints it
     /// inherited from its source are dropped through SlateDB, and it is no longer updated from
@@ -127,20 +127,20 @@ pub enum CopyVerify {
 }
 
 /// How a large copy runs as a Kubernetes Job (in the operator's namespace, under the chart's
-/// copy ServiceAccount, with the stores' credentials in a Secret made for it).
-#[derive(Serialize, Deserialize, Clone, Debug, Default, PartialEq, JsonSchema)]
+/// copy ServiceAccount, mounting the DatabaseStores' credentials Secrets).
+#[derive(KubeSchema, Serialize, Deserialize, Clone, Debug, Default, PartialEq)]
 #[serde(rename_all = "camelCase")]
 pub struct CopyJob {
     /// Copies of a checkpoint of at least this many bytes run as a Job; default: the operator's
     /// `--copy-job-threshold-bytes`. `0` always runs a Job. A copy of a database's latest state
     /// always runs in the operator.
     #[serde(default, skip_serializing_if = "Option::is_none")]
-    #[schemars(range(min = 0))]
+    #[x_kube(validation = Rule::new("self >= 0").message("spec.job.thresholdBytes cannot be negative"))]
     pub threshold_bytes: Option<i64>,
     /// Completions of the Indexed Job, each copying a disjoint share of the objects; the operator
     /// commits the copy once all have succeeded.
     #[serde(default, skip_serializing_if = "Option::is_none")]
-    #[schemars(range(min = 1, max = 64))]
+    #[x_kube(validation = Rule::new("self >= 1 && self <= 64").message("spec.job.shares must be 1 to 64"))]
     pub shares: Option<i32>,
     /// Resources of each pod.
     #[serde(default, skip_serializing_if = "Option::is_none")]

@@ -44,6 +44,9 @@ pub struct Start {
     pub source_checkpoint: Option<String>,
     /// Its SlateDB checkpoint and size; `None` for a database's latest state.
     pub checkpoint: Option<SourceCheckpoint>,
+    /// Whether a Job can run the copy: both stores are DatabaseStores, whose credentials Secrets
+    /// the Job's pods mount (an inline store's Secret is in the object's namespace).
+    pub jobs_possible: bool,
 }
 
 #[derive(Clone, Debug, PartialEq, Eq)]
@@ -226,6 +229,7 @@ pub fn decide(
             let shares = start
                 .checkpoint
                 .as_ref()
+                .filter(|_| start.jobs_possible)
                 .and_then(|_| job_shares(object, size, job_threshold));
             status.source_store = Some(start.source_store.clone());
             status.source_checkpoint = start.source_checkpoint.clone();
@@ -513,6 +517,7 @@ mod tests {
                 size_bytes: Some(size),
                 objects: Some(12),
             }),
+            jobs_possible: true,
         })
     }
 

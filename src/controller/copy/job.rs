@@ -1,8 +1,9 @@
 //! A large copy as a Kubernetes Job: an Indexed Job in the operator's namespace whose completions
-//! each run `slatedb-operator copy --shares N` on a disjoint share of the objects, with both
-//! stores' options in a Secret made for it (mounted with the `SLATEDB_COPY_FROM_` and
-//! `SLATEDB_COPY_TO_` prefixes the command reads), under a ServiceAccount that has no API rights
-//! and no token. The operator commits the copy once every share succeeded. Pod deletion is
+//! each run `slatedb-operator copy --shares N` on a disjoint share of the objects, under a
+//! ServiceAccount that has no API rights and no token. Both stores are DatabaseStores: the pods get
+//! their `options` as environment variables and mount their credentials Secrets (which live in
+//! the operator's namespace, as the Job does) with the `SLATEDB_COPY_FROM_` and
+//! `SLATEDB_COPY_TO_` prefixes the command reads; the operator never copies a credential. The operator commits the copy once every share succeeded. Pod deletion is
 //! survived: the Job controller starts a replacement, which resumes from the journals at the
 //! target.
 
@@ -10,21 +11,21 @@ use super::decide::SourceCheckpoint;
 use crate::api::{CopyVerify, DatabaseCopy};
 use crate::controller::{Error, Problem};
 use crate::copy_command::{FROM_PREFIX, TO_PREFIX};
-use crate::engine::{Fault, StoreConfig};
+use crate::engine::Fault;
 use k8s_openapi::api::batch::v1::{Job, JobSpec, PodFailurePolicy, PodFailurePolicyRule};
 use k8s_openapi::api::batch::v1::{
     PodFailurePolicyOnExitCodesRequirement, PodFailurePolicyOnPodConditionsPattern,
 };
 use k8s_openapi::api::core::v1::{
-    Capabilities, Container, EnvFromSource, Pod, PodSecurityContext, PodSpec, PodTemplateSpec,
-    SeccompProfile, Secret, SecretEnvSource, SecurityContext,
+    Capabilities, Container, EnvFromSource, EnvVar, Pod, PodSecurityContext, PodSpec,
+    PodTemplateSpec, SeccompProfile, SecretEnvSource, SecurityContext,
 };
 use k8s_openapi::apimachinery::pkg::apis::meta::v1::ObjectMeta;
 use kube::api::{DeleteParams, ListParams, PostParams, PropagationPolicy};
 use kube::{Api, Client, ResourceExt};
 use std::collections::BTreeMap;
 
-/// Labels on a copy's Job, its pods and its Secret, naming the DatabaseCopy (in another
+/// Labels on a copy's Job and its pods, naming the DatabaseCopy (in another
 /// namespace, so no owner reference can).
 pub const COPY_NAMESPACE_LABEL: &str = "slatedb.io/copy-namespace";
 pub const COPY_NAME_LABEL: &str = "slatedb.io/copy-name";
@@ -47,7 +48,7 @@ pub struct JobSettings {
     pub host_network: bool,
 }
 
-/// The name of the Job (and of its Secret) of a copy: unique per object, stable across retries.
+/// The name of the Job of a copy: unique per object, stable across retries.
 pub fn job_name(object: &DatabaseCopy) -> String {
     format!("slatedb-copy-{}", object.uid().unwrap_or_default())
 }
@@ -68,45 +69,72 @@ fn labels(object: &DatabaseCopy) -> BTreeMap<String, String> {
     .collect()
 }
 
+/// A DatabaseStore as a Job's pods reach it: its URL, its non-secret options and the Secret of
+/// its credentials in the operator's namespace.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct JobStore {
+    pub url: String,
+    pub options: BTreeMap<String, String>,
+    pub secret: Option<String>,
+}
+
+impl JobStore {
+    pub fn of(store: &crate::api::DatabaseStore) -> JobStore {
+        JobStore {
+            url: store.spec.url.0.clone(),
+            options: store.spec.options.clone(),
+            secret: store
+                .spec
+                .credentials
+                .secret_ref
+                .as_ref()
+                .map(|s| s.name.clone()),
+        }
+    }
+}
+
 /// What a Job copies.
 pub struct JobPlan<'a> {
     pub object: &'a DatabaseCopy,
     pub namespace: &'a str,
     pub shares: u32,
-    pub source: &'a StoreConfig,
+    pub source: &'a JobStore,
     pub source_path: &'a str,
     pub checkpoint: &'a SourceCheckpoint,
-    pub target: &'a StoreConfig,
+    pub target: &'a JobStore,
     pub settings: &'a JobSettings,
 }
 
 impl JobPlan<'_> {
-    /// The Secret with both stores' options, under the prefixes the copy command reads.
-    pub fn secret(&self) -> Secret {
-        let prefixed = |prefix: &str, config: &StoreConfig| {
-            config
-                .options
-                .iter()
-                .map(|(k, v)| (format!("{prefix}{}", k.to_ascii_uppercase()), v.clone()))
-                .collect::<Vec<_>>()
-        };
-        let mut data: BTreeMap<String, String> = prefixed(FROM_PREFIX, self.source)
+    /// The stores' options as environment variables, under the prefixes the copy command reads.
+    fn env(&self) -> Vec<EnvVar> {
+        [(FROM_PREFIX, self.source), (TO_PREFIX, self.target)]
             .into_iter()
-            .chain(prefixed(TO_PREFIX, self.target))
-            .collect();
-        // Present even when both stores need no options: the pod's envFrom names the Secret.
-        data.insert("SLATEDB_COPY_JOB".into(), job_name(self.object));
-        Secret {
-            metadata: ObjectMeta {
-                name: Some(job_name(self.object)),
-                namespace: Some(self.namespace.into()),
-                labels: Some(labels(self.object)),
-                ..Default::default()
-            },
-            string_data: Some(data),
-            type_: Some("Opaque".into()),
-            ..Default::default()
-        }
+            .flat_map(|(prefix, store)| {
+                store.options.iter().map(move |(key, value)| EnvVar {
+                    name: format!("{prefix}{}", key.to_ascii_uppercase()),
+                    value: Some(value.clone()),
+                    ..Default::default()
+                })
+            })
+            .collect()
+    }
+
+    /// The stores' credentials Secrets, mounted under the same prefixes.
+    fn env_from(&self) -> Vec<EnvFromSource> {
+        [(FROM_PREFIX, self.source), (TO_PREFIX, self.target)]
+            .into_iter()
+            .filter_map(|(prefix, store)| {
+                Some(EnvFromSource {
+                    prefix: Some(prefix.into()),
+                    secret_ref: Some(SecretEnvSource {
+                        name: store.secret.clone()?,
+                        optional: Some(false),
+                    }),
+                    ..Default::default()
+                })
+            })
+            .collect()
     }
 
     fn args(&self) -> Vec<String> {
@@ -160,13 +188,8 @@ impl JobPlan<'_> {
             image_pull_policy: self.settings.image_pull_policy.clone(),
             command: Some(vec!["slatedb-operator".into()]),
             args: Some(self.args()),
-            env_from: Some(vec![EnvFromSource {
-                secret_ref: Some(SecretEnvSource {
-                    name: name.clone(),
-                    optional: Some(false),
-                }),
-                ..Default::default()
-            }]),
+            env: Some(self.env()),
+            env_from: Some(self.env_from()),
             resources: self
                 .object
                 .spec
@@ -260,43 +283,26 @@ impl JobPlan<'_> {
     }
 }
 
-/// Creates the Secret and the Job of `plan`; ones left by an earlier attempt are kept.
+/// Creates the Job of `plan`; one left by an earlier attempt is kept.
 pub async fn launch(client: &Client, plan: &JobPlan<'_>) -> Result<(), Error> {
-    let secrets = Api::<Secret>::namespaced(client.clone(), plan.namespace);
-    create_unless_present(&secrets, &plan.secret()).await?;
     let jobs = Api::<Job>::namespaced(client.clone(), plan.namespace);
-    create_unless_present(&jobs, &plan.job()).await?;
+    match jobs.create(&PostParams::default(), &plan.job()).await {
+        Ok(_) => {}
+        Err(kube::Error::Api(status)) if status.code == 409 => {}
+        Err(error) => return Err(error.into()),
+    }
     tracing::info!(job = %job_name(plan.object), shares = plan.shares, "copy Job launched");
     Ok(())
 }
 
-async fn create_unless_present<K>(api: &Api<K>, object: &K) -> Result<(), Error>
-where
-    K: kube::Resource + Clone + std::fmt::Debug + serde::Serialize + serde::de::DeserializeOwned,
-{
-    match api.create(&PostParams::default(), object).await {
-        Ok(_) => Ok(()),
-        Err(kube::Error::Api(status)) if status.code == 409 => Ok(()),
-        Err(error) => Err(error.into()),
-    }
-}
-
-/// Deletes a copy's Job (with its pods) and its Secret; gone ones are fine.
+/// Deletes a copy's Job with its pods; a gone one is fine.
 pub async fn remove(client: &Client, namespace: &str, object: &DatabaseCopy) -> Result<(), Error> {
-    let name = job_name(object);
     let background = DeleteParams {
         propagation_policy: Some(PropagationPolicy::Background),
         ..Default::default()
     };
     let jobs = Api::<Job>::namespaced(client.clone(), namespace);
-    ignore_missing(jobs.delete(&name, &background).await)?;
-    let secrets = Api::<Secret>::namespaced(client.clone(), namespace);
-    ignore_missing(secrets.delete(&name, &DeleteParams::default()).await)?;
-    Ok(())
-}
-
-fn ignore_missing<T>(result: Result<T, kube::Error>) -> Result<(), Error> {
-    match result {
+    match jobs.delete(&job_name(object), &background).await {
         Ok(_) => Ok(()),
         Err(kube::Error::Api(status)) if status.code == 404 => Ok(()),
         Err(error) => Err(error.into()),
@@ -410,11 +416,16 @@ mod tests {
     #[test]
     fn the_job_runs_the_copy_command_on_one_share_per_completion_without_api_rights() {
         let object = copy_object();
-        let source = StoreConfig::with_options(
-            "s3://prod",
-            &[("aws_access_key_id", "AK"), ("AWS_ENDPOINT", "http://s3")],
-        );
-        let target = StoreConfig::with_options("s3://dr", &[("AWS_SECRET_ACCESS_KEY", "SK")]);
+        let source = JobStore {
+            url: "s3://prod".into(),
+            options: [("aws_endpoint".to_string(), "http://s3".to_string())].into(),
+            secret: Some("prod-keys".into()),
+        };
+        let target = JobStore {
+            url: "s3://dr".into(),
+            options: Default::default(),
+            secret: Some("dr-keys".into()),
+        };
         let settings = JobSettings {
             image: Some("slatedb-operator:dev".into()),
             service_account: "slatedb-operator-copy".into(),
@@ -435,13 +446,6 @@ mod tests {
             target: &target,
             settings: &settings,
         };
-        let secret = plan.secret();
-        let data = secret.string_data.unwrap();
-        assert_eq!(data["SLATEDB_COPY_FROM_AWS_ACCESS_KEY_ID"], "AK");
-        assert_eq!(data["SLATEDB_COPY_FROM_AWS_ENDPOINT"], "http://s3");
-        assert_eq!(data["SLATEDB_COPY_TO_AWS_SECRET_ACCESS_KEY"], "SK");
-        assert_eq!(secret.metadata.namespace.as_deref(), Some("operators"));
-
         let job = serde_json::to_value(plan.job()).unwrap();
         let spec = &job["spec"];
         assert_eq!(job["metadata"]["name"], "slatedb-copy-1234-abcd");

@@ -25,7 +25,7 @@ use crate::engine::{
 };
 use chrono::Utc;
 use decide::{decide, settled, Done, Effect, SourceCheckpoint, Start, Work};
-use job::{JobPlan, JobState};
+use job::{JobPlan, JobState, JobStore};
 use k8s_openapi::api::batch::v1::Job;
 use kube::runtime::controller::Action;
 use kube::runtime::reflector::{ObjectRef, Store};
@@ -98,7 +98,8 @@ struct Resolved {
     source_config: crate::engine::StoreConfig,
     source_path: String,
     target: Database,
-    target_config: crate::engine::StoreConfig,
+    /// Both stores as a Job's pods reach them, when both are DatabaseStores.
+    job_stores: Option<(JobStore, JobStore)>,
 }
 
 async fn apply(object: &DatabaseCopy, ctx: &Context) -> Result<Action, Error> {
@@ -180,19 +181,21 @@ async fn apply(object: &DatabaseCopy, ctx: &Context) -> Result<Action, Error> {
     match (&decision.effect, resolved) {
         (Effect::Copy, Some(found)) => spawn_copy(object, ctx, found, false),
         (Effect::StartJob { shares }, Some(found)) => {
-            let Some(checkpoint) = &found.start.checkpoint else {
+            let (Some(checkpoint), Some((source, target))) =
+                (&found.start.checkpoint, &found.job_stores)
+            else {
                 return Err(Error::Blocked(
-                    "a Job copies a checkpoint, not the latest state".into(),
+                    "a Job copies a checkpoint between DatabaseStores".into(),
                 ));
             };
             let plan = JobPlan {
                 object,
                 namespace: &job_namespace,
                 shares: *shares,
-                source: &found.source_config,
+                source,
                 source_path: &found.source_path,
                 checkpoint,
-                target: &found.target_config,
+                target,
                 settings: jobs,
             };
             // The target is claimed before any pod writes, so the shares find it theirs.
@@ -357,18 +360,35 @@ async fn resolve(object: &DatabaseCopy, ctx: &Context) -> Outcome<Resolved> {
         (Ok(s), Ok(t)) => (s, t),
         (Err(problem), _) | (_, Err(problem)) => return Ok(Err(problem)),
     };
+    let job_stores = match (
+        job_store(ctx, store_spec.store_ref.as_deref()).await?,
+        job_store(ctx, target_spec.store_ref.as_deref()).await?,
+    ) {
+        (Some(source), Some(target)) => Some((source, target)),
+        _ => None,
+    };
     Ok(Ok(Resolved {
         start: Start {
             source_store: store_spec,
             source_checkpoint,
             checkpoint,
+            jobs_possible: job_stores.is_some(),
         },
         source: source_db,
         source_config,
         source_path,
         target: target_db,
-        target_config,
+        job_stores,
     }))
+}
+
+/// The DatabaseStore `name` as a Job's pods reach it (`None` for an inline store).
+async fn job_store(ctx: &Context, name: Option<&str>) -> Result<Option<JobStore>, Error> {
+    let Some(name) = name else {
+        return Ok(None);
+    };
+    let stores = Api::<crate::api::DatabaseStore>::all(ctx.client.clone());
+    Ok(stores.get_opt(name).await?.as_ref().map(JobStore::of))
 }
 
 /// The copy's target database.
