@@ -76,12 +76,37 @@ async fn a_copy_above_the_job_threshold_runs_as_an_indexed_job_that_survives_a_p
     write_parent(&source).await;
     let release = Release::install(&env, "c", Network::Pod, &[], &[]);
     ready_pods(&env, &release, 1).await;
-    let store = serde_json::to_string(&source.store_spec()).unwrap();
+    // Jobs copy between DatabaseStores: their pods mount the stores' credentials Secret, which
+    // lives in the operator's namespace (here the test's, where the chart is installed).
+    let pod_options = json!({
+        "AWS_ENDPOINT": crate::node::node_env("E2E_POD_S3_ENDPOINT"),
+        "AWS_ALLOW_HTTP": "true",
+        "AWS_REGION": "us-east-1",
+    });
+    let admin_store = |url: &str, read: &str, write: &str| {
+        json!({"url": url, "credentials": {"secretRef": {"name": "store-credentials"}},
+               "options": pod_options, "namespaces": {"names": [env.namespace]},
+               "readPrefixes": [read], "writePrefixes": [write]})
+    };
+    let source_store = env
+        .create_store(
+            &format!("{}-src", env.namespace),
+            admin_store(&source.url, "prod", "prod"),
+            true,
+        )
+        .await;
+    let target_store = env
+        .create_store(
+            &format!("{}-dr", env.namespace),
+            admin_store(&target.url, "copies", "copies"),
+            true,
+        )
+        .await;
     kubectl_apply(
         &env,
         &format!(
             "apiVersion: slatedb.io/v1alpha1\nkind: DatabaseCheckpoint\nmetadata: {{name: nightly}}\n\
-             spec:\n  database: {{store: {store}, path: {PARENT}}}\n  checksum: Content\n"
+             spec:\n  database: {{store: {{ref: {source_store}}}, path: {PARENT}}}\n  checksum: Content\n"
         ),
     );
     let checkpoint: DatabaseCheckpoint = wait_checkpoint_ready(&env, "nightly").await;
@@ -93,7 +118,7 @@ async fn a_copy_above_the_job_threshold_runs_as_an_indexed_job_that_survives_a_p
         json!({
             "source": {"checkpointRef": {"name": "nightly"}},
             "target": {
-                "store": {"url": target.url, "secretRef": {"name": "store-credentials"}},
+                "store": {"ref": target_store},
                 "path": TARGET
             },
             "parallelism": 1,
