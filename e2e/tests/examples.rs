@@ -57,6 +57,7 @@ async fn examples_pass_server_side_dry_run() {
     let names: Vec<&str> = manifests.iter().map(|(n, _)| n.as_str()).collect();
     for expected in [
         "examples/database-store.yaml",
+        "examples/dr-copy.yaml",
         "examples/nightly-schedule.yaml",
         "examples/one-off-checkpoint.yaml",
         "examples/pr-clone.yaml",
@@ -89,6 +90,12 @@ async fn examples_pass_server_side_dry_run() {
             assert!(store["spec"]["url"].as_str().unwrap().starts_with("s3://"));
             assert!(store["spec"]["credentials"]["secretRef"]["name"].is_string());
             assert_eq!(store["spec"]["writePrefixes"][0], "{namespace}");
+        }
+        if what.contains("examples/dr-copy.yaml") {
+            let copy = get(&docs, "DatabaseCopy", "orders-dr");
+            assert_eq!(copy["spec"]["source"]["scheduleRef"]["name"], "nightly");
+            assert_eq!(copy["spec"]["target"]["store"]["ref"], "dr-s3");
+            assert_eq!(copy["spec"]["job"]["shares"], 4);
         }
         if what.contains("examples/pr-clone.yaml") {
             let clone = &docs[0];
