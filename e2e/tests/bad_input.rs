@@ -10,7 +10,7 @@ use kube::api::{ApiResource, DynamicObject, PostParams};
 use kube::{Api, Resource};
 use serde_json::{json, Value};
 use slatedb_operator::api::{
-    DatabaseCheckpoint, DatabaseCheckpointSchedule, DatabaseClone, DatabaseStore,
+    DatabaseCheckpoint, DatabaseCheckpointSchedule, DatabaseClone, DatabaseCopy, DatabaseStore,
 };
 use std::time::{Duration, Instant};
 
@@ -24,9 +24,10 @@ enum Kind {
     /// A DatabaseStore (cluster-scoped): admission rows only.
     Store,
     Schedule,
+    Copy,
 }
 // Short names keep the rows compact.
-use Kind::{Checkpoint as Cp, Clone as Cl, Schedule as Sc, Store as St};
+use Kind::{Checkpoint as Cp, Clone as Cl, Copy as Co, Schedule as Sc, Store as St};
 
 /// How the manifest reaches the API server.
 #[derive(Clone, Debug)]
@@ -91,6 +92,8 @@ fn manifest(kind: Kind, name: &str, spec: Value) -> Value {
             json!({"apiVersion": "slatedb.io/v1alpha1", "kind": "DatabaseCheckpointSchedule",
                                  "metadata": {"name": name}, "spec": spec})
         }
+        Kind::Copy => json!({"apiVersion": "slatedb.io/v1alpha1", "kind": "DatabaseCopy",
+                             "metadata": {"name": name}, "spec": spec}),
     }
 }
 
@@ -116,6 +119,7 @@ fn table(store: &TestStore, namespace: &str) -> Vec<Row> {
         reference_rows(store, namespace),
         empty_decoded_range_rows(),
         schedule_rows(store),
+        copy_rows(store, namespace),
     ]
     .into_iter()
     .flatten()
@@ -1297,8 +1301,63 @@ fn schedule_rows(store: &TestStore) -> Vec<Row> {
     ]
 }
 
+/// DatabaseCopy: the shapes admission refuses, and a checkpoint that may still appear.
+fn copy_rows(store: &TestStore, namespace: &str) -> Vec<Row> {
+    let valid = || {
+        json!({"source": {"checkpointRef": {"name": "nightly"}},
+               "target": {"store": store.store_spec(), "path": "copies/bad"}})
+    };
+    vec![
+        rejected(
+            "copy-two-sources",
+            Co,
+            with(valid(), "/source/database", database(store, PARENT)),
+            "spec.source needs exactly one of checkpointRef, scheduleRef or database",
+        ),
+        rejected(
+            "copy-parallelism-0",
+            Co,
+            with(valid(), "/parallelism", json!(0)),
+            "spec.parallelism must be 1 to 256",
+        ),
+        rejected(
+            "copy-shares-100",
+            Co,
+            with(valid(), "/job", json!({"shares": 100})),
+            "spec.job.shares must be 1 to 64",
+        ),
+        rejected(
+            "copy-negative-threshold",
+            Co,
+            with(valid(), "/job", json!({"thresholdBytes": -1})),
+            "spec.job.thresholdBytes cannot be negative",
+        ),
+        rejected(
+            "copy-no-target-store",
+            Co,
+            with(valid(), "/target", json!({"path": "copies/bad"})),
+            "spec.target.store",
+        ),
+        Row {
+            label: "copy-missing-checkpoint",
+            kind: Co,
+            manifest: manifest(
+                Co,
+                "copy-missing-checkpoint",
+                with(valid(), "/source/checkpointRef/name", json!("not-yet")),
+            ),
+            via: Via::Create,
+            expect: Outcome::Reconciling {
+                reason: "SourceNotFound",
+                contains: format!("DatabaseCheckpoint {namespace}/not-yet does not exist"),
+            },
+        },
+    ]
+}
+
 fn api_for(env: &TestEnv, kind: Kind) -> Api<DynamicObject> {
     match kind {
+        Kind::Copy => dynamic_api::<DatabaseCopy>(env),
         Kind::Schedule => dynamic_api::<DatabaseCheckpointSchedule>(env),
         Kind::Checkpoint => dynamic_api::<DatabaseCheckpoint>(env),
         Kind::Clone => dynamic_api::<DatabaseClone>(env),
@@ -1342,6 +1401,10 @@ async fn submit(env: &TestEnv, row: &Row) -> Result<(), (u16, String)> {
                 Kind::Store => (ApiResource::erase::<DatabaseStore>(&()), None),
                 Kind::Schedule => (
                     ApiResource::erase::<DatabaseCheckpointSchedule>(&()),
+                    Some(env.namespace.as_str()),
+                ),
+                Kind::Copy => (
+                    ApiResource::erase::<DatabaseCopy>(&()),
                     Some(env.namespace.as_str()),
                 ),
             };
