@@ -180,9 +180,12 @@ impl Context {
         {
             return None;
         }
-        Some(watch.store().state_filter(|clone| {
-            kube::ResourceExt::namespace(clone).as_deref() == Some(namespace)
-        }))
+        // Compared in place: each checkpoint's reconcile looks at every clone.
+        Some(
+            watch
+                .store()
+                .state_filter(|clone| clone.metadata.namespace.as_deref() == Some(namespace)),
+        )
     }
 
     /// Records one more transient failure of `uid` and returns how long to wait before retrying:
