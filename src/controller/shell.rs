@@ -334,7 +334,7 @@ const LAST_APPLIED: &str = "kubectl.kubernetes.io/last-applied-configuration";
 /// Drops what no decision reads from an object before it is cached (the reconcile reads the object
 /// afresh): its `managedFields`, with 10 000 objects a large share of the operator's memory, and
 /// kubectl's last-applied copy.
-pub fn trimmed<K: Resource>(object: &mut K) {
+fn trimmed<K: Resource>(object: &mut K) {
     let meta = object.meta_mut();
     meta.managed_fields = None;
     if let Some(annotations) = meta.annotations.as_mut() {
