@@ -42,6 +42,9 @@ use std::time::Duration;
 /// Field manager of every status the operator writes (server-side apply).
 pub const FIELD_MANAGER: &str = "slatedb-operator";
 
+/// How long a checkpoint's reconcile waits for the watch cache of clones before it lists them.
+const CLONE_CACHE_SYNC: Duration = Duration::from_secs(60);
+
 /// Operator settings that come from the command line.
 #[derive(Clone, Debug)]
 pub struct Settings {
@@ -108,13 +111,14 @@ pub struct Context {
     /// The clones (by uid) whose connection ConfigMap this process wrote or saw, so a settled
     /// clone looks it up once per process, not at every reconcile.
     connections_seen: Mutex<std::collections::HashSet<String>>,
-    /// The DatabaseClones the checkpoint controllers watch, by the namespace each watches (`None`:
-    /// all): a checkpoint's reconcile counts its clones there instead of listing every clone of
-    /// its namespace, which with 10 000 clones was a 10 000-object LIST per clone created.
-    clone_caches: Mutex<
+    /// The one watch of DatabaseClones per watched namespace (`None`: all), which the clone and
+    /// checkpoint controllers share: a checkpoint's reconcile counts its clones in its cache
+    /// instead of listing every clone of its namespace, which with 10 000 clones was a
+    /// 10 000-object LIST per clone created.
+    clone_watches: Mutex<
         Vec<(
             Option<String>,
-            kube::runtime::reflector::Store<crate::api::DatabaseClone>,
+            shell::SharedWatch<crate::api::DatabaseClone>,
         )>,
     >,
 }
@@ -149,37 +153,55 @@ impl Context {
             settings,
             failures: Mutex::default(),
             connections_seen: Mutex::default(),
-            clone_caches: Mutex::default(),
+            clone_watches: Mutex::default(),
         }
     }
 
-    /// Registers the watch cache of DatabaseClones in `scope` (all namespaces when `None`).
-    pub fn cache_clones(
+    /// The watch of DatabaseClones in `scope` (all namespaces when `None`), started by its first
+    /// user.
+    pub fn clone_watch(
         &self,
         scope: Option<&str>,
-        store: kube::runtime::reflector::Store<crate::api::DatabaseClone>,
-    ) {
-        self.clone_caches
-            .lock()
-            .unwrap_or_else(|poisoned| poisoned.into_inner())
-            .push((scope.map(String::from), store));
-    }
-
-    /// The DatabaseClones of `namespace` from a synced watch cache, if one covers it.
-    pub fn cached_clones(&self, namespace: &str) -> Option<Vec<Arc<crate::api::DatabaseClone>>> {
-        use futures::FutureExt;
-        let caches = self
-            .clone_caches
+    ) -> shell::SharedWatch<crate::api::DatabaseClone> {
+        let mut watches = self
+            .clone_watches
             .lock()
             .unwrap_or_else(|poisoned| poisoned.into_inner());
-        let (_, store) = caches
+        if let Some((_, watch)) = watches.iter().find(|(s, _)| s.as_deref() == scope) {
+            return watch.clone();
+        }
+        let watch = shell::SharedWatch::start(self, scope);
+        watches.push((scope.map(String::from), watch.clone()));
+        watch
+    }
+
+    /// The DatabaseClones of `namespace` from the watch cache that covers it, once it holds a first
+    /// full list; `None` when there is none, or it has not synced within a minute.
+    pub async fn cached_clones(
+        &self,
+        namespace: &str,
+    ) -> Option<Vec<Arc<crate::api::DatabaseClone>>> {
+        let watch = self
+            .clone_watches
+            .lock()
+            .unwrap_or_else(|poisoned| poisoned.into_inner())
             .iter()
-            .find(|(scope, _)| scope.as_deref().is_none_or(|s| s == namespace))?;
-        // Only a cache that has seen its first full list answers.
-        store.wait_until_ready().now_or_never()?.ok()?;
-        Some(store.state_filter(|clone| {
-            kube::ResourceExt::namespace(clone).as_deref() == Some(namespace)
-        }))
+            .find(|(scope, _)| scope.as_deref().is_none_or(|s| s == namespace))
+            .map(|(_, watch)| watch.clone())?;
+        // Waiting, not listing: at a restart every checkpoint reconciles before the cache has
+        // synced, and a LIST of every clone per checkpoint was most of the operator's peak memory.
+        if !tokio::time::timeout(CLONE_CACHE_SYNC, watch.ready())
+            .await
+            .unwrap_or(false)
+        {
+            return None;
+        }
+        // Compared in place: each checkpoint's reconcile looks at every clone.
+        Some(
+            watch
+                .store()
+                .state_filter(|clone| clone.metadata.namespace.as_deref() == Some(namespace)),
+        )
     }
 
     /// Records one more transient failure of `uid` and returns how long to wait before retrying:

@@ -5,6 +5,7 @@
 //! the readiness registration.
 
 use super::{Context, Error, FIELD_MANAGER};
+use futures::channel::mpsc::{unbounded, UnboundedReceiver, UnboundedSender};
 use futures::StreamExt;
 use k8s_openapi::NamespaceResourceScope;
 use kube::api::{Patch, PatchParams};
@@ -16,9 +17,10 @@ use kube::runtime::{watcher, Controller};
 use kube::{Api, Client, Resource, ResourceExt};
 use serde::de::DeserializeOwned;
 use serde::Serialize;
+use std::collections::HashMap;
 use std::fmt::Debug;
 use std::future::Future;
-use std::sync::Arc;
+use std::sync::{Arc, Mutex};
 use std::time::Duration;
 use tracing::Instrument;
 
@@ -32,9 +34,12 @@ pub trait Reconcile:
     /// The kind's API in `namespace` (all namespaces when `None`; cluster-scoped kinds ignore it).
     fn api(client: Client, namespace: Option<&str>) -> Api<Self>;
 
-    /// The watch of the kind's controller.
+    /// The watch of the kind's controller. Its lists come in pages of 500 (kube's default): a list
+    /// of "any" version (`resourceVersion=0`) is served from the API server's cache in one piece,
+    /// whatever the limit, and with 10 000 DatabaseClones that one response was tens of MB in the
+    /// operator's memory at once.
     fn watch_config(_ctx: &Context) -> watcher::Config {
-        watcher::Config::default().any_semantic()
+        watcher::Config::default()
     }
 
     /// Brings the world in line with the object (finalizer present, not being deleted).
@@ -161,28 +166,188 @@ pub async fn write_status<K: Reconcile>(
     Ok(())
 }
 
-/// A controller of `K` in `namespace` (or all), with the operator's watch backoff, registered
+/// A controller of `K` in `namespace` (or all), on a watch of its own (see [`SharedWatch`]), registered
 /// for readiness; and the store of its watch cache.
 pub fn controller<K: Reconcile>(
     ctx: &Arc<Context>,
     namespace: Option<&str>,
 ) -> (Controller<K>, Store<K>) {
-    let (store, writer) = kube::runtime::reflector::store();
-    let objects = watcher(K::api(ctx.client.clone(), namespace), K::watch_config(ctx))
-        .backoff(WatchBackoff::default())
-        .modify(without_managed_fields)
-        .reflect(writer)
-        .touched_objects();
-    let controller = Controller::for_stream(objects, store.clone());
+    controller_on(ctx, &SharedWatch::start(ctx, namespace))
+}
+
+/// A controller of the objects of `watch`, registered for readiness; and the watch's store.
+pub fn controller_on<K: Reconcile>(
+    ctx: &Arc<Context>,
+    watch: &SharedWatch<K>,
+) -> (Controller<K>, Store<K>) {
+    let store = watch.store();
+    let controller = Controller::for_shared_stream(watch.subscribe(), store.clone());
     ctx.controller_started(store.clone());
     (controller, store)
 }
 
-/// Drops an object's `managedFields` before it is cached: no decision reads them, and with
-/// 10 000 objects they were a large share of the operator's memory.
-pub fn without_managed_fields<K: Resource>(object: &mut K) {
-    object.meta_mut().managed_fields = None;
+/// One watch of kind `K` whose cache and events several controllers share: the clone
+/// controller, its parents trigger and the checkpoint controller each held a watch (and two a
+/// cache) of every DatabaseClone, three initial lists and two copies of 10 000 objects. The watch
+/// runs in a task of its own, from its start until the process ends.
+pub struct SharedWatch<K: Resource<DynamicType = ()> + 'static> {
+    store: Store<K>,
+    subscribers: Arc<Mutex<Vec<UnboundedSender<Arc<K>>>>>,
+    /// Whether the store holds a first full list. The store's own readiness wakes only its latest
+    /// waiter (a one-shot channel), so every reconcile waiting on it needs this instead.
+    ready: tokio::sync::watch::Receiver<bool>,
 }
+
+impl<K: Resource<DynamicType = ()> + 'static> Clone for SharedWatch<K> {
+    fn clone(&self) -> Self {
+        SharedWatch {
+            store: self.store.clone(),
+            subscribers: self.subscribers.clone(),
+            ready: self.ready.clone(),
+        }
+    }
+}
+
+impl<K: Reconcile> SharedWatch<K> {
+    /// Starts the watch of `K` in `namespace` (or all), with the operator's watch backoff.
+    pub fn start(ctx: &Context, namespace: Option<&str>) -> SharedWatch<K> {
+        let events = watcher(K::api(ctx.client.clone(), namespace), K::watch_config(ctx))
+            .backoff(WatchBackoff::default())
+            .modify(trimmed);
+        SharedWatch::of(events)
+    }
+
+    /// The shared cache and events of a watch's `events`.
+    fn of(
+        events: impl futures::Stream<Item = watcher::Result<watcher::Event<K>>> + Send + 'static,
+    ) -> SharedWatch<K> {
+        let (store, mut writer) = kube::runtime::reflector::store::<K>();
+        let (set_ready, ready) = tokio::sync::watch::channel(false);
+        let subscribers: Arc<Mutex<Vec<UnboundedSender<Arc<K>>>>> = Arc::default();
+        let (reader, sinks) = (store.clone(), subscribers.clone());
+        tokio::spawn(async move {
+            let mut events = std::pin::pin!(events);
+            while let Some(event) = events.next().await {
+                let event = match event {
+                    Ok(event) => event,
+                    Err(error) => {
+                        tracing::warn!(%error, kind = %K::kind(&()), "watch");
+                        continue;
+                    }
+                };
+                writer.apply_watcher_event(&event);
+                // Subscribers get the cached copies; a relist's objects come once it is complete,
+                // when the store holds them (reconciles wait for that anyway).
+                let touched = match event {
+                    watcher::Event::Apply(object) => reader
+                        .get(&kube::runtime::reflector::ObjectRef::from_obj(&object))
+                        .into_iter()
+                        .collect(),
+                    watcher::Event::Delete(object) => vec![Arc::new(object)],
+                    watcher::Event::InitDone => {
+                        set_ready.send_replace(true);
+                        reader.state()
+                    }
+                    watcher::Event::Init | watcher::Event::InitApply(_) => Vec::new(),
+                };
+                if !touched.is_empty() {
+                    lock(&sinks).retain(|sink| {
+                        touched
+                            .iter()
+                            .all(|object| sink.unbounded_send(object.clone()).is_ok())
+                    });
+                }
+            }
+        });
+        SharedWatch {
+            store,
+            subscribers,
+            ready,
+        }
+    }
+}
+
+impl<K: Resource<DynamicType = ()> + Clone + 'static> SharedWatch<K> {
+    /// The watch cache.
+    pub fn store(&self) -> Store<K> {
+        self.store.clone()
+    }
+
+    /// Waits until the cache holds a first full list (`false`: the watch task is gone).
+    pub async fn ready(&self) -> bool {
+        self.ready.clone().wait_for(|ready| *ready).await.is_ok()
+    }
+
+    /// Every object the watch applies or deletes from now on, and those the cache already holds:
+    /// a controller that subscribes after the first list (they start in any order) misses none.
+    /// An object may come twice; a trigger does not mind.
+    pub fn subscribe(&self) -> UnboundedReceiver<Arc<K>> {
+        let (sink, events) = unbounded();
+        // Under the subscribers' lock: an event applied after the copy below is sent to `sink`.
+        let mut subscribers = lock(&self.subscribers);
+        if *self.ready.borrow() {
+            for object in self.store.state() {
+                let _ = sink.unbounded_send(object);
+            }
+        }
+        subscribers.push(sink);
+        events
+    }
+
+    /// The objects whose `predicate` hash changed since they last passed, and those gone, as kube's
+    /// `predicate_filter` passes them from a watch of its own.
+    pub fn changes(
+        &self,
+        predicate: fn(&K) -> Option<u64>,
+    ) -> impl futures::Stream<Item = Arc<K>> + Send + 'static
+    where
+        K: Send + Sync,
+    {
+        let store = self.store.clone();
+        let mut seen: HashMap<String, u64> = HashMap::new();
+        self.subscribe().filter(move |object| {
+            let uid = object.meta().uid.clone().unwrap_or_default();
+            let cached = store.get(&kube::runtime::reflector::ObjectRef::from_obj(&**object));
+            let gone = cached.is_none_or(|cached| cached.meta().uid != object.meta().uid);
+            let pass = if gone {
+                // Forgotten with the object, so the hashes do not grow with every object ever seen.
+                seen.remove(&uid);
+                true
+            } else {
+                predicate(object).is_none_or(|hash| seen.insert(uid, hash) != Some(hash))
+            };
+            futures::future::ready(pass)
+        })
+    }
+}
+
+fn lock<T>(mutex: &Mutex<T>) -> std::sync::MutexGuard<'_, T> {
+    mutex
+        .lock()
+        .unwrap_or_else(|poisoned| poisoned.into_inner())
+}
+
+/// kubectl's copy of the last applied object, in the annotations of objects made by
+/// `kubectl apply`: as large as the spec, and read by no decision.
+const LAST_APPLIED: &str = "kubectl.kubernetes.io/last-applied-configuration";
+
+/// Drops what no decision reads from an object before it is cached (the reconcile reads the object
+/// afresh): its `managedFields`, with 10 000 objects a large share of the operator's memory, and
+/// kubectl's last-applied copy.
+fn trimmed<K: Resource>(object: &mut K) {
+    let meta = object.meta_mut();
+    meta.managed_fields = None;
+    if let Some(annotations) = meta.annotations.as_mut() {
+        annotations.remove(LAST_APPLIED);
+    }
+}
+
+/// How many reconciles of one controller run at once. Unbounded, a restart with 10 000 Ready
+/// clones started 10 000 reconciles together: as many connections to the API server (HTTP/1.1
+/// has one request per connection), each with its buffers, and as many health checks holding a
+/// manifest. The work of a clone runs in its pool, not in a reconcile, so the bound does not hold
+/// clones back.
+const RECONCILES_AT_ONCE: u16 = 64;
 
 /// Runs `controller` with the shared reconcile and error policy until a shutdown signal.
 pub async fn run<K: Reconcile>(controller: Controller<K>, ctx: Arc<Context>)
@@ -191,6 +356,7 @@ where
 {
     let kind = K::kind(&());
     controller
+        .with_config(kube::runtime::controller::Config::default().concurrency(RECONCILES_AT_ONCE))
         .shutdown_on_signal()
         .run(reconcile::<K>, error_policy::<K>, ctx)
         .for_each(|result| {
@@ -257,7 +423,104 @@ mod tests {
         assert_eq!(backoff.next().map(|d| d.as_millis()), Some(250));
     }
 
-    use crate::api::{DatabaseCheckpoint, DatabaseCloneStatus};
+    use crate::api::{DatabaseCheckpoint, DatabaseClone, DatabaseCloneStatus};
+
+    fn clone_object(name: &str, uid: &str, attempts: i32) -> DatabaseClone {
+        serde_json::from_value(serde_json::json!({
+            "apiVersion": "slatedb.io/v1alpha1", "kind": "DatabaseClone",
+            "metadata": {"name": name, "namespace": "a", "uid": uid, "managedFields": [{"manager": "x"}],
+                "annotations": {LAST_APPLIED: "{}", "keep": "1"}},
+            "spec": {"source": {"checkpointRef": {"name": "nightly"}}, "target": {"path": format!("clones/{name}")}},
+            "status": {"conditions": [], "attempts": attempts}
+        }))
+        .unwrap()
+    }
+
+    /// The names of what `events` holds now, in order.
+    fn names(events: &mut UnboundedReceiver<Arc<DatabaseClone>>) -> Vec<String> {
+        std::iter::from_fn(|| events.try_recv().ok())
+            .map(|c| c.name_any())
+            .collect()
+    }
+
+    /// Until `condition` holds (the watch's task runs beside the test).
+    async fn eventually(condition: impl Fn() -> bool) {
+        for _ in 0..200 {
+            if condition() {
+                return;
+            }
+            tokio::time::sleep(Duration::from_millis(5)).await;
+        }
+        panic!("the condition never held");
+    }
+
+    #[tokio::test]
+    async fn a_shared_watch_gives_every_subscriber_each_object_early_or_late() {
+        let (feed, events) = unbounded::<watcher::Result<watcher::Event<DatabaseClone>>>();
+        let watch = SharedWatch::of(events.map(|event| event.map(|e| e.modify(trimmed))));
+        let mut early = watch.subscribe();
+        let send = |event| feed.unbounded_send(Ok(event)).unwrap();
+        send(watcher::Event::Init);
+        send(watcher::Event::InitApply(clone_object("a", "u1", 1)));
+        send(watcher::Event::InitApply(clone_object("b", "u2", 1)));
+        send(watcher::Event::InitDone);
+        assert!(watch.ready().await);
+        let mut listed = names(&mut early);
+        listed.sort();
+        assert_eq!(listed, ["a", "b"], "the first list, once complete");
+        let mut late = watch.subscribe();
+        let mut replayed = names(&mut late);
+        replayed.sort();
+        assert_eq!(replayed, ["a", "b"], "a late subscriber gets the cache");
+
+        send(watcher::Event::Apply(clone_object("c", "u3", 1)));
+        send(watcher::Event::Delete(clone_object("a", "u1", 1)));
+        eventually(|| {
+            watch.store().len() == 2 && watch.store().state().iter().any(|c| c.name_any() == "c")
+        })
+        .await;
+        for events in [&mut early, &mut late] {
+            let mut seen = Vec::new();
+            for _ in 0..2 {
+                if let Some(object) = events.next().await {
+                    seen.push(object.name_any());
+                }
+            }
+            assert_eq!(seen, ["c", "a"], "applied, then deleted");
+        }
+        let cached = watch.store().state();
+        let c = cached.iter().find(|c| c.name_any() == "c").unwrap();
+        assert!(
+            c.metadata.managed_fields.is_none(),
+            "cached without managedFields"
+        );
+        assert_eq!(c.annotations().keys().collect::<Vec<_>>(), ["keep"]);
+    }
+
+    #[tokio::test]
+    async fn changes_pass_what_the_predicate_sees_change_and_what_goes() {
+        let (feed, events) = unbounded::<watcher::Result<watcher::Event<DatabaseClone>>>();
+        let watch = SharedWatch::of(events);
+        let attempts: fn(&DatabaseClone) -> Option<u64> =
+            |c| c.status.as_ref().and_then(|s| s.attempts).map(|a| a as u64);
+        let mut changes = std::pin::pin!(watch.changes(attempts));
+        let send = |event| feed.unbounded_send(Ok(event)).unwrap();
+        send(watcher::Event::Init);
+        send(watcher::Event::InitApply(clone_object("a", "u1", 1)));
+        send(watcher::Event::InitDone);
+        let attempts_of =
+            |c: Option<Arc<DatabaseClone>>| c.and_then(|c| c.status.as_ref()?.attempts);
+        assert_eq!(attempts_of(changes.next().await), Some(1), "first seen");
+        send(watcher::Event::Apply(clone_object("a", "u1", 1)));
+        send(watcher::Event::Apply(clone_object("a", "u1", 2)));
+        assert_eq!(
+            attempts_of(changes.next().await),
+            Some(2),
+            "the unchanged one does not pass"
+        );
+        send(watcher::Event::Delete(clone_object("a", "u1", 2)));
+        assert_eq!(attempts_of(changes.next().await), Some(2), "its going");
+    }
 
     #[test]
     fn a_decision_without_a_delay_waits_for_a_change() {

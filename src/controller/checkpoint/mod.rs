@@ -8,7 +8,7 @@ mod observe;
 
 pub use decide::{decide, Decision, Dependents, Observation};
 
-use crate::api::{CheckpointSourceMode, DatabaseCheckpoint, DatabaseClone, DeletionPolicy};
+use crate::api::{CheckpointSourceMode, DatabaseCheckpoint, DeletionPolicy};
 use crate::controller::shell::{self, Reconcile};
 use crate::controller::stores::leave_data_behind;
 use crate::controller::{predicates, store};
@@ -18,8 +18,6 @@ use chrono::Utc;
 use kube::api::{Patch, PatchParams};
 use kube::runtime::controller::Action;
 use kube::runtime::reflector::ObjectRef;
-use kube::runtime::watcher;
-use kube::runtime::WatchStreamExt;
 use kube::{Api, ResourceExt};
 use observe::{dependents_of, observe, open_database, own_checkpoint_name, Freshness};
 use serde_json::json;
@@ -224,19 +222,11 @@ pub async fn run(ctx: Arc<Context>, namespace: Option<String>) {
         store::names_store(Some(&checkpoint.spec.database.store), name)
     });
     // A clone's progress updates do not concern its checkpoint: only its being made (Ready,
-    // Stalled, Initialized) and its going.
-    let (clone_cache, cache_writer) = kube::runtime::reflector::store();
-    ctx.cache_clones(namespace, clone_cache);
-    let clone_changes = watcher(
-        ctx.scoped_api::<DatabaseClone>(namespace),
-        watcher::Config::default(),
-    )
-    .backoff(shell::WatchBackoff::default())
-    .modify(shell::without_managed_fields)
-    .reflect(cache_writer)
-    .touched_objects()
-    .predicate_filter(predicates::clone_change_for_checkpoint, Default::default());
-    let controller = controller.watches_stream(clone_changes, |clone| {
+    // Stalled, Initialized) and its going. The watch of clones is the clone controller's.
+    let clone_changes = ctx
+        .clone_watch(namespace)
+        .changes(predicates::clone_change_for_checkpoint);
+    let controller = controller.watches_shared_stream(clone_changes, |clone| {
         let namespace = clone.namespace().unwrap_or_default();
         clone
             .source_checkpoint()

@@ -179,7 +179,7 @@ pub(super) async fn dependents_of(
 ) -> Result<Dependents, kube::Error> {
     let namespace = object.namespace().unwrap_or_default();
     let cached = match freshness {
-        Freshness::Cached => ctx.cached_clones(&namespace),
+        Freshness::Cached => ctx.cached_clones(&namespace).await,
         Freshness::Now => None,
     };
     let clones: Vec<std::sync::Arc<DatabaseClone>> = match cached {
