@@ -446,3 +446,94 @@ async fn a_copy_whose_operator_is_killed_five_times_ends_complete_and_verified()
     drop(operator);
     env.cleanup().await;
 }
+
+#[tokio::test]
+async fn a_copy_refused_by_its_target_leaves_a_fresh_target_empty_and_an_earlier_copy_intact() {
+    let env = TestEnv::new("copy-refused").await;
+    let source = TestStore::new(StoreKind::File, &env.namespace);
+    let target = TestStore::new(StoreKind::File, &env.namespace);
+    write_sample_db(&source, PARENT, 500, 2).await;
+    // The target store refuses every write of an SST (403), a permanent failure.
+    let refusing = [(
+        slatedb_operator::engine::FAULTS_ENV,
+        "deny=copies/fresh/compacted,deny=copies/reused/compacted",
+    )];
+    let spec = |path: &str, checkpoint: &str| {
+        json!({
+            "source": {"checkpointRef": {"name": checkpoint}},
+            "target": {"store": {"url": target.url}, "path": path}
+        })
+    };
+
+    // A complete copy first, by an operator the store does not refuse.
+    let operator = Operator::start(&env.namespace, &[]);
+    checkpoint(&env, &source, "nightly").await;
+    create(
+        &env,
+        "DatabaseCopy",
+        "reused",
+        spec("copies/reused", "nightly"),
+    )
+    .await;
+    wait_copy(&env, "reused", "Ready", Duration::from_secs(60), |_| true).await;
+    let complete = data_files(&target.local_root, "copies/reused");
+    drop(operator);
+
+    let _operator = Operator::start(&env.namespace, &refusing);
+    create(
+        &env,
+        "DatabaseCopy",
+        "fresh",
+        spec("copies/fresh", "nightly"),
+    )
+    .await;
+    let stalled = wait_copy(&env, "fresh", "Stalled", Duration::from_secs(60), |_| true).await;
+    let (_, reason, message) = condition(&stalled, "Stalled").unwrap();
+    assert_eq!(
+        condition(&stalled, "Ready").unwrap().0,
+        "False",
+        "{reason}: {message}"
+    );
+    assert!(
+        data_files(&target.local_root, "copies/fresh").is_empty(),
+        "a fresh target is left empty: {:?}",
+        data_files(&target.local_root, "copies/fresh")
+    );
+    assert!(
+        !target
+            .local_root
+            .join("copies/fresh/.slatedb-operator")
+            .exists()
+            || std::fs::read_dir(
+                target
+                    .local_root
+                    .join("copies/fresh/.slatedb-operator/copy")
+            )
+            .map(|d| d.flatten().all(|e| e.path().is_dir()))
+            .unwrap_or(true),
+        "nor any record of the failed copy"
+    );
+
+    // A newer checkpoint whose copy the target refuses: the earlier copy stays Ready and intact.
+    append_sample_rows(&source.open(), PARENT, 500..600)
+        .await
+        .unwrap();
+    checkpoint(&env, &source, "nightly-2").await;
+    env.api::<DatabaseCopy>()
+        .patch(
+            "reused",
+            &PatchParams::default(),
+            &Patch::Merge(json!({"spec": {"source": {"checkpointRef": {"name": "nightly-2"}}}})),
+        )
+        .await
+        .unwrap();
+    let refused = wait_copy(&env, "reused", "Stalled", Duration::from_secs(60), |_| true).await;
+    assert_eq!(
+        condition(&refused, "Ready").unwrap().0,
+        "True",
+        "the earlier complete copy is still there to read"
+    );
+    assert_eq!(data_files(&target.local_root, "copies/reused"), complete);
+    assert_rows(&target, "copies/reused", 500).await;
+    env.cleanup().await;
+}
