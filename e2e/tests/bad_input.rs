@@ -1333,6 +1333,26 @@ fn copy_rows(store: &TestStore, namespace: &str) -> Vec<Row> {
             "spec.job.thresholdBytes cannot be negative",
         ),
         rejected(
+            "copy-reencode-block-1000",
+            Co,
+            with(
+                valid(),
+                "/reencode",
+                json!({"compression": "Zstd", "blockSize": 1000}),
+            ),
+            "spec.reencode.blockSize must be a power of two from 1024 to 65536",
+        ),
+        rejected(
+            "copy-reencode-promote",
+            Co,
+            with(
+                with(valid(), "/reencode", json!({"compression": "Lz4"})),
+                "/promote",
+                json!(true),
+            ),
+            "spec.promote does not apply",
+        ),
+        rejected(
             "copy-no-target-store",
             Co,
             with(valid(), "/target", json!({"path": "copies/bad"})),

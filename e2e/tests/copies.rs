@@ -537,3 +537,62 @@ async fn a_copy_refused_by_its_target_leaves_a_fresh_target_empty_and_an_earlier
     assert_rows(&target, "copies/reused", 500).await;
     env.cleanup().await;
 }
+
+#[tokio::test]
+async fn a_reencoded_copy_rewrites_every_row_with_its_codec_and_is_verified_by_their_digest() {
+    let env = TestEnv::new("copy-reencode").await;
+    let source = TestStore::new(StoreKind::S3, &env.namespace);
+    let target = TestStore::new(StoreKind::File, &env.namespace);
+    source.create_secret(&env).await;
+    let _operator = Operator::start(&env.namespace, &[]);
+    write_sample_db(&source, PARENT, 1_000, 3).await;
+    checkpoint(&env, &source, "nightly").await;
+    let source_before = objects_under(&source, PARENT).await;
+    create(
+        &env,
+        "DatabaseCopy",
+        "zstd",
+        json!({
+            "source": {"checkpointRef": {"name": "nightly"}},
+            "target": {"store": {"url": target.url}, "path": TARGET},
+            "reencode": {"compression": "Zstd", "blockSize": 8192}
+        }),
+    )
+    .await;
+    let ready = wait_copy(&env, "zstd", "Ready", Duration::from_secs(120), |_| true).await;
+    assert_eq!(condition(&ready, "Verified").unwrap().1, "RowDigestMatches");
+    let checksum = ready.status.clone().unwrap().checksum.unwrap();
+    assert_eq!(checksum.algorithm, "sha256-row-sum");
+    assert!(!checksum.metadata_digest.is_empty());
+    assert_rows(&target, TARGET, 1_000).await;
+    assert_eq!(
+        objects_under(&source, PARENT).await,
+        source_before,
+        "the source is untouched"
+    );
+    // The target is a database of its own: its SSTs are not the source's.
+    let source_ssts: BTreeSet<String> = source_before
+        .keys()
+        .filter(|k| k.contains("/compacted/"))
+        .map(|k| k.rsplit('/').next().unwrap().to_string())
+        .collect();
+    let target_ssts: BTreeSet<String> = data_files(&target.local_root, TARGET)
+        .into_keys()
+        .filter(|k| k.starts_with("compacted/"))
+        .map(|k| k.rsplit('/').next().unwrap().to_string())
+        .collect();
+    assert!(!target_ssts.is_empty() && source_ssts.is_disjoint(&target_ssts));
+    let undo = env
+        .api::<DatabaseCopy>()
+        .patch(
+            "zstd",
+            &PatchParams::default(),
+            &Patch::Merge(json!({"spec": {"promote": true}})),
+        )
+        .await;
+    assert!(
+        undo.is_err_and(|e| e.to_string().contains("spec.promote does not apply")),
+        "admission refuses promoting a re-encoded copy"
+    );
+    env.cleanup().await;
+}

@@ -43,6 +43,10 @@ use serde::{Deserialize, Serialize};
 #[serde(rename_all = "camelCase")]
 #[x_kube(validation = Rule::new("!has(oldSelf.promote) || !oldSelf.promote || (has(self.promote) && self.promote)")
     .message("spec.promote cannot be undone: a promoted copy is a database of its own"))]
+#[x_kube(validation = Rule::new("!has(self.reencode) || !has(self.promote) || !self.promote")
+    .message("a re-encoded copy is a database of its own already: spec.promote does not apply"))]
+#[x_kube(validation = Rule::new("has(self.reencode) == has(oldSelf.reencode) && (!has(self.reencode) || self.reencode == oldSelf.reencode)")
+    .message("spec.reencode is immutable"))]
 pub struct DatabaseCopySpec {
     /// What to copy. A `checkpointRef` may be changed to a newer checkpoint of the same database,
     /// and a `scheduleRef` copy follows its schedule: each newer Ready checkpoint is copied to the
@@ -70,6 +74,36 @@ pub struct DatabaseCopySpec {
     /// When the copy runs as a Kubernetes Job instead of inside the operator.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub job: Option<CopyJob>,
+    /// Rewrite the rows instead of copying the bytes: every row of the checkpoint is written into
+    /// a new database at the target with this codec and block size, verified by a digest of the
+    /// rows (`verify` does not apply). It runs in the operator, once: a newer checkpoint of the
+    /// source is not re-encoded into the same target.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub reencode: Option<Reencode>,
+}
+
+/// How a re-encoded copy writes its data.
+#[derive(KubeSchema, Serialize, Deserialize, Clone, Debug, Default, PartialEq, Eq)]
+#[serde(rename_all = "camelCase")]
+pub struct Reencode {
+    /// SST compression codec of the target.
+    #[serde(default)]
+    pub compression: Compression,
+    /// SST block size in bytes: 1024, 2048, 4096 (the default), 8192, 16384, 32768 or 65536.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[x_kube(validation = Rule::new("self in [1024, 2048, 4096, 8192, 16384, 32768, 65536]").message("spec.reencode.blockSize must be a power of two from 1024 to 65536"))]
+    pub block_size: Option<i32>,
+}
+
+/// An SST compression codec.
+#[derive(Serialize, Deserialize, Clone, Copy, Debug, Default, PartialEq, Eq, JsonSchema)]
+pub enum Compression {
+    #[default]
+    None,
+    Snappy,
+    Lz4,
+    Zlib,
+    Zstd,
 }
 
 fn retain() -> DeletionPolicy {

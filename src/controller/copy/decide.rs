@@ -9,7 +9,7 @@ use crate::api::{
 };
 use crate::controller::conditions::{is_true, true_reason, Conditions};
 use crate::controller::{to_k8s_time, Notice, Problem};
-use crate::engine::{CopyPhase, CopyProgress, CopyReport, Fault, PromoteReport};
+use crate::engine::{CopyPhase, CopyProgress, CopyReport, Fault, PromoteReport, ReencodeReport};
 use chrono::{DateTime, Utc};
 use std::time::Duration;
 
@@ -33,6 +33,7 @@ pub enum Done {
         report: CopyReport,
         by_job: bool,
     },
+    Reencoded(ReencodeReport),
     Promoted(PromoteReport),
 }
 
@@ -413,6 +414,51 @@ pub fn decide(
             if object.spec.promotes() {
                 requeue_after = Some(Duration::ZERO);
             }
+        }
+        Work::Finished(Ok(Done::Reencoded(report))) => {
+            status.copied_checkpoint_id = Some(report.checkpoint_id.to_string());
+            status.copied_manifest_id = Some(as_i64(report.target_manifest_id));
+            status.source_checkpoint_id = Some(report.checkpoint_id.to_string());
+            status.completion_time = Some(now_k8s.clone());
+            status.checksum = Some(Checksum {
+                algorithm: "sha256-row-sum".into(),
+                metadata_digest: report.digest.clone(),
+                content_root: None,
+                verified_time: Some(now_k8s.clone()),
+            });
+            status.last_run = Some(CopyRun {
+                objects_total: as_i64(report.target_ssts),
+                bytes_total: as_i64(report.target_bytes),
+                objects_transferred: as_i64(report.target_ssts),
+                bytes_transferred: as_i64(report.target_bytes),
+                duration_seconds: report.duration.as_secs_f64(),
+                ..Default::default()
+            });
+            status.progress = Some(progress_status(&CopyProgress {
+                phase: CopyPhase::Done,
+                objects_done: report.rows,
+                objects_total: report.rows,
+                bytes_done: report.bytes,
+                bytes_total: report.bytes,
+            }));
+            let verified =
+                "the target's rows, read back, have the digest of the source checkpoint's";
+            conditions.set(VERIFIED, true, "RowDigestMatches", verified);
+            let message = format!(
+                "re-encode of checkpoint {} complete: {} rows ({} written by this run) in {} SSTs, \
+                 {} bytes (the source: {})",
+                report.checkpoint_id,
+                report.rows,
+                report.rows_written,
+                report.target_ssts,
+                report.target_bytes,
+                report.source_bytes
+            );
+            conditions.set(READY, true, reason::SUCCEEDED, &message);
+            conditions.clear(RECONCILING);
+            conditions.clear(STALLED);
+            phase = Some(Phase::Ready);
+            event = Some(Notice::normal("Copy", "Ready", message));
         }
         Work::Finished(Err(problem)) => {
             status.job = None;

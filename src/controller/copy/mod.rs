@@ -19,9 +19,9 @@ use crate::controller::stores::{leave_data_behind, open_store, store_config, Pat
 use crate::controller::work_pool::{Observed, WorkPool, WorkProgress};
 use crate::controller::{predicates, store, Context, Error, Notice, Outcome, Problem};
 use crate::engine::{
-    copy_checkpoint, delete_copy, promote_copy, source_label, transferred_so_far,
-    CloneSourceCheckpoint, CopyDeletion, CopyOptions, CopyProgress, CopyVerification, Database,
-    Fault, Owner,
+    copy_checkpoint, delete_copy, promote_copy, reencode_checkpoint, source_label, sst_block_size,
+    transferred_so_far, CloneSourceCheckpoint, CopyDeletion, CopyOptions, CopyPhase, CopyProgress,
+    CopyVerification, Database, Fault, Owner, ReencodeOptions, ReencodePhase, ReencodeProgress,
 };
 use chrono::Utc;
 use decide::{decide, settled, Done, Effect, SourceCheckpoint, Start, Work};
@@ -275,6 +275,48 @@ fn spawn_copy(object: &DatabaseCopy, ctx: &Context, found: Resolved, after_job: 
     };
     info!(target_path = %object.spec.target.path.0, after_job, "starting copy work");
     let uid = object.uid().unwrap_or_default();
+    if let Some(reencode) = &object.spec.reencode {
+        let (source, target) = (found.source, found.target);
+        let options = ReencodeOptions {
+            compression: codec_of(reencode.compression),
+            source_label: options.source_label,
+            owner: options.owner,
+            ..ReencodeOptions::default()
+        };
+        let block_size = reencode.block_size;
+        ctx.copies.spawn(
+            &uid,
+            ObjectRef::from_obj(object),
+            move |report| async move {
+                let options = match block_size {
+                    Some(bytes) => ReencodeOptions {
+                        block_size: sst_block_size(bytes.max(0) as usize)?,
+                        ..options
+                    },
+                    None => options,
+                };
+                // Rows stand in for objects in the copy's progress.
+                let progress = move |p: ReencodeProgress| {
+                    report(CopyProgress {
+                        phase: match p.phase {
+                            ReencodePhase::Prepare => CopyPhase::Prepare,
+                            ReencodePhase::Rewrite | ReencodePhase::Verify => CopyPhase::Transfer,
+                            ReencodePhase::Commit => CopyPhase::Commit,
+                            ReencodePhase::Done => CopyPhase::Done,
+                        },
+                        objects_done: p.rows_done,
+                        objects_total: p.rows_total.unwrap_or(0),
+                        bytes_done: p.bytes_done,
+                        bytes_total: p.bytes_total,
+                    })
+                };
+                reencode_checkpoint(&source, &checkpoint, &target, &options, progress)
+                    .await
+                    .map(Done::Reencoded)
+            },
+        );
+        return;
+    }
     ctx.copies.spawn(
         &uid,
         ObjectRef::from_obj(object),
@@ -289,6 +331,19 @@ fn spawn_copy(object: &DatabaseCopy, ctx: &Context, found: Resolved, after_job: 
                 })
         },
     );
+}
+
+/// SlateDB's codec of a re-encoded copy.
+fn codec_of(compression: crate::api::Compression) -> Option<slatedb::config::CompressionCodec> {
+    use crate::api::Compression;
+    use slatedb::config::CompressionCodec;
+    match compression {
+        Compression::None => None,
+        Compression::Snappy => Some(CompressionCodec::Snappy),
+        Compression::Lz4 => Some(CompressionCodec::Lz4),
+        Compression::Zlib => Some(CompressionCodec::Zlib),
+        Compression::Zstd => Some(CompressionCodec::Zstd),
+    }
 }
 
 /// Resolves the source and both stores, or says why it cannot be yet.
@@ -372,7 +427,8 @@ async fn resolve(object: &DatabaseCopy, ctx: &Context) -> Outcome<Resolved> {
             source_store: store_spec,
             source_checkpoint,
             checkpoint,
-            jobs_possible: job_stores.is_some(),
+            // A re-encode is one writer: it cannot be split into shares.
+            jobs_possible: job_stores.is_some() && object.spec.reencode.is_none(),
         },
         source: source_db,
         source_config,
