@@ -596,3 +596,57 @@ async fn a_reencoded_copy_rewrites_every_row_with_its_codec_and_is_verified_by_t
     );
     env.cleanup().await;
 }
+
+#[tokio::test]
+async fn an_object_corrupted_at_the_target_is_caught_by_verification_and_only_it_is_sent_again() {
+    let env = TestEnv::new("copy-retransmit").await;
+    let source = TestStore::new(StoreKind::File, &env.namespace);
+    let target = TestStore::new(StoreKind::File, &env.namespace);
+    write_sample_db(&source, PARENT, 1_000, 4).await;
+    // One SST of the closure: its first write at the target stores altered bytes.
+    let ssts: Vec<String> = data_files(&source.local_root, PARENT)
+        .into_keys()
+        .filter(|k| k.starts_with("compacted/"))
+        .collect();
+    let victim = format!("{TARGET}/{}", ssts[ssts.len() / 2]);
+    let corrupt = format!("corrupt={victim}");
+    let _operator = Operator::start(
+        &env.namespace,
+        &[(slatedb_operator::engine::FAULTS_ENV, corrupt.as_str())],
+    );
+    let nightly = checkpoint(&env, &source, "nightly").await;
+    create(
+        &env,
+        "DatabaseCopy",
+        "dr",
+        json!({
+            "source": {"checkpointRef": {"name": "nightly"}},
+            "target": {"store": {"url": target.url}, "path": TARGET},
+            "verify": "Content"
+        }),
+    )
+    .await;
+    let ready = wait_copy(&env, "dr", "Ready", Duration::from_secs(60), |_| true).await;
+    let status = ready.status.unwrap();
+    let run = status.last_run.clone().unwrap();
+    assert_eq!(
+        run.objects_retransmitted, 1,
+        "only the corrupted object: {run:?}"
+    );
+    assert_eq!(run.objects_transferred, run.objects_total, "{run:?}");
+    assert_eq!(
+        status.checksum.and_then(|c| c.content_root),
+        content_root_of(&nightly)
+    );
+    let at_target = std::fs::read(target.local_root.join(&victim)).unwrap();
+    let at_source = std::fs::read(
+        source
+            .local_root
+            .join(PARENT)
+            .join(&victim[TARGET.len() + 1..]),
+    )
+    .unwrap();
+    assert!(at_target == at_source, "the object was sent again intact");
+    assert_rows(&target, TARGET, 1_000).await;
+    env.cleanup().await;
+}

@@ -127,12 +127,15 @@ pub struct FaultPlan {
     pub latency: Duration,
     /// Paths (prefixes, relative to the store's root) every request to which is refused (403).
     pub denied_prefixes: Vec<String>,
+    /// Paths (prefixes) whose first write in this process stores altered bytes, as a faulty
+    /// disk or a bad transfer would: what a copy's verification must catch.
+    pub corrupted_prefixes: Vec<String>,
     pub seed: u64,
 }
 
 impl FaultPlan {
     /// Parses `key=value` pairs separated by commas: `transient=<0..1>`, `latency=<n>ms`,
-    /// `deny=<prefix>` (repeatable), `seed=<n>`.
+    /// `deny=<prefix>` (repeatable), `corrupt=<prefix>` (repeatable), `seed=<n>`.
     pub fn parse(text: &str) -> Result<FaultPlan, String> {
         let mut plan = FaultPlan::default();
         for item in text.split(',').map(str::trim).filter(|s| !s.is_empty()) {
@@ -152,6 +155,7 @@ impl FaultPlan {
                     plan.latency = Duration::from_millis(millis.parse().map_err(|e| bad(&e))?);
                 }
                 "deny" => plan.denied_prefixes.push(value.to_string()),
+                "corrupt" => plan.corrupted_prefixes.push(value.to_string()),
                 "seed" => plan.seed = value.parse().map_err(|e| bad(&e))?,
                 _ => return Err(format!("unknown fault setting {key:?}")),
             }
@@ -234,6 +238,39 @@ impl InstrumentedStore {
     }
 }
 
+/// Paths whose first write [`FaultPlan::corrupted_prefixes`] altered, process-wide.
+static CORRUPTED: std::sync::LazyLock<std::sync::Mutex<std::collections::HashSet<String>>> =
+    std::sync::LazyLock::new(Default::default);
+
+/// `payload` with its last byte inverted, when `location` matches a corrupt prefix of `plan` and
+/// was not written before in this process; else `payload` as it is.
+fn corrupted_once(plan: &FaultPlan, location: &Path, payload: PutPayload) -> PutPayload {
+    let path = location.as_ref();
+    if !plan
+        .corrupted_prefixes
+        .iter()
+        .any(|p| path.starts_with(p.as_str()))
+    {
+        return payload;
+    }
+    let first = CORRUPTED
+        .lock()
+        .unwrap_or_else(|poisoned| poisoned.into_inner())
+        .insert(path.to_string());
+    if !first {
+        return payload;
+    }
+    let mut bytes: Vec<u8> = payload
+        .iter()
+        .flat_map(|chunk| chunk.iter().copied())
+        .collect();
+    if let Some(last) = bytes.last_mut() {
+        *last = !*last;
+    }
+    tracing::warn!(%path, "fault injection: this write stores altered bytes");
+    PutPayload::from(bytes)
+}
+
 impl fmt::Display for InstrumentedStore {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         write!(f, "Instrumented({})", self.inner)
@@ -249,6 +286,10 @@ impl ObjectStore for InstrumentedStore {
         opts: PutOptions,
     ) -> object_store::Result<PutResult> {
         self.admit(Operation::Put, location).await?;
+        let payload = match &self.faults {
+            Some(plan) => corrupted_once(plan, location, payload),
+            None => payload,
+        };
         self.inner.put_opts(location, payload, opts).await
     }
 
@@ -500,7 +541,20 @@ mod tests {
 
     #[test]
     fn fault_plans_parse_and_bad_ones_are_errors() {
-        let plan = FaultPlan::parse("transient=0.05, latency=3ms,deny=a/,deny=b/,seed=9").unwrap();
+        let plan =
+            FaultPlan::parse("transient=0.05, latency=3ms,deny=a/,deny=b/,corrupt=c/,seed=9")
+                .unwrap();
+        assert_eq!(plan.corrupted_prefixes, vec!["c/"]);
+        let once = |path: &str| {
+            let written = corrupted_once(&plan, &Path::from(path), PutPayload::from(vec![1u8, 2]));
+            written
+                .iter()
+                .flat_map(|c| c.iter().copied())
+                .collect::<Vec<u8>>()
+        };
+        assert_eq!(once("c/x.sst"), [1, !2], "the first write is altered");
+        assert_eq!(once("c/x.sst"), [1, 2], "a second write of it is not");
+        assert_eq!(once("d/x.sst"), [1, 2], "other paths are not");
         assert_eq!(plan.transient_rate, 0.05);
         assert_eq!(plan.latency, Duration::from_millis(3));
         assert_eq!(plan.denied_prefixes, vec!["a/", "b/"]);
