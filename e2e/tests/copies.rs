@@ -109,6 +109,39 @@ fn data_files(root: &std::path::Path, path: &str) -> BTreeMap<String, (u64, u64)
     found
 }
 
+/// Writes `rows` rows (`row(i)`) at [`PARENT`] as one L0 SST per 10 rows, more than SlateDB's
+/// default L0 limit allows without compaction: a parent of many objects.
+pub(crate) async fn write_l0_parent(
+    store: &TestStore,
+    rows: usize,
+    row: impl Fn(usize) -> (String, Vec<u8>),
+) {
+    let settings = slatedb::config::Settings {
+        l0_max_ssts: rows / 10 + 20,
+        l0_max_ssts_per_key: rows / 10 + 20,
+        ..slatedb_operator::engine::sample::sample_settings(None)
+    };
+    let db = slatedb::Db::builder(PARENT, store.open().main)
+        .with_settings(settings)
+        .build()
+        .await
+        .unwrap();
+    for i in 0..rows {
+        let (key, value) = row(i);
+        db.put(key.as_bytes(), &value).await.unwrap();
+        if i % 10 == 9 {
+            for flush_type in [
+                slatedb::config::FlushType::Wal,
+                slatedb::config::FlushType::MemTable,
+            ] {
+                let options = slatedb::config::FlushOptions { flush_type };
+                db.flush_with_options(options).await.unwrap();
+            }
+        }
+    }
+    db.close().await.unwrap();
+}
+
 #[tokio::test]
 async fn a_copy_to_another_store_reads_back_refreshes_incrementally_and_promotes() {
     let env = TestEnv::new("copy").await;
@@ -348,31 +381,11 @@ async fn a_copy_whose_operator_is_killed_five_times_ends_complete_and_verified()
     source.create_secret(&env).await;
     // Slow requests, so that every kill lands in the middle of the transfer.
     let slow = [(slatedb_operator::engine::FAULTS_ENV, "latency=50ms")];
-    // A parent of 100 L0 SSTs (SlateDB's default allows far fewer without compaction).
-    let settings = slatedb::config::Settings {
-        l0_max_ssts: 200,
-        l0_max_ssts_per_key: 200,
-        ..slatedb_operator::engine::sample::sample_settings(None)
-    };
-    let writer = slatedb::Db::builder(PARENT, source.open().main)
-        .with_settings(settings)
-        .build()
-        .await
-        .unwrap();
-    for i in 0..1_000 {
+    write_l0_parent(&source, 1_000, |i| {
         let (key, value) = sample_row(i);
-        writer.put(key.as_bytes(), value.as_bytes()).await.unwrap();
-        if i % 10 == 9 {
-            for flush_type in [
-                slatedb::config::FlushType::Wal,
-                slatedb::config::FlushType::MemTable,
-            ] {
-                let options = slatedb::config::FlushOptions { flush_type };
-                writer.flush_with_options(options).await.unwrap();
-            }
-        }
-    }
-    writer.close().await.unwrap();
+        (key, value.into_bytes())
+    })
+    .await;
     let mut operator = Operator::start(&env.namespace, &slow);
     let first = checkpoint(&env, &source, "nightly").await;
     create(

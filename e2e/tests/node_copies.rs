@@ -4,6 +4,7 @@
 //! succeeded; a pod deleted mid-copy is replaced and the copy still ends verified.
 
 use crate::clones::{create, wait_checkpoint_ready, PARENT};
+use crate::copies::write_l0_parent;
 use crate::node::{kubectl_apply, pod_store, ready_pods, Network, Release};
 use crate::support::{eventually, StoreKind, TestEnv, TestStore};
 use futures::TryStreamExt;
@@ -26,34 +27,6 @@ fn row(i: usize) -> (String, Vec<u8>) {
     )
 }
 
-/// A parent of 180 L0 SSTs of 10 rows each (about 1 MB per SST).
-async fn write_parent(store: &TestStore) {
-    let settings = slatedb::config::Settings {
-        l0_max_ssts: 200,
-        l0_max_ssts_per_key: 200,
-        ..slatedb_operator::engine::sample::sample_settings(None)
-    };
-    let db = slatedb::Db::builder(PARENT, store.open().main)
-        .with_settings(settings)
-        .build()
-        .await
-        .unwrap();
-    for i in 0..ROWS {
-        let (key, value) = row(i);
-        db.put(key.as_bytes(), &value).await.unwrap();
-        if i % 10 == 9 {
-            for flush_type in [
-                slatedb::config::FlushType::Wal,
-                slatedb::config::FlushType::MemTable,
-            ] {
-                let options = slatedb::config::FlushOptions { flush_type };
-                db.flush_with_options(options).await.unwrap();
-            }
-        }
-    }
-    db.close().await.unwrap();
-}
-
 /// How many manifests the target holds.
 async fn manifests_at(target: &TestStore) -> usize {
     let prefix = object_store::path::Path::from(format!("{TARGET}/manifest"));
@@ -73,7 +46,8 @@ async fn a_copy_above_the_job_threshold_runs_as_an_indexed_job_that_survives_a_p
     let source = pod_store(&env).await;
     // The target: another prefix of the S3 server, as the test reads it (loopback endpoint).
     let target = TestStore::new(StoreKind::S3, &format!("{}-dr", env.namespace));
-    write_parent(&source).await;
+    // 180 L0 SSTs of about 1 MB.
+    write_l0_parent(&source, ROWS, row).await;
     let release = Release::install(&env, "c", Network::Pod, &[], &[]);
     ready_pods(&env, &release, 1).await;
     // Jobs copy between DatabaseStores: their pods mount the stores' credentials Secret, which
