@@ -385,7 +385,7 @@ fn default_values_render_a_cluster_wide_restricted_operator() {
     for expected in [
         "--log-format=json",
         "--http-port=8080",
-        "--controllers=checkpoint,clone",
+        "--controllers=checkpoint,clone,copy",
         "--clone-concurrency=8",
         "--admin-timeout-seconds=30",
         "--max-backoff-seconds=300",

@@ -109,7 +109,11 @@ async fn a_copy_above_the_job_threshold_runs_as_an_indexed_job_that_survives_a_p
     .await;
     let job_name = format!("slatedb-copy-{}", copy.metadata.uid.clone().unwrap());
     let jobs = env.api::<Job>();
-    let job = jobs.get(&job_name).await.unwrap();
+    // The status records the Job just before the operator creates it.
+    let job = eventually(Duration::from_secs(30), "the Job created", || async {
+        jobs.get_opt(&job_name).await.ok()?
+    })
+    .await;
     let spec = job.spec.clone().unwrap();
     assert_eq!(spec.completion_mode.as_deref(), Some("Indexed"));
     assert_eq!(spec.completions, Some(3));
