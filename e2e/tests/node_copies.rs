@@ -237,6 +237,44 @@ async fn a_copy_above_the_job_threshold_runs_as_an_indexed_job_that_survives_a_p
         );
     }
     reader.close().await.unwrap();
+
+    // The DatabaseStore that holds the copy is not deleted under it: DeletionBlocked names it.
+    env.kubectl(&["delete", "databasestore", &target_store, "--wait=false"]);
+    let stores = kube::Api::<slatedb_operator::api::DatabaseStore>::all(env.client.clone());
+    eventually(
+        Duration::from_secs(30),
+        "the store's DeletionBlocked",
+        || async {
+            let store = stores.get(&target_store).await.ok()?;
+            store.status?.conditions.into_iter().find(|c| {
+                c.type_ == "DeletionBlocked"
+                    && c.status == "True"
+                    && c.message
+                        .contains(&format!("DatabaseCopy {}/dr", env.namespace))
+            })
+        },
+    )
+    .await;
+    env.kubectl(&[
+        "delete",
+        "databasecopy",
+        "dr",
+        "--wait=true",
+        "--timeout=60s",
+    ]);
+    eventually(
+        Duration::from_secs(60),
+        "the store gone with its copy",
+        || async {
+            stores
+                .get_opt(&target_store)
+                .await
+                .ok()?
+                .is_none()
+                .then_some(())
+        },
+    )
+    .await;
     release.uninstall();
     env.cleanup().await;
 }

@@ -9,7 +9,7 @@ pub mod decide;
 use super::shell::{self, Reconcile};
 use super::stores::{database_store_config, open_shared};
 use super::{Context, Error, Problem};
-use crate::api::{DatabaseCheckpoint, DatabaseClone, DatabaseStore, StoreSpec};
+use crate::api::{DatabaseCheckpoint, DatabaseClone, DatabaseCopy, DatabaseStore, StoreSpec};
 use crate::controller::to_k8s_time;
 use crate::engine::Fault;
 use chrono::Utc;
@@ -111,9 +111,9 @@ async fn cleanup(object: &DatabaseStore, ctx: &Context) -> Result<Action, Error>
     )))
 }
 
-/// The checkpoints and clones, in the namespaces the operator watches, that hold data through
-/// store `name`: a checkpoint that made (or adopted) a SlateDB checkpoint, a clone whose work
-/// started. An object that merely names the store (refused, or not started) does not hold it, so
+/// The checkpoints, clones and copies, in the namespaces the operator watches, that hold data
+/// through store `name`: a checkpoint that made (or adopted) a SlateDB checkpoint, a clone whose
+/// work started, a copy whose work started (in its target store). An object that merely names the store (refused, or not started) does not hold it, so
 /// no namespace can keep an administrator from deleting a store by naming it.
 async fn users_of(name: &str, ctx: &Context) -> Result<Vec<String>, Error> {
     let scopes: Vec<Option<&str>> = match ctx.settings.namespaces.as_slice() {
@@ -150,6 +150,20 @@ async fn users_of(name: &str, ctx: &Context) -> Result<Vec<String>, Error> {
                     "DatabaseClone {}/{}",
                     clone.namespace().unwrap_or_default(),
                     clone.name_any()
+                ));
+            }
+        }
+        let copies = ctx
+            .scoped_api::<DatabaseCopy>(scope)
+            .list(&Default::default())
+            .await?;
+        for copy in copies {
+            let started = copy.status.as_ref().is_some_and(|s| s.attempts.is_some());
+            if started && names_store(Some(&copy.spec.target.store), name) {
+                users.push(format!(
+                    "DatabaseCopy {}/{}",
+                    copy.namespace().unwrap_or_default(),
+                    copy.name_any()
                 ));
             }
         }
