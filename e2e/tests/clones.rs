@@ -25,15 +25,32 @@ pub(crate) async fn wait_clone(
     timeout: Duration,
 ) -> DatabaseClone {
     let api = env.api::<DatabaseClone>();
-    eventually(
+    // What the last probe saw, for the message when the wait runs out.
+    let last_seen = std::sync::Mutex::new(String::from("no answer from the API server"));
+    let found = tokio::time::timeout(
         timeout,
-        &format!("clone {name} to have {type_}=True"),
-        || async {
-            let object = api.get(name).await.ok()?;
-            (condition(&object, type_)?.0 == "True").then_some(object)
-        },
+        eventually(timeout + Duration::from_secs(1), name, || async {
+            let seen = api.get(name).await;
+            let mut last = last_seen.lock().unwrap();
+            match seen {
+                Ok(object) => {
+                    *last = format!("{:?}", object.status.as_ref().map(|s| &s.conditions));
+                    (condition(&object, type_)?.0 == "True").then_some(object)
+                }
+                Err(error) => {
+                    *last = format!("GET failed: {error}");
+                    None
+                }
+            }
+        }),
     )
-    .await
+    .await;
+    found.unwrap_or_else(|_| {
+        panic!(
+            "timed out after {timeout:?} waiting for clone {name} to have {type_}=True; last seen: {}",
+            last_seen.lock().unwrap()
+        )
+    })
 }
 
 pub(crate) async fn create(env: &TestEnv, kind: &str, name: &str, spec: Value) {

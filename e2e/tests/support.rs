@@ -209,6 +209,9 @@ macro_rules! on_both_stores {
     };
 }
 
+/// The longest one probe of [`eventually`] may take.
+const PROBE_TIMEOUT: Duration = Duration::from_secs(20);
+
 /// Polls `probe` until it returns `Some`, or panics after `timeout` with `what`.
 pub async fn eventually<T, F, Fut>(timeout: Duration, what: &str, mut probe: F) -> T
 where
@@ -217,7 +220,11 @@ where
 {
     let deadline = Instant::now() + timeout;
     loop {
-        if let Some(value) = probe().await {
+        // One probe that hangs (a request on a connection the server stopped answering) must not
+        // use up the whole wait: it is abandoned and the next one goes out on another connection.
+        let left = deadline.saturating_duration_since(Instant::now());
+        let attempt = left.clamp(Duration::from_secs(1), PROBE_TIMEOUT);
+        if let Ok(Some(value)) = tokio::time::timeout(attempt, probe()).await {
             return value;
         }
         assert!(

@@ -115,12 +115,10 @@ pub struct Context {
     /// checkpoint controllers share: a checkpoint's reconcile counts its clones in its cache
     /// instead of listing every clone of its namespace, which with 10 000 clones was a
     /// 10 000-object LIST per clone created.
-    clone_watches: Mutex<
-        Vec<(
-            Option<String>,
-            shell::SharedWatch<crate::api::DatabaseClone>,
-        )>,
-    >,
+    clone_watches: shell::SharedWatches<crate::api::DatabaseClone>,
+    /// The one watch of DatabaseCheckpoints per watched namespace, shared by the checkpoint
+    /// controller and the triggers of clones and copies; a clone's start reads its source from it.
+    checkpoint_watches: shell::SharedWatches<crate::api::DatabaseCheckpoint>,
 }
 
 impl Context {
@@ -153,7 +151,8 @@ impl Context {
             settings,
             failures: Mutex::default(),
             connections_seen: Mutex::default(),
-            clone_watches: Mutex::default(),
+            clone_watches: shell::SharedWatches::default(),
+            checkpoint_watches: shell::SharedWatches::default(),
         }
     }
 
@@ -163,16 +162,32 @@ impl Context {
         &self,
         scope: Option<&str>,
     ) -> shell::SharedWatch<crate::api::DatabaseClone> {
-        let mut watches = self
-            .clone_watches
-            .lock()
-            .unwrap_or_else(|poisoned| poisoned.into_inner());
-        if let Some((_, watch)) = watches.iter().find(|(s, _)| s.as_deref() == scope) {
-            return watch.clone();
+        self.clone_watches.get_or_start(self, scope)
+    }
+
+    /// The watch of DatabaseCheckpoints in `scope` (all namespaces when `None`), started by its
+    /// first user.
+    pub fn checkpoint_watch(
+        &self,
+        scope: Option<&str>,
+    ) -> shell::SharedWatch<crate::api::DatabaseCheckpoint> {
+        self.checkpoint_watches.get_or_start(self, scope)
+    }
+
+    /// DatabaseCheckpoint `namespace/name` as the watch cache holds it now; `None` when no synced
+    /// cache covers the namespace or it does not hold the object.
+    pub fn cached_checkpoint(
+        &self,
+        namespace: &str,
+        name: &str,
+    ) -> Option<Arc<crate::api::DatabaseCheckpoint>> {
+        let watch = self.checkpoint_watches.covering(namespace)?;
+        if !watch.is_ready() {
+            return None;
         }
-        let watch = shell::SharedWatch::start(self, scope);
-        watches.push((scope.map(String::from), watch.clone()));
         watch
+            .store()
+            .get(&kube::runtime::reflector::ObjectRef::new(name).within(namespace))
     }
 
     /// The DatabaseClones of `namespace` from the watch cache that covers it, once it holds a first
@@ -181,13 +196,7 @@ impl Context {
         &self,
         namespace: &str,
     ) -> Option<Vec<Arc<crate::api::DatabaseClone>>> {
-        let watch = self
-            .clone_watches
-            .lock()
-            .unwrap_or_else(|poisoned| poisoned.into_inner())
-            .iter()
-            .find(|(scope, _)| scope.as_deref().is_none_or(|s| s == namespace))
-            .map(|(_, watch)| watch.clone())?;
+        let watch = self.clone_watches.covering(namespace)?;
         // Waiting, not listing: at a restart every checkpoint reconciles before the cache has
         // synced, and a LIST of every clone per checkpoint was most of the operator's peak memory.
         if !tokio::time::timeout(CLONE_CACHE_SYNC, watch.ready())

@@ -273,6 +273,11 @@ impl<K: Resource<DynamicType = ()> + Clone + 'static> SharedWatch<K> {
         self.store.clone()
     }
 
+    /// Whether the cache holds a first full list now.
+    pub fn is_ready(&self) -> bool {
+        *self.ready.borrow()
+    }
+
     /// Waits until the cache holds a first full list (`false`: the watch task is gone).
     pub async fn ready(&self) -> bool {
         self.ready.clone().wait_for(|ready| *ready).await.is_ok()
@@ -318,6 +323,41 @@ impl<K: Resource<DynamicType = ()> + Clone + 'static> SharedWatch<K> {
             };
             futures::future::ready(pass)
         })
+    }
+}
+
+/// The shared watches of kind `K`, one per scope (a namespace, or all when `None`), each started
+/// by its first user.
+pub struct SharedWatches<K: Resource<DynamicType = ()> + 'static> {
+    watches: Mutex<Vec<(Option<String>, SharedWatch<K>)>>,
+}
+
+impl<K: Resource<DynamicType = ()> + 'static> Default for SharedWatches<K> {
+    fn default() -> Self {
+        SharedWatches {
+            watches: Mutex::default(),
+        }
+    }
+}
+
+impl<K: Reconcile> SharedWatches<K> {
+    /// The watch of `scope`, started now if it is the first use.
+    pub fn get_or_start(&self, ctx: &Context, scope: Option<&str>) -> SharedWatch<K> {
+        let mut watches = lock(&self.watches);
+        if let Some((_, watch)) = watches.iter().find(|(s, _)| s.as_deref() == scope) {
+            return watch.clone();
+        }
+        let watch = SharedWatch::start(ctx, scope);
+        watches.push((scope.map(String::from), watch.clone()));
+        watch
+    }
+
+    /// A watch whose scope covers `namespace`, if one was started.
+    pub fn covering(&self, namespace: &str) -> Option<SharedWatch<K>> {
+        lock(&self.watches)
+            .iter()
+            .find(|(scope, _)| scope.as_deref().is_none_or(|s| s == namespace))
+            .map(|(_, watch)| watch.clone())
     }
 }
 

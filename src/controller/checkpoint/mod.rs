@@ -217,7 +217,7 @@ async fn delete_slatedb_checkpoints(
 /// the `SecretNotFound` wait.
 pub async fn run(ctx: Arc<Context>, namespace: Option<String>) {
     let namespace = namespace.as_deref();
-    let (controller, checkpoints) = shell::controller::<DatabaseCheckpoint>(&ctx, namespace);
+    let (controller, checkpoints) = shell::controller_on(&ctx, &ctx.checkpoint_watch(namespace));
     let controller = store::watch_stores(controller, &ctx, checkpoints, |checkpoint, name| {
         store::names_store(Some(&checkpoint.spec.database.store), name)
     });

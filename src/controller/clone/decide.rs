@@ -315,13 +315,16 @@ pub fn decide(
             conditions.set(INITIALIZED, false, CLONING, "");
             conditions.clear(STALLED);
             phase = Some(ClonePhase::Cloning);
-            if previous.attempts.is_none() {
-                event = Some(Notice::normal("Clone", CLONING, "clone work started"));
-            }
             requeue_after = Some(PROGRESS_INTERVAL);
         }
         Work::Running(progress) => {
+            // A clone Ready within one progress interval gets one event, its `Ready`; one that
+            // takes longer is announced at its first progress report. An event is a write to the
+            // API server, and many clones at once are bound by those.
             if let Some(progress) = progress {
+                if previous.progress.is_none() && previous.attempts == Some(1) {
+                    event = Some(Notice::normal("Clone", CLONING, "clone work started"));
+                }
                 let step = progress.step.name();
                 let message = format!(
                     "{step}: {} of {} objects",
@@ -577,7 +580,57 @@ mod tests {
         );
         assert_eq!(again.status.attempts, Some(2));
         assert!(
-            again.event.is_none(),
+            d.event.is_none() && again.event.is_none(),
+            "a start alone publishes no event"
+        );
+    }
+
+    #[test]
+    fn a_clone_still_running_at_its_first_progress_report_is_announced_once() {
+        let started = decide(
+            &object(spec(), None),
+            &Work::Startable(store().into()),
+            now(),
+            Duration::ZERO,
+        );
+        let progress = CloneProgress {
+            step: CloneStep::Verify,
+            objects_done: 1,
+            objects_total: 6,
+            bytes_done: 10,
+            bytes_total: 60,
+        };
+        let first = decide(
+            &object(spec(), Some(started.status.clone())),
+            &Work::Running(Some(progress.clone())),
+            now(),
+            Duration::ZERO,
+        );
+        assert_eq!(
+            first.event.as_ref().map(|e| e.reason.as_str()),
+            Some(CLONING)
+        );
+        let second = decide(
+            &object(spec(), Some(first.status)),
+            &Work::Running(Some(progress.clone())),
+            now(),
+            Duration::ZERO,
+        );
+        assert!(second.event.is_none(), "announced once");
+        let retried = decide(
+            &object(spec(), Some(started.status)),
+            &Work::Startable(store().into()),
+            now(),
+            Duration::ZERO,
+        );
+        let retry_report = decide(
+            &object(spec(), Some(retried.status)),
+            &Work::Running(Some(progress)),
+            now(),
+            Duration::ZERO,
+        );
+        assert!(
+            retry_report.event.is_none(),
             "one Cloning event per clone, not per attempt"
         );
     }

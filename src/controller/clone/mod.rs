@@ -457,7 +457,7 @@ async fn delete_data(object: &DatabaseClone, ctx: &Context) -> Result<DataDeleti
 /// checkpoint of (its deletion may free that clone's held data).
 fn clones_related_to_checkpoint(
     clones: Store<DatabaseClone>,
-) -> impl Fn(DatabaseCheckpoint) -> Vec<ObjectRef<DatabaseClone>> {
+) -> impl Fn(Arc<DatabaseCheckpoint>) -> Vec<ObjectRef<DatabaseClone>> {
     move |checkpoint| {
         let namespace = checkpoint.namespace();
         let name = checkpoint.name_any();
@@ -544,13 +544,9 @@ pub async fn run(ctx: Arc<Context>, namespace: Option<String>) {
     });
     // Only the changes a clone acts on pass: progress, dependents counts and other status updates
     // of the checkpoints and clones around it would re-queue every one of its clones each time.
-    let checkpoint_changes = watcher(
-        ctx.scoped_api::<DatabaseCheckpoint>(namespace),
-        watcher::Config::default(),
-    )
-    .backoff(shell::WatchBackoff::default())
-    .touched_objects()
-    .predicate_filter(predicates::checkpoint_change_for_clones, Default::default());
+    let checkpoint_changes = ctx
+        .checkpoint_watch(namespace)
+        .changes(predicates::checkpoint_change_for_clones);
     let clone_changes = watch.changes(predicates::clone_change_for_parents);
     // A schedule's creation (or going) wakes the clones naming it; its checkpoints turning Ready
     // wake them through the checkpoint watch.
@@ -562,7 +558,7 @@ pub async fn run(ctx: Arc<Context>, namespace: Option<String>) {
     .touched_objects()
     .predicate_filter(predicates::lifecycle, Default::default());
     let controller = controller
-        .watches_stream(
+        .watches_shared_stream(
             checkpoint_changes,
             clones_related_to_checkpoint(clones.clone()),
         )

@@ -11,6 +11,7 @@ use crate::controller::stores::{open_store, PathUse};
 use crate::controller::{Context, Outcome, Problem};
 use crate::engine::{CloneConfig, CloneSourceCheckpoint, Fault, Owner, RetryPolicy, Verification};
 use kube::{Api, ResourceExt};
+use std::sync::Arc;
 
 /// A resolved source: what the engine needs, and the store to record in the status.
 pub struct Resolved {
@@ -133,8 +134,19 @@ pub(crate) async fn checkpoint_source(
     name: &str,
     ctx: &Context,
 ) -> Outcome<(StoreSpec, String, uuid::Uuid)> {
-    let checkpoints = Api::<DatabaseCheckpoint>::namespaced(ctx.client.clone(), namespace);
-    let Some(checkpoint) = checkpoints.get_opt(name).await? else {
+    // A Ready checkpoint's id, store and path never change, so the watch cache answers for one
+    // without a round trip to the API server; anything else is read afresh.
+    let cached = ctx
+        .cached_checkpoint(namespace, name)
+        .filter(|c| c.metadata.deletion_timestamp.is_none() && ready_id(c).is_some());
+    let checkpoint = match cached {
+        Some(checkpoint) => Some(checkpoint),
+        None => Api::<DatabaseCheckpoint>::namespaced(ctx.client.clone(), namespace)
+            .get_opt(name)
+            .await?
+            .map(Arc::new),
+    };
+    let Some(checkpoint) = checkpoint else {
         return problem(
             Fault::Transient,
             "SourceNotFound",
@@ -142,12 +154,8 @@ pub(crate) async fn checkpoint_source(
         );
     };
     let status = checkpoint.status.clone().unwrap_or_default();
-    let id = status
-        .checkpoint_id
-        .as_deref()
-        .and_then(|id| id.parse().ok());
-    match id {
-        Some(id) if is_true(&status.conditions, READY) => Ok(Ok((
+    match ready_id(&checkpoint) {
+        Some(id) => Ok(Ok((
             checkpoint.spec.database.store.clone(),
             checkpoint.spec.database.path.0.clone(),
             id,
@@ -175,6 +183,13 @@ pub(crate) async fn checkpoint_source(
             format!("DatabaseCheckpoint {namespace}/{name} is not Ready"),
         ),
     }
+}
+
+/// The SlateDB checkpoint id of a Ready DatabaseCheckpoint.
+fn ready_id(checkpoint: &DatabaseCheckpoint) -> Option<uuid::Uuid> {
+    let status = checkpoint.status.as_ref()?;
+    let id = status.checkpoint_id.as_deref()?.parse().ok()?;
+    is_true(&status.conditions, READY).then_some(id)
 }
 
 /// The DatabaseCheckpoint a clone of schedule `name` is made from: the one recorded when its work

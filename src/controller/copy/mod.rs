@@ -557,7 +557,7 @@ async fn drop_temporary_checkpoint(object: &DatabaseCopy, ctx: &Context) -> Resu
 /// A checkpoint's change wakes the copies of it and of its schedule.
 fn copies_of_checkpoint(
     copies: Store<DatabaseCopy>,
-) -> impl Fn(DatabaseCheckpoint) -> Vec<ObjectRef<DatabaseCopy>> {
+) -> impl Fn(Arc<DatabaseCheckpoint>) -> Vec<ObjectRef<DatabaseCopy>> {
     move |checkpoint| {
         let namespace = checkpoint.namespace();
         let name = checkpoint.name_any();
@@ -632,13 +632,9 @@ pub async fn run(ctx: Arc<Context>, namespace: Option<String>) {
         let source = copy.spec.source.database.as_ref().map(|d| &d.store);
         names(source, name) || names(Some(&copy.spec.target.store), name)
     });
-    let checkpoint_changes = watcher(
-        ctx.scoped_api::<DatabaseCheckpoint>(namespace),
-        watcher::Config::default(),
-    )
-    .backoff(shell::WatchBackoff::default())
-    .touched_objects()
-    .predicate_filter(predicates::checkpoint_change_for_clones, Default::default());
+    let checkpoint_changes = ctx
+        .checkpoint_watch(namespace)
+        .changes(predicates::checkpoint_change_for_clones);
     let schedule_changes = watcher(
         ctx.scoped_api::<DatabaseCheckpointSchedule>(namespace),
         watcher::Config::default(),
@@ -647,7 +643,7 @@ pub async fn run(ctx: Arc<Context>, namespace: Option<String>) {
     .touched_objects()
     .predicate_filter(predicates::lifecycle, Default::default());
     let controller = controller
-        .watches_stream(checkpoint_changes, copies_of_checkpoint(copies.clone()))
+        .watches_shared_stream(checkpoint_changes, copies_of_checkpoint(copies.clone()))
         .watches_stream(schedule_changes, copies_of_schedule(copies));
     let controller = if ctx.settings.copy_jobs.image.is_some() {
         let jobs = Api::<Job>::namespaced(ctx.client.clone(), &ctx.settings.operator_namespace);
