@@ -16,7 +16,8 @@
 # operator_scale needs the e2e control plane. When KUBECONFIG and E2E_KUBECTL are set and the API server
 # answers (e.g. after `source <(e2e/cluster.sh env)`), it uses that cluster; otherwise this script starts one
 # with e2e/cluster.sh on private ports (E2E_STATE_DIR default $TMPDIR/slatedb-bench-cluster, E2E_ETCD_PORT
-# 42379, E2E_ETCD_PEER_PORT 42380, E2E_APISERVER_PORT 46443, E2E_S3_PORT 49000; set them to move it) and
+# 42379, E2E_ETCD_PEER_PORT 42380, E2E_APISERVER_PORT 46443, E2E_S3_PORT 49000,
+# E2E_GCS_PORT 49100, E2E_AZURITE_PORT 49200, and no node (E2E_NODE=0); set them to move it) and
 # stops it at the end.
 #
 # Other knobs: BENCH_REPS (default 7 for clone_cost, 5 for verify_throughput, 3 with BENCH_FULL; 3 for
@@ -75,6 +76,9 @@ case " ${benches[*]} " in
             export E2E_STATE_DIR=${E2E_STATE_DIR:-${TMPDIR:-/tmp}/slatedb-bench-cluster}
             export E2E_ETCD_PORT=${E2E_ETCD_PORT:-42379} E2E_ETCD_PEER_PORT=${E2E_ETCD_PEER_PORT:-42380}
             export E2E_APISERVER_PORT=${E2E_APISERVER_PORT:-46443} E2E_S3_PORT=${E2E_S3_PORT:-49000}
+            export E2E_GCS_PORT=${E2E_GCS_PORT:-49100} E2E_AZURITE_PORT=${E2E_AZURITE_PORT:-49200}
+            # The benches run no pods; a second node would clash with the test bed's own.
+            export E2E_NODE=${E2E_NODE:-0}
             echo "run.sh: starting a cluster for operator_scale in $E2E_STATE_DIR" >&2
             owned_cluster=1
             e2e/cluster.sh up >/dev/null
