@@ -217,15 +217,9 @@ impl Operator {
             .unwrap_or(0)
     }
 
-    /// User + system CPU seconds of the operator so far (`/proc/<pid>/stat`, 100 Hz ticks).
+    /// User + system CPU seconds of the operator so far.
     fn cpu_secs(&self) -> f64 {
-        let stat =
-            std::fs::read_to_string(format!("/proc/{}/stat", self.child.id())).unwrap_or_default();
-        let after_name = stat.rsplit_once(')').map(|(_, r)| r).unwrap_or("");
-        let fields: Vec<&str> = after_name.split_whitespace().collect();
-        let ticks = |i: usize| -> f64 { fields.get(i).and_then(|v| v.parse().ok()).unwrap_or(0.0) };
-        // After the name: state is field 0, utime field 11, stime field 12.
-        (ticks(11) + ticks(12)) / 100.0
+        cpu_secs_of(&self.child.id().to_string())
     }
 
     fn alive(&mut self) -> bool {
@@ -320,6 +314,35 @@ struct Baseline {
     writes: Counters,
 }
 
+/// User + system CPU seconds of process `pid` (or `self`) so far (`/proc/<pid>/stat`, 100 Hz
+/// ticks); 0 once it is gone.
+fn cpu_secs_of(pid: &str) -> f64 {
+    let stat = std::fs::read_to_string(format!("/proc/{pid}/stat")).unwrap_or_default();
+    let after_name = stat.rsplit_once(')').map(|(_, r)| r).unwrap_or("");
+    let fields: Vec<&str> = after_name.split_whitespace().collect();
+    let ticks = |i: usize| -> f64 { fields.get(i).and_then(|v| v.parse().ok()).unwrap_or(0.0) };
+    // After the name: state is field 0, utime field 11, stime field 12.
+    (ticks(11) + ticks(12)) / 100.0
+}
+
+/// The processes that share the machine during a burst, besides the operator: the test bed's
+/// (from the pid files `e2e/cluster.sh` keeps in `E2E_STATE_DIR`) and this bench.
+const BURST_PROCESSES: [&str; 4] = ["kube-apiserver", "etcd", "s3s-fs", "bench"];
+
+/// CPU seconds so far of each of [`BURST_PROCESSES`].
+fn burst_cpu() -> Vec<f64> {
+    let state = std::env::var("E2E_STATE_DIR").unwrap_or_default();
+    BURST_PROCESSES
+        .iter()
+        .map(|name| match *name {
+            "bench" => cpu_secs_of("self"),
+            _ => std::fs::read_to_string(format!("{state}/{name}.pid"))
+                .map(|pid| cpu_secs_of(pid.trim()))
+                .unwrap_or(0.0),
+        })
+        .collect()
+}
+
 struct OperatorRun {
     store: &'static str,
     n: usize,
@@ -339,6 +362,9 @@ struct OperatorRun {
     /// after the clones were Ready: the rate at which its manifest takes writes (the floor of a
     /// design in which each clone writes the parent's manifest once).
     parent_checkpoints_per_sec: f64,
+    /// From the first create until every clone was Ready (or the wait ended): wall seconds, the
+    /// operator's CPU seconds, and those of each of [`BURST_PROCESSES`].
+    burst: (f64, f64, Vec<f64>),
     /// Seconds from deleting every clone at once until the last is gone (`None`: not all within
     /// the timeout), and how many were gone.
     delete_secs: Option<f64>,
@@ -521,6 +547,7 @@ async fn operator_run(
     tokio::time::sleep(Duration::from_millis(500)).await;
 
     eprintln!("operator_scale: {store_kind}: creating {n} DatabaseClones");
+    let (burst_operator_before, burst_before) = (operator.cpu_secs(), burst_cpu());
     let started = Instant::now();
     let (create_secs, created_at) =
         create_all(&clones, n, conc, |i| clone_object(&format!("c-{i:04}"))).await;
@@ -560,6 +587,15 @@ async fn operator_run(
             }
         }
     }
+    let burst = (
+        started.elapsed().as_secs_f64(),
+        operator.cpu_secs() - burst_operator_before,
+        burst_cpu()
+            .iter()
+            .zip(&burst_before)
+            .map(|(after, before)| after - before)
+            .collect(),
+    );
     let writes_at_ready = delta(&before, &scrape_writes());
     let all_ready = (ready_at.len() == n).then(|| ready_at.values().cloned().fold(0.0, f64::max));
     let first_ready = ready_at.values().cloned().fold(f64::INFINITY, f64::min);
@@ -618,6 +654,7 @@ async fn operator_run(
         peak_rss_mib,
         cpu_secs,
         parent_checkpoints_per_sec,
+        burst,
         delete_secs,
         deleted,
         delete_timeouts,
@@ -1568,7 +1605,44 @@ fn report(n: usize, conc: usize, baselines: &[Baseline], runs: &[OperatorRun]) {
             );
         }
     }
+    let cores = std::thread::available_parallelism().map_or(1, |n| n.get()) as f64;
+    println!(
+        "CPU seconds during the burst (first create → all Ready), by process; the machine has {cores:.0} cores:\n"
+    );
+    println!(
+        "| store | wall s | operator | {} | all | cores busy of {cores:.0} |",
+        BURST_PROCESSES.join(" | ")
+    );
+    println!(
+        "|---|---:|---:|{}---:|---:|",
+        "---:|".repeat(BURST_PROCESSES.len())
+    );
     for r in runs {
+        let (wall, operator, others) = &r.burst;
+        let all = operator + others.iter().sum::<f64>();
+        let each: Vec<String> = others.iter().map(|c| format!("{c:.1}")).collect();
+        println!(
+            "| `{}` | {wall:.1} | {operator:.1} | {} | {all:.1} | {:.2} |",
+            r.store,
+            each.join(" | "),
+            all / wall
+        );
+    }
+    println!();
+    let unwatched_rate = baselines
+        .iter()
+        .find(|b| b.label.contains("no operator"))
+        .map(|b| b.n as f64 / b.create_secs);
+    for r in runs {
+        if let Some(unwatched) = unwatched_rate {
+            let ratio = (r.n as f64 / r.create_secs) / unwatched;
+            println!(
+                "- **Goal (`{}` store): the user's creates not slowed below 0.5× — {}.** {:.0} creates/s while the operator works = {ratio:.2}× the same creates with no operator ({unwatched:.0}/s).",
+                r.store,
+                if ratio >= 0.5 { "MET" } else { "MISSED" },
+                r.n as f64 / r.create_secs,
+            );
+        }
         let by_operator = total(&r.writes, true).saturating_sub(count(
             &r.writes,
             "databaseclones.slatedb.io",
