@@ -284,15 +284,24 @@ async fn clone_once(
     owns_target: &mut bool,
 ) -> Result<CloneReport, EngineError> {
     let mut phases = Phases::start();
-    // Resolve the source checkpoint, and what the clone will reference and copy.
-    source.probe().await?;
+    // Resolve the source checkpoint, and what the clone will reference and copy. One read of the
+    // source's latest manifest says that a database is there, holds the checkpoint, and names the
+    // databases the source is a clone of: each read lists every manifest version of the source,
+    // and many clones of one parent made that listing most of a clone's cost.
+    let source_manifest = source.latest_manifest_listed().await?;
     target
         .ensure_not_owned_by_another(config.owner.as_ref())
         .await?;
     let checkpoint = match &config.source_checkpoint {
-        CloneSourceCheckpoint::Id(id) => {
-            source.find_checkpoint(&CheckpointSelector::Id(*id)).await?
-        }
+        CloneSourceCheckpoint::Id(id) => source_manifest
+            .checkpoints()
+            .iter()
+            .find(|c| c.id == *id)
+            .map(CheckpointInfo::from)
+            .ok_or_else(|| EngineError::CheckpointMissing {
+                path: source.path.to_string(),
+                selector: CheckpointSelector::Id(*id).to_string(),
+            })?,
         CloneSourceCheckpoint::Latest { name } => {
             source
                 .obtain_checkpoint(name, Some(Duration::from_secs(3600)))
@@ -332,10 +341,11 @@ async fn clone_once(
         // The builder writes the manifest of the parent and of every database the parent is a
         // clone of (the clone's final checkpoints), and derives the clone's manifest from the
         // parent's as this build decodes it.
-        let ancestors: Vec<Database> = source
-            .parents()
-            .await?
+        // A database's lineage is fixed when it is made, so the manifest read above answers.
+        let ancestors: Vec<Database> = source_manifest
+            .external_dbs()
             .iter()
+            .map(ParentLink::from)
             .map(|a| Database::new(config.store.clone(), &a.path, config.admin_timeout))
             .collect();
         let mut writing: Vec<&Database> = vec![&source];
@@ -369,7 +379,7 @@ async fn clone_once(
     phases.end("read_clone_manifest");
 
     // Verify. Listing what the clone pins is also the Metadata check: each object must exist.
-    let clone_objects = target.pinned_objects(manifest.id()).await?;
+    let clone_objects = target.pinned_objects_of(&manifest).await?;
     let verify_total = match config.verify {
         Verification::Content => clone_objects.len() as u64,
         _ => 0,

@@ -138,6 +138,43 @@ impl Database {
             .await
     }
 
+    /// The latest manifest, found by one listing of the manifest directory and read by id. A
+    /// refused or failed listing keeps its kind (SlateDB's own read retries what it cannot read,
+    /// so a store that refuses the path would only time out).
+    pub async fn latest_manifest_listed(&self) -> Result<VersionedManifest, EngineError> {
+        let Some(id) = self.latest_manifest_id().await? else {
+            return Err(EngineError::NotADatabase {
+                path: self.path.to_string(),
+            });
+        };
+        match self
+            .bounded("read_manifest", self.admin().read_manifest(Some(id)))
+            .await?
+        {
+            Some(manifest) => Ok(manifest),
+            // Collected since the listing, so a newer one is the latest.
+            None => self.latest_manifest().await,
+        }
+    }
+
+    /// The id of the newest manifest object, from a listing of the manifest directory.
+    pub(crate) async fn latest_manifest_id(&self) -> Result<Option<u64>, EngineError> {
+        let directory = self.path.clone().join("manifest");
+        let listing = self.store.main.list_with_delimiter(Some(&directory));
+        let listing = self.bounded_store("list manifests", listing).await?;
+        Ok(listing
+            .objects
+            .iter()
+            .filter_map(|o| {
+                o.location
+                    .filename()?
+                    .strip_suffix(".manifest")?
+                    .parse()
+                    .ok()
+            })
+            .max())
+    }
+
     pub async fn latest_manifest(&self) -> Result<VersionedManifest, EngineError> {
         self.try_latest_manifest()
             .await?

@@ -79,7 +79,15 @@ impl Database {
     /// for the few in directories not worth listing and for any a listing missed.
     pub async fn pinned_objects(&self, manifest_id: u64) -> Result<Vec<PinnedObject>, EngineError> {
         let manifest = self.pinned_manifest(manifest_id).await?;
-        let resolver = PathResolver::new(self.path.clone(), &manifest);
+        self.pinned_objects_of(&manifest).await
+    }
+
+    /// [`Database::pinned_objects`] of a manifest already read.
+    pub async fn pinned_objects_of(
+        &self,
+        manifest: &VersionedManifest,
+    ) -> Result<Vec<PinnedObject>, EngineError> {
+        let resolver = PathResolver::new(self.path.clone(), manifest);
         let mut wanted: Vec<(String, Path, bool)> = Vec::new();
         let mut seen = std::collections::BTreeSet::new();
         for view in manifest.all_sst_views() {

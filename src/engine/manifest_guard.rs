@@ -739,24 +739,6 @@ impl Database {
         }
         Ok(())
     }
-
-    /// The id of the newest manifest object, from a listing of the manifest directory.
-    async fn latest_manifest_id(&self) -> Result<Option<u64>, EngineError> {
-        let directory = self.path.clone().join("manifest");
-        let listing = self.store.main.list_with_delimiter(Some(&directory));
-        let listing = self.bounded_store("list manifests", listing).await?;
-        Ok(listing
-            .objects
-            .iter()
-            .filter_map(|o| {
-                o.location
-                    .filename()?
-                    .strip_suffix(".manifest")?
-                    .parse()
-                    .ok()
-            })
-            .max())
-    }
 }
 
 #[cfg(test)]
