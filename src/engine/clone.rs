@@ -355,7 +355,12 @@ async fn clone_once(
         phases.end("wait_for_parent_manifest");
         let mut written = Vec::new();
         for database in writing {
-            written.push((database, database.ensure_manifest_preserved().await?));
+            // The source's manifest was read just above; only what came since is listed.
+            let known = std::ptr::eq(database, source).then(|| source_manifest.id());
+            written.push((
+                database,
+                database.ensure_manifest_preserved_since(known).await?,
+            ));
         }
         phases.end("guard_check");
         run_clone_builder(config, target, &checkpoint, progress, wal_total, wal_bytes).await?;

@@ -159,20 +159,58 @@ impl Database {
 
     /// The id of the newest manifest object, from a listing of the manifest directory.
     pub(crate) async fn latest_manifest_id(&self) -> Result<Option<u64>, EngineError> {
+        self.latest_manifest_id_since(None).await
+    }
+
+    /// [`Database::latest_manifest_id`] when manifest `known` was the latest a moment ago. Then it
+    /// is the answer unless a newer one is listed: a newer one exists whenever `known` has been
+    /// collected, since SlateDB never collects the latest.
+    pub(crate) async fn latest_manifest_id_since(
+        &self,
+        known: Option<u64>,
+    ) -> Result<Option<u64>, EngineError> {
+        let newer = self.manifest_ids_after(known).await?.into_iter().max();
+        Ok(newer.max(known))
+    }
+
+    /// The ids of the manifest objects, or only of those after manifest `after`: the store lists
+    /// from there (S3's start-after; a local directory skips the status call of each older
+    /// file), where a database with many versions made every listing long.
+    pub(crate) async fn manifest_ids_after(
+        &self,
+        after: Option<u64>,
+    ) -> Result<Vec<u64>, EngineError> {
+        let id_of = |location: &object_store::path::Path| -> Option<u64> {
+            location.filename()?.strip_suffix(".manifest")?.parse().ok()
+        };
         let directory = self.path.clone().join("manifest");
-        let listing = self.store.main.list_with_delimiter(Some(&directory));
-        let listing = self.bounded_store("list manifests", listing).await?;
-        Ok(listing
-            .objects
-            .iter()
-            .filter_map(|o| {
-                o.location
-                    .filename()?
-                    .strip_suffix(".manifest")?
-                    .parse()
-                    .ok()
-            })
-            .max())
+        match after {
+            None => {
+                let listing = self.store.main.list_with_delimiter(Some(&directory));
+                let listing = self.bounded_store("list manifests", listing).await?;
+                Ok(listing
+                    .objects
+                    .iter()
+                    .filter_map(|o| id_of(&o.location))
+                    .collect())
+            }
+            Some(after) => {
+                let offset = super::fingerprint::manifest_path(&self.path, after);
+                let listing = self
+                    .store
+                    .main
+                    .list_with_offset(Some(&directory), &offset)
+                    .try_collect::<Vec<_>>();
+                let listing = self.bounded_store("list newer manifests", listing).await?;
+                Ok(listing
+                    .iter()
+                    // The listing is recursive; the manifests are the directory's own files.
+                    .filter(|o| o.location.parts().count() == directory.parts().count() + 1)
+                    .filter_map(|o| id_of(&o.location))
+                    .filter(|&id| id > after)
+                    .collect())
+            }
+        }
     }
 
     pub async fn latest_manifest(&self) -> Result<VersionedManifest, EngineError> {

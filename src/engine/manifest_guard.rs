@@ -667,7 +667,16 @@ impl Database {
     /// Returns the id of the manifest it checked, for [`Database::confirm_manifest_preserved`]
     /// after the write (`None` when there is no database at the path).
     pub async fn ensure_manifest_preserved(&self) -> Result<Option<u64>, EngineError> {
-        let Some(id) = self.latest_manifest_id().await? else {
+        self.ensure_manifest_preserved_since(None).await
+    }
+
+    /// [`Database::ensure_manifest_preserved`] when manifest `known` was the latest a moment ago:
+    /// only the manifests after it are listed.
+    pub async fn ensure_manifest_preserved_since(
+        &self,
+        known: Option<u64>,
+    ) -> Result<Option<u64>, EngineError> {
+        let Some(id) = self.latest_manifest_id_since(known).await? else {
             return Ok(None);
         };
         let path = manifest_path(&self.path, id);
@@ -702,19 +711,10 @@ impl Database {
         checked: Option<u64>,
     ) -> Result<(), EngineError> {
         let since = checked.unwrap_or(0);
-        let directory = self.path.clone().join("manifest");
-        let listing = self.store.main.list_with_delimiter(Some(&directory));
-        let listing = self.bounded_store("list manifests", listing).await?;
-        let mut newer: Vec<u64> = listing
-            .objects
-            .iter()
-            .filter_map(|o| {
-                o.location
-                    .filename()?
-                    .strip_suffix(".manifest")?
-                    .parse()
-                    .ok()
-            })
+        let mut newer: Vec<u64> = self
+            .manifest_ids_after(checked)
+            .await?
+            .into_iter()
             .filter(|&id| id > since)
             .collect();
         newer.sort_unstable();
@@ -759,6 +759,56 @@ mod tests {
 
     fn database(store: &Store, path: &str) -> Database {
         Database::new(store.clone(), path, Duration::from_secs(20))
+    }
+
+    /// Listing after a known manifest finds what a whole listing finds: the same latest id from
+    /// every earlier starting point, and exactly the ids after it; a file in a directory below
+    /// the manifests is not one of them.
+    #[tokio::test]
+    async fn listing_after_a_known_manifest_agrees_with_a_whole_listing() {
+        let dir = tempfile::tempdir().unwrap();
+        let store = file_store(&dir);
+        crate::engine::sample::write_sample_db(&store, "db", 200, 2)
+            .await
+            .unwrap();
+        let db = database(&store, "db");
+        for i in 0..3 {
+            let name = format!("c{i}");
+            db.obtain_checkpoint(&name, None).await.unwrap();
+        }
+        std::fs::create_dir_all(dir.path().join("db/manifest/nested")).unwrap();
+        std::fs::write(
+            dir.path()
+                .join("db/manifest/nested/99999999999999999999.manifest"),
+            b"not a manifest of this database",
+        )
+        .unwrap();
+        let all = db.manifest_ids_after(None).await.unwrap();
+        let latest = db.latest_manifest_id().await.unwrap().unwrap();
+        assert_eq!(Some(&latest), all.iter().max());
+        assert!(all.len() >= 4, "{all:?}");
+        for known in all.iter().copied() {
+            assert_eq!(
+                db.latest_manifest_id_since(Some(known)).await.unwrap(),
+                Some(latest),
+                "from {known}"
+            );
+            let mut after = db.manifest_ids_after(Some(known)).await.unwrap();
+            after.sort_unstable();
+            let expected: Vec<u64> = {
+                let mut e: Vec<u64> = all.iter().copied().filter(|&id| id > known).collect();
+                e.sort_unstable();
+                e
+            };
+            assert_eq!(after, expected, "after {known}");
+        }
+        // A known manifest that was collected since: the newer ones answer.
+        let first = *all.iter().min().unwrap();
+        std::fs::remove_file(dir.path().join(format!("db/manifest/{first:020}.manifest"))).unwrap();
+        assert_eq!(
+            db.latest_manifest_id_since(Some(first)).await.unwrap(),
+            Some(latest)
+        );
     }
 
     /// The manifest objects under `db` on disk, with their bytes.
