@@ -327,7 +327,7 @@ fn cpu_secs_of(pid: &str) -> f64 {
 
 /// The processes that share the machine during a burst, besides the operator: the test bed's
 /// (from the pid files `e2e/cluster.sh` keeps in `E2E_STATE_DIR`) and this bench.
-const BURST_PROCESSES: [&str; 4] = ["kube-apiserver", "etcd", "s3s-fs", "bench"];
+const BURST_PROCESSES: [&str; 5] = ["kube-apiserver", "etcd", "s3s-fs", "e2e-s3-gate", "bench"];
 
 /// CPU seconds so far of each of [`BURST_PROCESSES`].
 fn burst_cpu() -> Vec<f64> {

@@ -76,6 +76,7 @@ case " ${benches[*]} " in
             export E2E_STATE_DIR=${E2E_STATE_DIR:-${TMPDIR:-/tmp}/slatedb-bench-cluster}
             export E2E_ETCD_PORT=${E2E_ETCD_PORT:-42379} E2E_ETCD_PEER_PORT=${E2E_ETCD_PEER_PORT:-42380}
             export E2E_APISERVER_PORT=${E2E_APISERVER_PORT:-46443} E2E_S3_PORT=${E2E_S3_PORT:-49000}
+            export E2E_S3_BACKEND_PORT=${E2E_S3_BACKEND_PORT:-49001}
             export E2E_GCS_PORT=${E2E_GCS_PORT:-49100} E2E_AZURITE_PORT=${E2E_AZURITE_PORT:-49200}
             # The benches run no pods; a second node would clash with the test bed's own.
             export E2E_NODE=${E2E_NODE:-0}

@@ -23,14 +23,18 @@ AZURITE_VERSION=3.35.0
 
 STORES=$HOME/.cache/e2e-k8s/stores
 GCS_SRC=$SCRIPT_DIR/gcs-server
+S3_GATE_SRC=$SCRIPT_DIR/s3-gate
 AZURITE_SRC=$SCRIPT_DIR/azurite
 GCS_HASH=$(cat "$GCS_SRC/main.go" "$GCS_SRC/go.mod" "$GCS_SRC/go.sum" "${BASH_SOURCE[0]}" | sha256sum | cut -c1-12)
 AZURITE_HASH=$(cat "$AZURITE_SRC/package.json" "$AZURITE_SRC/package-lock.json" | sha256sum | cut -c1-12)
 GCS_DIR=$STORES/gcs-$GCS_HASH
+S3_GATE_HASH=$(cat "$S3_GATE_SRC/main.go" "$S3_GATE_SRC/go.mod" "${BASH_SOURCE[0]}" | sha256sum | cut -c1-12)
+S3_GATE_DIR=$STORES/s3-gate-$S3_GATE_HASH
 AZURITE_DIR=$STORES/azurite-$AZURITE_HASH
 
 print_paths() {
   printf 'STORES_GCS_SERVER=%q\n' "$GCS_DIR/e2e-gcs-server"
+  printf 'STORES_S3_GATE=%q\n' "$S3_GATE_DIR/e2e-s3-gate"
   printf 'STORES_AZURITE=%q\n' "$AZURITE_DIR/node_modules/.bin/azurite-blob"
 }
 if [ "${1:-}" = --paths ]; then
@@ -78,6 +82,26 @@ build_gcs() {
   log "e2e-gcs-server built in $((SECONDS - t0))s: $GCS_DIR"
 }
 
+# The gate in front of s3s-fs that makes its conditional writes atomic (e2e/s3-gate/main.go); the
+# standard library only, a few seconds to build.
+build_s3_gate() {
+  if [ -x "$S3_GATE_DIR/e2e-s3-gate" ]; then
+    log "e2e-s3-gate is built: $S3_GATE_DIR"
+    return
+  fi
+  command -v go >/dev/null 2>&1 || die "go is not on PATH (needed to build the S3 gate)"
+  local t0=$SECONDS tmp=$STORES/.s3-gate-build
+  rm -rf "$tmp"
+  mkdir -p "$tmp/src" "$tmp/out"
+  cp "$S3_GATE_SRC/main.go" "$S3_GATE_SRC/go.mod" "$tmp/src/"
+  (cd "$tmp/src" && CGO_ENABLED=0 go build -trimpath -ldflags "-s -w" -o "$tmp/out/e2e-s3-gate" .)
+  [ -x "$tmp/out/e2e-s3-gate" ] || die "go build did not produce e2e-s3-gate"
+  rm -rf "$tmp/src"
+  replace_build s3-gate "$S3_GATE_DIR" "$tmp/out"
+  rm -rf "$tmp"
+  log "e2e-s3-gate built in $((SECONDS - t0))s: $S3_GATE_DIR"
+}
+
 build_azurite() {
   if [ -x "$AZURITE_DIR/node_modules/.bin/azurite-blob" ]; then
     log "Azurite $AZURITE_VERSION is installed: $AZURITE_DIR"
@@ -101,5 +125,6 @@ build_azurite() {
 }
 
 build_gcs
+build_s3_gate
 build_azurite
 print_paths

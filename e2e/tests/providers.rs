@@ -229,3 +229,55 @@ async fn a_copy_from_s3_to_gcs_reads_back_row_for_row_with_the_source_content_ro
 async fn a_copy_from_s3_to_azure_reads_back_row_for_row_with_the_source_content_root() {
     copy_from_s3("copy-azure", TestStore::azure).await
 }
+
+/// What SlateDB's manifest compare-and-swap needs from a store: of writers that put one new key
+/// at once, each only if it is absent, exactly one succeeds and the others are refused, and the
+/// object holds the winner's bytes. s3s-fs alone fails this (it checks, then writes); the test
+/// bed's S3 endpoint is its gate (e2e/s3-gate), and GCS and Azure decide atomically themselves.
+async fn racing_creates_of_one_key_have_one_winner(store: TestStore) {
+    use object_store::{ObjectStoreExt, PutMode, PutOptions, PutPayload};
+    let main = store.open().main;
+    let (rounds, writers) = (25, 8);
+    let run = uuid::Uuid::new_v4();
+    for round in 0..rounds {
+        let key = object_store::path::Path::from(format!(
+            "race-{run}/{round}/00000000000000000002.manifest"
+        ));
+        let attempts = (0..writers).map(|writer| {
+            let (main, key) = (main.clone(), key.clone());
+            tokio::spawn(async move {
+                let body = PutPayload::from(format!("writer {writer}").into_bytes());
+                let options = PutOptions::from(PutMode::Create);
+                main.put_opts(&key, body, options).await.map(|_| writer)
+            })
+        });
+        let results = futures::future::join_all(attempts).await;
+        let (mut winners, mut failures) = (Vec::new(), Vec::new());
+        for joined in results {
+            match joined.expect("writer task") {
+                Ok(writer) => winners.push(writer),
+                Err(object_store::Error::AlreadyExists { .. }) => {}
+                Err(other) => failures.push(other.to_string()),
+            }
+        }
+        assert!(failures.is_empty(), "round {round}: {failures:?}");
+        assert_eq!(
+            winners.len(),
+            1,
+            "round {round}: writers {winners:?} all created the key"
+        );
+        let stored = main.get(&key).await.unwrap().bytes().await.unwrap();
+        assert_eq!(
+            stored,
+            format!("writer {}", winners[0]).as_bytes(),
+            "round {round}"
+        );
+    }
+}
+
+#[tokio::test]
+async fn racing_creates_of_one_key_have_one_winner_on_every_test_store() {
+    racing_creates_of_one_key_have_one_winner(TestStore::new(StoreKind::S3, "race-s3")).await;
+    racing_creates_of_one_key_have_one_winner(TestStore::gcs("race-gcs")).await;
+    racing_creates_of_one_key_have_one_winner(TestStore::azure("race-azure")).await;
+}

@@ -32,7 +32,7 @@ const DOWN_SECONDS: &str = "5";
 /// A control plane of this test's own; `cluster.sh down` on drop, whatever happened.
 struct PrivateCluster {
     state: PathBuf,
-    ports: [(&'static str, u16); 6],
+    ports: [(&'static str, u16); 7],
     env: BTreeMap<String, String>,
     _dir: tempfile::TempDir,
 }
@@ -50,6 +50,7 @@ impl PrivateCluster {
                 ("E2E_ETCD_PEER_PORT", 0),
                 ("E2E_APISERVER_PORT", 0),
                 ("E2E_S3_PORT", 0),
+                ("E2E_S3_BACKEND_PORT", 0),
                 ("E2E_GCS_PORT", 0),
                 ("E2E_AZURITE_PORT", 0),
             ],

@@ -65,10 +65,17 @@ pub async fn reconcile<K: Reconcile>(object: Arc<K>, ctx: Arc<Context>) -> Resul
     let span = tracing::info_span!("reconcile", kind = %kind, namespace = %namespace, name = %object.name_any());
     // The watch cache may lag our own writes (the finalizer, the status): a stale copy would make
     // the finalizer patch fail its precondition, and decisions must build on the stored status.
-    let Some(object) = api.get_opt(&object.name_any()).await? else {
-        return Ok(Action::await_change());
+    // A cached copy that holds our last write is as fresh, and saves a round trip per reconcile.
+    let object = if ctx.holds_own_writes(object.as_ref()) {
+        Arc::unwrap_or_clone(object)
+    } else {
+        let Some(fresh) = api.get_opt(&object.name_any()).await? else {
+            ctx.forget_writes(&object.uid().unwrap_or_default());
+            return Ok(Action::await_change());
+        };
+        fresh
     };
-    let object = with_cleanup_finalizer::<K>(&api, object).await?;
+    let object = with_cleanup_finalizer::<K>(&api, object, &ctx).await?;
     finalizer(
         &api,
         K::CLEANUP_FINALIZER,
@@ -76,7 +83,15 @@ pub async fn reconcile<K: Reconcile>(object: Arc<K>, ctx: Arc<Context>) -> Resul
         |event| async {
             match event {
                 FinalizerEvent::Apply(object) => K::apply(object, ctx.clone()).await,
-                FinalizerEvent::Cleanup(object) => K::cleanup(object, ctx.clone()).await,
+                FinalizerEvent::Cleanup(object) => {
+                    let uid = object.uid().unwrap_or_default();
+                    let done = K::cleanup(object, ctx.clone()).await;
+                    // The finalizer goes next, and the object with it.
+                    if done.is_ok() {
+                        ctx.forget_writes(&uid);
+                    }
+                    done
+                }
             }
         },
     )
@@ -88,7 +103,11 @@ pub async fn reconcile<K: Reconcile>(object: Arc<K>, ctx: Arc<Context>) -> Resul
 /// The object with its cleanup finalizer, added now when a live object lacks it. kube's
 /// finalizer helper adds it and returns, so the work would wait for the watch to bring the patched
 /// object back; adding it here lets the first reconcile go on with the patched object.
-async fn with_cleanup_finalizer<K: Reconcile>(api: &Api<K>, object: K) -> Result<K, Error> {
+async fn with_cleanup_finalizer<K: Reconcile>(
+    api: &Api<K>,
+    object: K,
+    ctx: &Context,
+) -> Result<K, Error> {
     let finalizers = object.finalizers();
     if object.meta().deletion_timestamp.is_some()
         || finalizers.iter().any(|f| f == K::CLEANUP_FINALIZER)
@@ -109,13 +128,15 @@ async fn with_cleanup_finalizer<K: Reconcile>(api: &Api<K>, object: K) -> Result
     };
     let patch: json_patch::Patch =
         serde_json::from_value(patch).map_err(|e| Error::Blocked(e.to_string()))?;
-    Ok(api
+    let patched = api
         .patch(
             &object.name_any(),
             &PatchParams::default(),
             &Patch::Json::<()>(patch),
         )
-        .await?)
+        .await?;
+    ctx.wrote(&patched);
+    Ok(patched)
 }
 
 /// The error policy of every kind: count, log, and retry with per-object backoff.
@@ -153,16 +174,19 @@ pub fn status_patch<K: Resource<DynamicType = ()>>(status: &impl Serialize) -> s
 
 /// Writes the object's status by server-side apply, as the operator's field manager.
 pub async fn write_status<K: Reconcile>(
+    ctx: &Context,
     api: &Api<K>,
     object: &K,
     status: &impl Serialize,
 ) -> Result<(), kube::Error> {
-    api.patch_status(
-        &object.name_any(),
-        &PatchParams::apply(FIELD_MANAGER).force(),
-        &Patch::Apply(&status_patch::<K>(status)),
-    )
-    .await?;
+    let written = api
+        .patch_status(
+            &object.name_any(),
+            &PatchParams::apply(FIELD_MANAGER).force(),
+            &Patch::Apply(&status_patch::<K>(status)),
+        )
+        .await?;
+    ctx.wrote(&written);
     Ok(())
 }
 

@@ -72,7 +72,7 @@ async fn apply(object: &DatabaseCheckpoint, ctx: &Context) -> Result<Action, Err
     }
     // An unchanged status is not written again (a restart of the operator writes nothing).
     if object.status.as_ref() != Some(&decision.status) {
-        shell::write_status(&api, object, &decision.status).await?;
+        shell::write_status(ctx, &api, object, &decision.status).await?;
     }
     Ok(shell::requeue(decision.requeue_after))
 }

@@ -149,7 +149,7 @@ async fn apply(object: &DatabaseClone, ctx: &Context) -> Result<Action, Error> {
         Effect::StartWork | Effect::None => {}
     }
     if object.status.as_ref() != Some(&decision.status) {
-        shell::write_status(&api, object, &decision.status).await?;
+        shell::write_status(ctx, &api, object, &decision.status).await?;
     }
     // The connection details appear only once the status says Ready, so an application waiting
     // for them never opens a clone that is not.
@@ -195,7 +195,7 @@ async fn reset(
         DataDeletion::Deleted | DataDeletion::NotOwned(_) => {
             info!("reset: the clone's data was deleted; cloning its source again");
             let status = decide::reset_status(object, now);
-            shell::write_status(api, object, &status).await?;
+            shell::write_status(ctx, api, object, &status).await?;
             let note = format!(
                 "spec.resetToken changed to {:?}: the clone's data was deleted and is made again",
                 object.spec.reset_token.as_deref().unwrap_or_default()
@@ -210,7 +210,7 @@ async fn reset(
         DataDeletion::Held(holders) => {
             let status = decide::reset_blocked(object, &holders, now);
             if object.status.as_ref() != Some(&status) {
-                shell::write_status(api, object, &status).await?;
+                shell::write_status(ctx, api, object, &status).await?;
             }
             Ok(Action::requeue(decide::HELD_RECHECK))
         }
@@ -249,7 +249,7 @@ async fn cleanup(object: &DatabaseClone, ctx: &Context) -> Result<Action, Error>
                 ctx.client.clone(),
                 &object.namespace().unwrap_or_default(),
             );
-            shell::write_status(&api, object, &status).await?;
+            shell::write_status(ctx, &api, object, &status).await?;
             if let Some(notice) = &event {
                 ctx.publish(object, source_ref(object), notice);
             }

@@ -175,7 +175,7 @@ async fn apply(object: &DatabaseCopy, ctx: &Context) -> Result<Action, Error> {
     }
     // A start is recorded before the work runs, so an attempt is on record even if the process dies.
     if object.status.as_ref() != Some(&decision.status) {
-        shell::write_status(&api, object, &decision.status).await?;
+        shell::write_status(ctx, &api, object, &decision.status).await?;
     }
     let by_job = matches!(work, Work::Finished(Ok(Done::Copied { by_job: true, .. })));
     match (&decision.effect, resolved) {

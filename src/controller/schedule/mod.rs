@@ -140,7 +140,7 @@ async fn apply(object: &DatabaseCheckpointSchedule, ctx: &Context) -> Result<Act
     }
     if object.status.as_ref() != Some(&decision.status) {
         let api = Api::<DatabaseCheckpointSchedule>::namespaced(ctx.client.clone(), &namespace);
-        shell::write_status(&api, object, &decision.status).await?;
+        shell::write_status(ctx, &api, object, &decision.status).await?;
     }
     Ok(shell::requeue(decision.requeue_after))
 }

@@ -74,7 +74,7 @@ async fn apply(object: &DatabaseStore, ctx: &Context) -> Result<Action, Error> {
     let decision = decide::decide(object, &probe, to_k8s_time(Utc::now()), retry_delay);
     if object.status.as_ref() != Some(&decision.status) {
         let api = Api::<DatabaseStore>::all(ctx.client.clone());
-        shell::write_status(&api, object, &decision.status).await?;
+        shell::write_status(ctx, &api, object, &decision.status).await?;
     }
     Ok(shell::requeue(decision.requeue_after))
 }
@@ -103,7 +103,7 @@ async fn cleanup(object: &DatabaseStore, ctx: &Context) -> Result<Action, Error>
     }
     let status = decide::deletion_blocked(object, &users, to_k8s_time(Utc::now()));
     let api = Api::<DatabaseStore>::all(ctx.client.clone());
-    shell::write_status(&api, object, &status).await?;
+    shell::write_status(ctx, &api, object, &status).await?;
     Err(Error::Blocked(format!(
         "DatabaseStore {} is used by {} object(s)",
         object.name_any(),

@@ -1,0 +1,3 @@
+module slatedb-operator/e2e/s3-gate
+
+go 1.26
