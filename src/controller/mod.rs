@@ -113,7 +113,7 @@ pub struct Context {
     connections_seen: Mutex<std::collections::HashSet<String>>,
     /// The resourceVersion of this process's last write of each object (by uid): a cached copy of
     /// that version is as fresh as a GET (see [`shell::reconcile`]).
-    written_versions: Mutex<HashMap<String, String>>,
+    pub written: shell::WrittenVersions,
     /// The one watch of DatabaseClones per watched namespace (`None`: all), which the clone and
     /// checkpoint controllers share: a checkpoint's reconcile counts its clones in its cache
     /// instead of listing every clone of its namespace, which with 10 000 clones was a
@@ -154,7 +154,7 @@ impl Context {
             settings,
             failures: Mutex::default(),
             connections_seen: Mutex::default(),
-            written_versions: Mutex::default(),
+            written: shell::WrittenVersions::default(),
             clone_watches: shell::SharedWatches::default(),
             checkpoint_watches: shell::SharedWatches::default(),
         }
@@ -321,39 +321,6 @@ impl Context {
             .lock()
             .unwrap_or_else(|poisoned| poisoned.into_inner())
             .remove(uid);
-    }
-
-    /// Records `written`, an object as one of this process's writes returned it.
-    pub fn wrote<K: kube::Resource>(&self, written: &K) {
-        let (Some(uid), Some(version)) = (&written.meta().uid, &written.meta().resource_version)
-        else {
-            return;
-        };
-        self.written_versions
-            .lock()
-            .unwrap_or_else(|poisoned| poisoned.into_inner())
-            .insert(uid.clone(), version.clone());
-    }
-
-    /// Forgets the writes of an object that is gone.
-    pub fn forget_writes(&self, uid: &str) {
-        self.written_versions
-            .lock()
-            .unwrap_or_else(|poisoned| poisoned.into_inner())
-            .remove(uid);
-    }
-
-    /// Whether `cached` holds this process's last write of the object, or the process has not
-    /// written it: a watch cache lags only the writes it has not delivered yet.
-    pub fn holds_own_writes<K: kube::Resource>(&self, cached: &K) -> bool {
-        let Some(uid) = &cached.meta().uid else {
-            return false;
-        };
-        self.written_versions
-            .lock()
-            .unwrap_or_else(|poisoned| poisoned.into_inner())
-            .get(uid)
-            .is_none_or(|written| cached.meta().resource_version.as_ref() == Some(written))
     }
 
     /// Records whether the connection ConfigMap of clone `uid` is known to exist; returns

@@ -66,11 +66,11 @@ pub async fn reconcile<K: Reconcile>(object: Arc<K>, ctx: Arc<Context>) -> Resul
     // The watch cache may lag our own writes (the finalizer, the status): a stale copy would make
     // the finalizer patch fail its precondition, and decisions must build on the stored status.
     // A cached copy that holds our last write is as fresh, and saves a round trip per reconcile.
-    let object = if ctx.holds_own_writes(object.as_ref()) {
+    let object = if ctx.written.held_by(object.as_ref()) {
         Arc::unwrap_or_clone(object)
     } else {
         let Some(fresh) = api.get_opt(&object.name_any()).await? else {
-            ctx.forget_writes(&object.uid().unwrap_or_default());
+            ctx.written.forget(&object.uid().unwrap_or_default());
             return Ok(Action::await_change());
         };
         fresh
@@ -88,7 +88,7 @@ pub async fn reconcile<K: Reconcile>(object: Arc<K>, ctx: Arc<Context>) -> Resul
                     let done = K::cleanup(object, ctx.clone()).await;
                     // The finalizer goes next, and the object with it.
                     if done.is_ok() {
-                        ctx.forget_writes(&uid);
+                        ctx.written.forget(&uid);
                     }
                     done
                 }
@@ -135,7 +135,7 @@ async fn with_cleanup_finalizer<K: Reconcile>(
             &Patch::Json::<()>(patch),
         )
         .await?;
-    ctx.wrote(&patched);
+    ctx.written.record(&patched);
     Ok(patched)
 }
 
@@ -186,7 +186,7 @@ pub async fn write_status<K: Reconcile>(
             &Patch::Apply(&status_patch::<K>(status)),
         )
         .await?;
-    ctx.wrote(&written);
+    ctx.written.record(&written);
     Ok(())
 }
 
@@ -350,6 +350,40 @@ impl<K: Resource<DynamicType = ()> + Clone + 'static> SharedWatch<K> {
     }
 }
 
+/// The resourceVersion of this process's last write of each object (by uid). A cached copy of
+/// that version is as fresh as a GET: a watch cache lags only the writes it has not delivered.
+#[derive(Default)]
+pub struct WrittenVersions {
+    versions: Mutex<HashMap<String, String>>,
+}
+
+impl WrittenVersions {
+    /// Records `written`, an object as one of this process's writes returned it.
+    pub fn record<K: Resource>(&self, written: &K) {
+        let meta = written.meta();
+        if let (Some(uid), Some(version)) = (&meta.uid, &meta.resource_version) {
+            lock(&self.versions).insert(uid.clone(), version.clone());
+        }
+    }
+
+    /// Forgets an object that is gone.
+    pub fn forget(&self, uid: &str) {
+        lock(&self.versions).remove(uid);
+    }
+
+    /// Whether `cached` holds this process's last write of the object, or the process has not
+    /// written it (its cache then holds every write before the process started).
+    pub fn held_by<K: Resource>(&self, cached: &K) -> bool {
+        let meta = cached.meta();
+        let Some(uid) = &meta.uid else {
+            return false;
+        };
+        lock(&self.versions)
+            .get(uid)
+            .is_none_or(|written| meta.resource_version.as_ref() == Some(written))
+    }
+}
+
 /// The shared watches of kind `K`, one per scope (a namespace, or all when `None`), each started
 /// by its first user.
 pub struct SharedWatches<K: Resource<DynamicType = ()> + 'static> {
@@ -473,6 +507,32 @@ impl kube::runtime::utils::Backoff for WatchBackoff {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn a_cached_object_stands_for_a_get_only_when_it_holds_the_last_write() {
+        let versions = WrittenVersions::default();
+        let at = |version: &str| {
+            let mut object = clone_object("a", "u1", 1);
+            object.metadata.resource_version = Some(version.into());
+            object
+        };
+        assert!(
+            versions.held_by(&at("5")),
+            "never written: the cache holds it all"
+        );
+        versions.record(&at("7"));
+        assert!(!versions.held_by(&at("5")), "older than our write");
+        assert!(versions.held_by(&at("7")));
+        assert!(
+            !versions.held_by(&at("9")),
+            "someone wrote since: read it afresh"
+        );
+        versions.forget("u1");
+        assert!(versions.held_by(&at("5")));
+        let mut no_uid = at("7");
+        no_uid.metadata.uid = None;
+        assert!(!versions.held_by(&no_uid));
+    }
 
     #[test]
     fn watch_backoff_doubles_to_its_cap_and_resets() {
