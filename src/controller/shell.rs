@@ -17,7 +17,7 @@ use kube::runtime::{watcher, Controller};
 use kube::{Api, Client, Resource, ResourceExt};
 use serde::de::DeserializeOwned;
 use serde::Serialize;
-use std::collections::HashMap;
+use std::collections::{HashMap, VecDeque};
 use std::fmt::Debug;
 use std::future::Future;
 use std::sync::{Arc, Mutex};
@@ -66,14 +66,21 @@ pub async fn reconcile<K: Reconcile>(object: Arc<K>, ctx: Arc<Context>) -> Resul
     // The watch cache may lag our own writes (the finalizer, the status): a stale copy would make
     // the finalizer patch fail its precondition, and decisions must build on the stored status.
     // A cached copy that holds our last write is as fresh, and saves a round trip per reconcile.
-    let object = if ctx.written.held_by(object.as_ref()) {
-        Arc::unwrap_or_clone(object)
-    } else {
-        let Some(fresh) = api.get_opt(&object.name_any()).await? else {
-            ctx.written.forget(&object.uid().unwrap_or_default());
+    let object = match ctx.written.classify(object.as_ref()) {
+        CachedCopy::Current => Arc::unwrap_or_clone(object),
+        // Deciding now would decide on what is already out of date (and a reconcile during a
+        // clone would publish what the next one publishes anyway); the write's own event comes.
+        CachedCopy::Superseded => {
+            tracing::debug!(parent: &span, "cached copy predates our last write; waiting for it");
             return Ok(Action::await_change());
-        };
-        fresh
+        }
+        CachedCopy::Unknown => {
+            let Some(fresh) = api.get_opt(&object.name_any()).await? else {
+                ctx.written.forget(&object.uid().unwrap_or_default());
+                return Ok(Action::await_change());
+            };
+            fresh
+        }
     };
     let object = with_cleanup_finalizer::<K>(&api, object, &ctx).await?;
     finalizer(
@@ -350,11 +357,34 @@ impl<K: Resource<DynamicType = ()> + Clone + 'static> SharedWatch<K> {
     }
 }
 
-/// The resourceVersion of this process's last write of each object (by uid). A cached copy of
-/// that version is as fresh as a GET: a watch cache lags only the writes it has not delivered.
+/// How a cached copy of an object stands against this process's own writes of it.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum CachedCopy {
+    /// It holds the process's last write, or the process never wrote the object (its cache then
+    /// holds every write before the process started): as fresh as a GET.
+    Current,
+    /// It holds an earlier write of the process: the watch has yet to deliver the later one,
+    /// whose event reconciles the object again.
+    Superseded,
+    /// Someone else wrote it since, or it cannot be told: read it afresh.
+    Unknown,
+}
+
+/// How many earlier writes of one object are remembered: the watch cache may lag a few writes
+/// of a busy object, rarely more.
+const EARLIER_WRITES_KEPT: usize = 4;
+
+/// The resourceVersions of this process's last writes of each object (by uid). A cached copy of
+/// the last one is as fresh as a GET: a watch cache lags only the writes it has not delivered.
 #[derive(Default)]
 pub struct WrittenVersions {
-    versions: Mutex<HashMap<String, String>>,
+    versions: Mutex<HashMap<String, Writes>>,
+}
+
+#[derive(Default)]
+struct Writes {
+    last: String,
+    earlier: VecDeque<String>,
 }
 
 impl WrittenVersions {
@@ -362,7 +392,15 @@ impl WrittenVersions {
     pub fn record<K: Resource>(&self, written: &K) {
         let meta = written.meta();
         if let (Some(uid), Some(version)) = (&meta.uid, &meta.resource_version) {
-            lock(&self.versions).insert(uid.clone(), version.clone());
+            let mut versions = lock(&self.versions);
+            let writes = versions.entry(uid.clone()).or_default();
+            if !writes.last.is_empty() {
+                let previous = std::mem::replace(&mut writes.last, version.clone());
+                writes.earlier.push_front(previous);
+                writes.earlier.truncate(EARLIER_WRITES_KEPT);
+            } else {
+                writes.last = version.clone();
+            }
         }
     }
 
@@ -371,16 +409,18 @@ impl WrittenVersions {
         lock(&self.versions).remove(uid);
     }
 
-    /// Whether `cached` holds this process's last write of the object, or the process has not
-    /// written it (its cache then holds every write before the process started).
-    pub fn held_by<K: Resource>(&self, cached: &K) -> bool {
+    /// How `cached` stands against this process's writes of the object.
+    pub fn classify<K: Resource>(&self, cached: &K) -> CachedCopy {
         let meta = cached.meta();
-        let Some(uid) = &meta.uid else {
-            return false;
+        let (Some(uid), Some(version)) = (&meta.uid, &meta.resource_version) else {
+            return CachedCopy::Unknown;
         };
-        lock(&self.versions)
-            .get(uid)
-            .is_none_or(|written| meta.resource_version.as_ref() == Some(written))
+        match lock(&self.versions).get(uid) {
+            None => CachedCopy::Current,
+            Some(writes) if &writes.last == version => CachedCopy::Current,
+            Some(writes) if writes.earlier.contains(version) => CachedCopy::Superseded,
+            Some(_) => CachedCopy::Unknown,
+        }
     }
 }
 
@@ -516,22 +556,45 @@ mod tests {
             object.metadata.resource_version = Some(version.into());
             object
         };
-        assert!(
-            versions.held_by(&at("5")),
+        assert_eq!(
+            versions.classify(&at("5")),
+            CachedCopy::Current,
             "never written: the cache holds it all"
         );
         versions.record(&at("7"));
-        assert!(!versions.held_by(&at("5")), "older than our write");
-        assert!(versions.held_by(&at("7")));
-        assert!(
-            !versions.held_by(&at("9")),
+        assert_eq!(
+            versions.classify(&at("5")),
+            CachedCopy::Unknown,
+            "older than our write"
+        );
+        assert_eq!(versions.classify(&at("7")), CachedCopy::Current);
+        assert_eq!(
+            versions.classify(&at("9")),
+            CachedCopy::Unknown,
             "someone wrote since: read it afresh"
         );
+        versions.record(&at("11"));
+        assert_eq!(
+            versions.classify(&at("7")),
+            CachedCopy::Superseded,
+            "our own earlier write: the later one is on its way"
+        );
+        assert_eq!(versions.classify(&at("9")), CachedCopy::Unknown);
+        assert_eq!(versions.classify(&at("11")), CachedCopy::Current);
+        for version in 12..12 + EARLIER_WRITES_KEPT {
+            versions.record(&at(&version.to_string()));
+        }
+        assert_eq!(
+            versions.classify(&at("7")),
+            CachedCopy::Unknown,
+            "only the last few writes are remembered"
+        );
+        assert_eq!(versions.classify(&at("11")), CachedCopy::Superseded);
         versions.forget("u1");
-        assert!(versions.held_by(&at("5")));
+        assert_eq!(versions.classify(&at("11")), CachedCopy::Current);
         let mut no_uid = at("7");
         no_uid.metadata.uid = None;
-        assert!(!versions.held_by(&no_uid));
+        assert_eq!(versions.classify(&no_uid), CachedCopy::Unknown);
     }
 
     #[test]

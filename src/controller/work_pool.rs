@@ -45,6 +45,8 @@ pub struct WorkPool<K: kube::Resource, P, R> {
     jobs: Mutex<HashMap<String, Job<P, R>>>,
     /// How long a running job may go without reporting progress.
     stuck_after: Duration,
+    /// How often a job's progress is handed out for its object's status.
+    publish_every: Duration,
     /// The controllers to tell when a job finishes, by the namespace they watch (`None`: all).
     listeners: Arc<Mutex<Vec<Listener<K>>>>,
 }
@@ -55,6 +57,8 @@ type Listener<K> = (Option<String>, UnboundedSender<ObjectRef<K>>);
 struct Reported<P> {
     progress: Option<P>,
     at: Option<Instant>,
+    /// When progress last went to a reconcile for the status; the job's start before that.
+    published: Option<Instant>,
 }
 
 struct Job<P, R> {
@@ -76,13 +80,15 @@ where
     P: WorkProgress,
     R: Send + 'static,
 {
-    /// A pool of `concurrency` slots whose jobs are stopped after `stuck_after` without progress;
-    /// `noun` names the work in messages and `stuck_reason` is the reason of a stopped job.
+    /// A pool of `concurrency` slots whose jobs are stopped after `stuck_after` without progress
+    /// and publish their progress at most every `publish_every`; `noun` names the work in
+    /// messages and `stuck_reason` is the reason of a stopped job.
     pub fn new(
         noun: &'static str,
         stuck_reason: &'static str,
         concurrency: usize,
         stuck_after: Duration,
+        publish_every: Duration,
     ) -> Self {
         WorkPool {
             noun,
@@ -90,6 +96,7 @@ where
             slots: Arc::new(Semaphore::new(concurrency.max(1))),
             jobs: Mutex::default(),
             stuck_after,
+            publish_every,
             listeners: Arc::default(),
         }
     }
@@ -107,7 +114,10 @@ where
     }
 
     /// What the job of `uid` is doing, without blocking on it. A job silent for longer than
-    /// `stuck_after` is stopped and reported as a transient failure.
+    /// `stuck_after` is stopped and reported as a transient failure. Its progress is handed out
+    /// one `publish_every` after it started and then at most once per `publish_every`, else
+    /// `Running(None)`: each status write of progress brings a reconcile of its own, which
+    /// would publish the next report at once, and a job done within one interval needs none.
     pub fn observe(&self, uid: &str) -> Option<Observed<P, R>> {
         let mut jobs = self.jobs();
         let job = jobs.get(uid)?;
@@ -117,11 +127,15 @@ where
             return Some(Observed::Finished(outcome));
         }
         let (progress, silent) = {
-            let reported = lock(&job.reported);
-            (
-                reported.progress.clone(),
-                reported.at.map(|at| at.elapsed()),
-            )
+            let mut reported = lock(&job.reported);
+            let due = reported
+                .published
+                .is_some_and(|at| at.elapsed() >= self.publish_every);
+            let progress = reported.progress.clone().filter(|_| due);
+            if progress.is_some() {
+                reported.published = Some(Instant::now());
+            }
+            (progress, reported.at.map(|at| at.elapsed()))
         };
         if silent.is_some_and(|silent| silent > self.stuck_after) {
             let step = progress.as_ref().map_or(P::FIRST_STEP, P::step_name);
@@ -153,6 +167,7 @@ where
         let reported = Arc::new(Mutex::new(Reported {
             progress: None,
             at: None,
+            published: None,
         }));
         let outcome = Arc::new(Mutex::new(None));
         let slots = self.slots.clone();
@@ -162,7 +177,11 @@ where
         let handle = tokio::spawn(async move {
             let result = match slots.acquire_owned().await {
                 Ok(_permit) => {
-                    lock(&reported_sink).at = Some(Instant::now());
+                    {
+                        let mut reported = lock(&reported_sink);
+                        reported.at = Some(Instant::now());
+                        reported.published = reported.at;
+                    }
                     let sink: ProgressSink<P> = Box::new(move |p| {
                         let mut reported = lock(&reported_sink);
                         reported.progress = Some(p);
@@ -262,6 +281,7 @@ mod tests {
             reported: Arc::new(Mutex::new(Reported {
                 progress: None,
                 at: silent_for.map(|d| Instant::now() - d),
+                published: None,
             })),
             outcome: Arc::new(Mutex::new(None)),
             handle: tokio::spawn(async move {
@@ -273,7 +293,13 @@ mod tests {
 
     #[tokio::test]
     async fn a_silent_job_is_stopped_and_reported_while_waiting_or_talking_ones_are_not() {
-        let pool = Pool::new("clone", "CloneStuck", 2, Duration::from_secs(1));
+        let pool = Pool::new(
+            "clone",
+            "CloneStuck",
+            2,
+            Duration::from_secs(1),
+            Duration::ZERO,
+        );
         let flags: Vec<Arc<AtomicBool>> = (0..3).map(|_| Arc::default()).collect();
         pool.jobs()
             .insert("stuck".into(), job(Some(Duration::from_secs(5)), &flags[0]));
@@ -307,9 +333,48 @@ mod tests {
     }
 
     #[tokio::test]
+    async fn progress_is_handed_out_one_interval_after_the_start_and_then_once_per_interval() {
+        let every = Duration::from_millis(300);
+        let pool = Pool::new("clone", "CloneStuck", 1, Duration::from_secs(60), every);
+        let (go_on, wait) = tokio::sync::oneshot::channel::<()>();
+        pool.spawn(
+            "uid-1",
+            ObjectRef::new("c1").within("ns"),
+            |report| async move {
+                report(Step);
+                let _ = wait.await;
+                Ok(())
+            },
+        );
+        let started = Instant::now();
+        let mut handed_out = Vec::new();
+        while started.elapsed() < every * 3 + every / 2 {
+            if let Some(Observed::Running(Some(Step))) = pool.observe("uid-1") {
+                handed_out.push(started.elapsed());
+            }
+            tokio::time::sleep(Duration::from_millis(10)).await;
+        }
+        let _ = go_on.send(());
+        assert_eq!(handed_out.len(), 3, "{handed_out:?}");
+        assert!(
+            handed_out[0] >= every,
+            "not before one interval: {handed_out:?}"
+        );
+        for pair in handed_out.windows(2) {
+            assert!(pair[1] - pair[0] >= every, "{handed_out:?}");
+        }
+    }
+
+    #[tokio::test]
     async fn a_finished_job_wakes_the_controller_of_its_namespace_only() {
         use futures::StreamExt;
-        let pool = Pool::new("clone", "CloneStuck", 1, Duration::from_secs(60));
+        let pool = Pool::new(
+            "clone",
+            "CloneStuck",
+            1,
+            Duration::from_secs(60),
+            Duration::ZERO,
+        );
         let mut ours = pool.finished_jobs(Some("team-a"));
         let mut everyone = pool.finished_jobs(None);
         let mut others = pool.finished_jobs(Some("team-b"));
@@ -335,7 +400,13 @@ mod tests {
 
     #[tokio::test]
     async fn a_panicking_job_ends_with_an_internal_error() {
-        let pool = Pool::new("copy", "CopyStuck", 1, Duration::from_secs(60));
+        let pool = Pool::new(
+            "copy",
+            "CopyStuck",
+            1,
+            Duration::from_secs(60),
+            Duration::ZERO,
+        );
         let mut finished = pool.finished_jobs(None);
         pool.spawn("uid-1", ObjectRef::new("c1").within("ns"), |_| async move {
             if "a bug".len() == 5 {

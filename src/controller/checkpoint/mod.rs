@@ -15,6 +15,7 @@ use crate::controller::{predicates, store};
 use crate::controller::{Context, Error, Notice, Problem};
 use crate::engine::{EngineError, Fault};
 use chrono::Utc;
+use futures::StreamExt;
 use kube::api::{Patch, PatchParams};
 use kube::runtime::controller::Action;
 use kube::runtime::reflector::ObjectRef;
@@ -211,6 +212,13 @@ async fn delete_slatedb_checkpoints(
     Ok(())
 }
 
+/// How late a clone's change reaches its checkpoint (see [`run`]).
+const CLONE_CHANGE_DELAY: Duration = Duration::from_millis(200);
+
+/// How many clone changes may wait out [`CLONE_CHANGE_DELAY`] at once; more wait in the watch's
+/// channel.
+const CLONE_CHANGES_DELAYED_AT_ONCE: usize = 4096;
+
 /// Runs the checkpoint controller until a shutdown signal: woken by its objects, by the
 /// DatabaseStores they name and by the clones that reference them. It reads only the Secrets its
 /// stores name, and watches none: a Secret created after its object is picked up by the retry of
@@ -223,9 +231,17 @@ pub async fn run(ctx: Arc<Context>, namespace: Option<String>) {
     });
     // A clone's progress updates do not concern its checkpoint: only its being made (Ready,
     // Stalled, Initialized) and its going. The watch of clones is the clone controller's.
+    // Each change reaches the checkpoint a moment late: a clone is usually Ready within it, so
+    // the checkpoint records it once, rather than adding and removing its protection and
+    // writing its status twice while the clone's own writes wait for the same API server.
     let clone_changes = ctx
         .clone_watch(namespace)
-        .changes(predicates::clone_change_for_checkpoint);
+        .changes(predicates::clone_change_for_checkpoint)
+        .map(|clone| async move {
+            tokio::time::sleep(CLONE_CHANGE_DELAY).await;
+            clone
+        })
+        .buffer_unordered(CLONE_CHANGES_DELAYED_AT_ONCE);
     let controller = controller.watches_shared_stream(clone_changes, |clone| {
         let namespace = clone.namespace().unwrap_or_default();
         clone

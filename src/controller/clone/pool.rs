@@ -17,7 +17,13 @@ impl WorkProgress for CloneProgress {
 
 /// A pool of `concurrency` clone slots whose jobs are stopped after `stuck_after` without progress.
 pub fn clone_pool(concurrency: usize, stuck_after: std::time::Duration) -> ClonePool {
-    ClonePool::new("clone", "CloneStuck", concurrency, stuck_after)
+    ClonePool::new(
+        "clone",
+        "CloneStuck",
+        concurrency,
+        stuck_after,
+        super::PROGRESS_INTERVAL,
+    )
 }
 
 #[cfg(test)]

@@ -53,7 +53,13 @@ impl WorkProgress for CopyProgress {
 /// A pool of `concurrency` copy slots; a copy reports each object it settles, so one silent for
 /// `stuck_after` is stuck.
 pub fn copy_pool(concurrency: usize, stuck_after: Duration) -> CopyPool {
-    CopyPool::new("copy", "CopyStuck", concurrency, stuck_after)
+    CopyPool::new(
+        "copy",
+        "CopyStuck",
+        concurrency,
+        stuck_after,
+        decide::PROGRESS_INTERVAL,
+    )
 }
 
 impl Reconcile for DatabaseCopy {
