@@ -45,7 +45,9 @@ pub struct WorkPool<K: kube::Resource, P, R> {
     jobs: Mutex<HashMap<String, Job<P, R>>>,
     /// How long a running job may go without reporting progress.
     stuck_after: Duration,
-    /// How often a job's progress is handed out for its object's status.
+    /// How long a job runs before its progress is first handed out for its object's status.
+    publish_first_after: Duration,
+    /// How often it is handed out after that.
     publish_every: Duration,
     /// The controllers to tell when a job finishes, by the namespace they watch (`None`: all).
     listeners: Arc<Mutex<Vec<Listener<K>>>>,
@@ -57,8 +59,8 @@ type Listener<K> = (Option<String>, UnboundedSender<ObjectRef<K>>);
 struct Reported<P> {
     progress: Option<P>,
     at: Option<Instant>,
-    /// When progress last went to a reconcile for the status; the job's start before that.
-    published: Option<Instant>,
+    /// When progress may next go to a reconcile for the status.
+    publish_at: Option<Instant>,
 }
 
 struct Job<P, R> {
@@ -81,13 +83,15 @@ where
     R: Send + 'static,
 {
     /// A pool of `concurrency` slots whose jobs are stopped after `stuck_after` without progress
-    /// and publish their progress at most every `publish_every`; `noun` names the work in
-    /// messages and `stuck_reason` is the reason of a stopped job.
+    /// and publish their progress `publish_first_after` after they start, then at most every
+    /// `publish_every`; `noun` names the work in messages and `stuck_reason` is the reason of a
+    /// stopped job.
     pub fn new(
         noun: &'static str,
         stuck_reason: &'static str,
         concurrency: usize,
         stuck_after: Duration,
+        publish_first_after: Duration,
         publish_every: Duration,
     ) -> Self {
         WorkPool {
@@ -96,6 +100,7 @@ where
             slots: Arc::new(Semaphore::new(concurrency.max(1))),
             jobs: Mutex::default(),
             stuck_after,
+            publish_first_after,
             publish_every,
             listeners: Arc::default(),
         }
@@ -115,9 +120,9 @@ where
 
     /// What the job of `uid` is doing, without blocking on it. A job silent for longer than
     /// `stuck_after` is stopped and reported as a transient failure. Its progress is handed out
-    /// one `publish_every` after it started and then at most once per `publish_every`, else
+    /// `publish_first_after` after it started and then at most once per `publish_every`, else
     /// `Running(None)`: each status write of progress brings a reconcile of its own, which
-    /// would publish the next report at once, and a job done within one interval needs none.
+    /// would publish the next report at once, and most work is done before the first is due.
     pub fn observe(&self, uid: &str) -> Option<Observed<P, R>> {
         let mut jobs = self.jobs();
         let job = jobs.get(uid)?;
@@ -128,12 +133,11 @@ where
         }
         let (progress, silent) = {
             let mut reported = lock(&job.reported);
-            let due = reported
-                .published
-                .is_some_and(|at| at.elapsed() >= self.publish_every);
+            let now = Instant::now();
+            let due = reported.publish_at.is_some_and(|at| at <= now);
             let progress = reported.progress.clone().filter(|_| due);
             if progress.is_some() {
-                reported.published = Some(Instant::now());
+                reported.publish_at = Some(now + self.publish_every);
             }
             (progress, reported.at.map(|at| at.elapsed()))
         };
@@ -167,20 +171,22 @@ where
         let reported = Arc::new(Mutex::new(Reported {
             progress: None,
             at: None,
-            published: None,
+            publish_at: None,
         }));
         let outcome = Arc::new(Mutex::new(None));
         let slots = self.slots.clone();
         let listeners = self.listeners.clone();
         let noun = self.noun;
         let (reported_sink, outcome_sink) = (reported.clone(), outcome.clone());
+        let first_publication = self.publish_first_after;
         let handle = tokio::spawn(async move {
             let result = match slots.acquire_owned().await {
                 Ok(_permit) => {
                     {
                         let mut reported = lock(&reported_sink);
-                        reported.at = Some(Instant::now());
-                        reported.published = reported.at;
+                        let now = Instant::now();
+                        reported.at = Some(now);
+                        reported.publish_at = Some(now + first_publication);
                     }
                     let sink: ProgressSink<P> = Box::new(move |p| {
                         let mut reported = lock(&reported_sink);
@@ -281,7 +287,7 @@ mod tests {
             reported: Arc::new(Mutex::new(Reported {
                 progress: None,
                 at: silent_for.map(|d| Instant::now() - d),
-                published: None,
+                publish_at: None,
             })),
             outcome: Arc::new(Mutex::new(None)),
             handle: tokio::spawn(async move {
@@ -298,6 +304,7 @@ mod tests {
             "CloneStuck",
             2,
             Duration::from_secs(1),
+            Duration::ZERO,
             Duration::ZERO,
         );
         let flags: Vec<Arc<AtomicBool>> = (0..3).map(|_| Arc::default()).collect();
@@ -333,9 +340,16 @@ mod tests {
     }
 
     #[tokio::test]
-    async fn progress_is_handed_out_one_interval_after_the_start_and_then_once_per_interval() {
+    async fn progress_is_handed_out_a_while_after_the_start_and_then_once_per_interval() {
         let every = Duration::from_millis(300);
-        let pool = Pool::new("clone", "CloneStuck", 1, Duration::from_secs(60), every);
+        let pool = Pool::new(
+            "clone",
+            "CloneStuck",
+            1,
+            Duration::from_secs(60),
+            every * 2,
+            every,
+        );
         let (go_on, wait) = tokio::sync::oneshot::channel::<()>();
         pool.spawn(
             "uid-1",
@@ -348,7 +362,7 @@ mod tests {
         );
         let started = Instant::now();
         let mut handed_out = Vec::new();
-        while started.elapsed() < every * 3 + every / 2 {
+        while started.elapsed() < every * 4 + every / 2 {
             if let Some(Observed::Running(Some(Step))) = pool.observe("uid-1") {
                 handed_out.push(started.elapsed());
             }
@@ -373,6 +387,7 @@ mod tests {
             "CloneStuck",
             1,
             Duration::from_secs(60),
+            Duration::ZERO,
             Duration::ZERO,
         );
         let mut ours = pool.finished_jobs(Some("team-a"));
@@ -405,6 +420,7 @@ mod tests {
             "CopyStuck",
             1,
             Duration::from_secs(60),
+            Duration::ZERO,
             Duration::ZERO,
         );
         let mut finished = pool.finished_jobs(None);

@@ -5,7 +5,8 @@
 use crate::api::{DatabaseClone, DatabaseStore, StoreSpec};
 use crate::controller::{Error, FIELD_MANAGER};
 use k8s_openapi::api::core::v1::ConfigMap;
-use kube::api::{DeleteParams, Patch, PatchParams};
+use k8s_openapi::apimachinery::pkg::apis::meta::v1::ObjectMeta;
+use kube::api::{DeleteParams, Patch, PatchParams, PostParams};
 use kube::{Api, Client, Resource, ResourceExt};
 use std::collections::BTreeMap;
 
@@ -52,8 +53,9 @@ pub fn connection_data(
     data
 }
 
-/// Writes (server-side apply) the clone's ConfigMap, owned by the clone. A ConfigMap of that name
-/// that is not the clone's is left alone, and the clone says so.
+/// Writes the clone's ConfigMap, owned by the clone: created, or when one of that name exists and
+/// is the clone's (an earlier try), written by server-side apply. A ConfigMap of that name that is
+/// not the clone's is left alone, and the clone says so.
 pub async fn publish(client: &Client, object: &DatabaseClone) -> Result<(), Error> {
     let Some(store) = object.status.as_ref().and_then(|s| s.store.as_ref()) else {
         return Ok(());
@@ -69,6 +71,27 @@ pub async fn publish(client: &Client, object: &DatabaseClone) -> Result<(), Erro
     let namespace = object.namespace().unwrap_or_default();
     let name = config_map_name(object);
     let api = Api::<ConfigMap>::namespaced(client.clone(), &namespace);
+    let config_map = ConfigMap {
+        metadata: ObjectMeta {
+            name: Some(name.clone()),
+            namespace: Some(namespace.clone()),
+            labels: Some(BTreeMap::from([(CLONE_LABEL.into(), object.name_any())])),
+            owner_references: object.controller_owner_ref(&()).map(|owner| vec![owner]),
+            ..Default::default()
+        },
+        data: Some(connection_data(object, store, administrator_store.as_ref())),
+        ..Default::default()
+    };
+    // The usual case, a new clone, costs one request: the create.
+    let create = PostParams {
+        field_manager: Some(FIELD_MANAGER.into()),
+        ..Default::default()
+    };
+    match api.create(&create, &config_map).await {
+        Ok(_) => return Ok(()),
+        Err(kube::Error::Api(status)) if status.code == 409 => {}
+        Err(error) => return Err(error.into()),
+    }
     if let Some(existing) = api.get_opt(&name).await? {
         if !owned_by(&existing, object) {
             return Err(Error::Blocked(format!(
@@ -77,21 +100,10 @@ pub async fn publish(client: &Client, object: &DatabaseClone) -> Result<(), Erro
             )));
         }
     }
-    let body = serde_json::json!({
-        "apiVersion": "v1",
-        "kind": "ConfigMap",
-        "metadata": {
-            "name": name,
-            "namespace": namespace,
-            "labels": {CLONE_LABEL: object.name_any()},
-            "ownerReferences": object.controller_owner_ref(&()).into_iter().collect::<Vec<_>>(),
-        },
-        "data": connection_data(object, store, administrator_store.as_ref()),
-    });
     api.patch(
         &name,
         &PatchParams::apply(FIELD_MANAGER).force(),
-        &Patch::Apply(&body),
+        &Patch::Apply(&config_map),
     )
     .await?;
     Ok(())

@@ -19,6 +19,11 @@ use std::time::Duration;
 /// How often a running clone's progress is published.
 pub const PROGRESS_INTERVAL: Duration = Duration::from_secs(2);
 
+/// How long clone work runs before its progress is first published: a clone done sooner goes
+/// from started straight to Ready (or its failure), with no progress and no `Cloning` event
+/// written between; a burst of clones is bound by such writes.
+pub const FIRST_PROGRESS_AFTER: Duration = Duration::from_secs(5);
+
 /// Reason of a clone stalled because its source checkpoint is: it is resolved again whenever the
 /// checkpoint changes.
 pub const SOURCE_STALLED: &str = "SourceStalled";
@@ -318,8 +323,9 @@ pub fn decide(
             requeue_after = Some(PROGRESS_INTERVAL);
         }
         Work::Running(progress) => {
-            // A clone Ready within one progress interval gets one event, its `Ready`; one that
-            // takes longer is announced at its first progress report. An event is a write to the
+            // A clone Ready before its first progress report is due (`FIRST_PROGRESS_AFTER`)
+            // gets one event, its `Ready`; one that takes longer is announced at its first
+            // progress report. An event is a write to the
             // API server, and many clones at once are bound by those.
             if let Some(progress) = progress {
                 if previous.progress.is_none() && previous.attempts == Some(1) {

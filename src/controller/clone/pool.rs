@@ -22,6 +22,7 @@ pub fn clone_pool(concurrency: usize, stuck_after: std::time::Duration) -> Clone
         "CloneStuck",
         concurrency,
         stuck_after,
+        super::decide::FIRST_PROGRESS_AFTER,
         super::PROGRESS_INTERVAL,
     )
 }

@@ -58,6 +58,8 @@ pub fn copy_pool(concurrency: usize, stuck_after: Duration) -> CopyPool {
         "CopyStuck",
         concurrency,
         stuck_after,
+        // A copy's start is announced and written anyway; its transfer shows from the first report.
+        Duration::ZERO,
         decide::PROGRESS_INTERVAL,
     )
 }
