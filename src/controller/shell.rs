@@ -381,7 +381,6 @@ pub struct WrittenVersions {
     versions: Mutex<HashMap<String, Writes>>,
 }
 
-#[derive(Default)]
 struct Writes {
     last: String,
     earlier: VecDeque<String>,
@@ -393,13 +392,19 @@ impl WrittenVersions {
         let meta = written.meta();
         if let (Some(uid), Some(version)) = (&meta.uid, &meta.resource_version) {
             let mut versions = lock(&self.versions);
-            let writes = versions.entry(uid.clone()).or_default();
-            if !writes.last.is_empty() {
-                let previous = std::mem::replace(&mut writes.last, version.clone());
-                writes.earlier.push_front(previous);
-                writes.earlier.truncate(EARLIER_WRITES_KEPT);
-            } else {
-                writes.last = version.clone();
+            match versions.get_mut(uid) {
+                Some(writes) => {
+                    let previous = std::mem::replace(&mut writes.last, version.clone());
+                    writes.earlier.push_front(previous);
+                    writes.earlier.truncate(EARLIER_WRITES_KEPT);
+                }
+                None => {
+                    let writes = Writes {
+                        last: version.clone(),
+                        earlier: VecDeque::new(),
+                    };
+                    versions.insert(uid.clone(), writes);
+                }
             }
         }
     }

@@ -131,7 +131,7 @@ where
             jobs.remove(uid);
             return Some(Observed::Finished(outcome));
         }
-        let (progress, silent) = {
+        let (progress, step, silent) = {
             let mut reported = lock(&job.reported);
             let now = Instant::now();
             let due = reported.publish_at.is_some_and(|at| at <= now);
@@ -139,10 +139,13 @@ where
             if progress.is_some() {
                 reported.publish_at = Some(now + self.publish_every);
             }
-            (progress, reported.at.map(|at| at.elapsed()))
+            let step = reported
+                .progress
+                .as_ref()
+                .map_or(P::FIRST_STEP, P::step_name);
+            (progress, step, reported.at.map(|at| at.elapsed()))
         };
         if silent.is_some_and(|silent| silent > self.stuck_after) {
-            let step = progress.as_ref().map_or(P::FIRST_STEP, P::step_name);
             let noun = self.noun;
             tracing::warn!(noun, step, stuck_after = ?self.stuck_after, "work made no progress; stopping it");
             if let Some(job) = jobs.remove(uid) {
@@ -337,6 +340,28 @@ mod tests {
             "waiting for a slot is not stuck"
         );
         assert!(!flags[1].load(Ordering::SeqCst) && !flags[2].load(Ordering::SeqCst));
+    }
+
+    #[tokio::test]
+    async fn a_stuck_job_names_the_step_it_reported_even_when_none_was_published() {
+        let pool = Pool::new(
+            "clone",
+            "CloneStuck",
+            1,
+            Duration::from_secs(1),
+            Duration::from_secs(60),
+            Duration::from_secs(60),
+        );
+        let dropped = Arc::default();
+        let stuck = job(Some(Duration::from_secs(5)), &dropped);
+        lock(&stuck.reported).progress = Some(Step);
+        pool.jobs().insert("stuck".into(), stuck);
+        match pool.observe("stuck") {
+            Some(Observed::Finished(Err(problem))) => {
+                assert!(problem.message.contains("at step Step"), "{problem:?}");
+            }
+            other => panic!("{other:?}"),
+        }
     }
 
     #[tokio::test]

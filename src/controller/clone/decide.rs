@@ -325,8 +325,8 @@ pub fn decide(
         Work::Running(progress) => {
             // A clone Ready before its first progress report is due (`FIRST_PROGRESS_AFTER`)
             // gets one event, its `Ready`; one that takes longer is announced at its first
-            // progress report. An event is a write to the
-            // API server, and many clones at once are bound by those.
+            // progress report. An event is a write to the API server, and many clones at once
+            // are bound by those.
             if let Some(progress) = progress {
                 if previous.progress.is_none() && previous.attempts == Some(1) {
                     event = Some(Notice::normal("Clone", CLONING, "clone work started"));
