@@ -275,6 +275,12 @@ mod tests {
 
     type Pool = WorkPool<DatabaseClone, Step, ()>;
 
+    /// A pool of clone jobs: `slots` at once, stuck after `stuck_after`, publishing progress
+    /// `first` after the start and then every `every`.
+    fn clone_pool(slots: usize, stuck_after: Duration, first: Duration, every: Duration) -> Pool {
+        Pool::new("clone", "CloneStuck", slots, stuck_after, first, every)
+    }
+
     /// Sets its flag when dropped, as an aborted task drops its future.
     struct Dropped(Arc<AtomicBool>);
 
@@ -302,14 +308,7 @@ mod tests {
 
     #[tokio::test]
     async fn a_silent_job_is_stopped_and_reported_while_waiting_or_talking_ones_are_not() {
-        let pool = Pool::new(
-            "clone",
-            "CloneStuck",
-            2,
-            Duration::from_secs(1),
-            Duration::ZERO,
-            Duration::ZERO,
-        );
+        let pool = clone_pool(2, Duration::from_secs(1), Duration::ZERO, Duration::ZERO);
         let flags: Vec<Arc<AtomicBool>> = (0..3).map(|_| Arc::default()).collect();
         pool.jobs()
             .insert("stuck".into(), job(Some(Duration::from_secs(5)), &flags[0]));
@@ -344,9 +343,7 @@ mod tests {
 
     #[tokio::test]
     async fn a_stuck_job_names_the_step_it_reported_even_when_none_was_published() {
-        let pool = Pool::new(
-            "clone",
-            "CloneStuck",
+        let pool = clone_pool(
             1,
             Duration::from_secs(1),
             Duration::from_secs(60),
@@ -367,14 +364,7 @@ mod tests {
     #[tokio::test]
     async fn progress_is_handed_out_a_while_after_the_start_and_then_once_per_interval() {
         let every = Duration::from_millis(300);
-        let pool = Pool::new(
-            "clone",
-            "CloneStuck",
-            1,
-            Duration::from_secs(60),
-            every * 2,
-            every,
-        );
+        let pool = clone_pool(1, Duration::from_secs(60), every * 2, every);
         let (go_on, wait) = tokio::sync::oneshot::channel::<()>();
         pool.spawn(
             "uid-1",
@@ -407,14 +397,7 @@ mod tests {
     #[tokio::test]
     async fn a_finished_job_wakes_the_controller_of_its_namespace_only() {
         use futures::StreamExt;
-        let pool = Pool::new(
-            "clone",
-            "CloneStuck",
-            1,
-            Duration::from_secs(60),
-            Duration::ZERO,
-            Duration::ZERO,
-        );
+        let pool = clone_pool(1, Duration::from_secs(60), Duration::ZERO, Duration::ZERO);
         let mut ours = pool.finished_jobs(Some("team-a"));
         let mut everyone = pool.finished_jobs(None);
         let mut others = pool.finished_jobs(Some("team-b"));
