@@ -287,6 +287,17 @@ pid_alive() {
   tr '\0' ' ' < "/proc/$pid/cmdline" 2>/dev/null | grep -qF -- "$STATE/"
 }
 
+# pid_exists NAME: the recorded process exists and has not exited, whether or not it has exec'd its
+# command yet (until then its cmdline is this script's, and pid_alive says no).
+pid_exists() {
+  local f=$STATE/$1.pid pid
+  [ -f "$f" ] || return 1
+  pid=$(cat "$f")
+  [[ $pid =~ ^[0-9]+$ ]] || return 1
+  [ -r "/proc/$pid/status" ] || return 1
+  ! grep -q '^State:[[:space:]]*Z' "/proc/$pid/status" 2>/dev/null
+}
+
 # start NAME BINARY ARGS...: start a detached process, log to $STATE/NAME.log, record its PID.
 start() {
   local name=$1; shift
@@ -453,7 +464,11 @@ wait_for() {
   local secs=$1 name=$2 what=$3; shift 3
   local deadline=$((SECONDS + secs))
   until "$@" >/dev/null 2>&1; do
-    pid_alive "$name" || { log "$name exited"; return 1; }
+    if ! pid_alive "$name" && ! pid_exists "$name"; then
+      log "$name exited; the end of its log ($STATE/$name.log):"
+      tail -n 20 "$STATE/$name.log" >&2 2>/dev/null || true
+      return 1
+    fi
     if [ "$SECONDS" -ge "$deadline" ]; then log "timed out after ${secs}s waiting for $what"; return 1; fi
     sleep 0.5
   done

@@ -6,6 +6,7 @@ use super::backoff::Backoff;
 use super::checkpoint::{CheckpointInfo, CheckpointSelector};
 use super::crash_point::crash_point;
 use super::error::{EngineError, Fault};
+use super::fingerprint::Pinned;
 use super::lineage::ParentLink;
 use super::manifest_writes::lock_manifest_writes;
 use super::ownership::Owner;
@@ -13,7 +14,7 @@ use super::store_layers::counting_retries;
 use super::{Database, Store};
 use bytes::Bytes;
 use object_store::path::Path;
-use slatedb::CloneSourceSpec;
+use slatedb::{CloneSourceSpec, VersionedManifest};
 use std::collections::BTreeMap;
 use std::ops::Bound;
 use std::sync::atomic::{AtomicBool, Ordering};
@@ -309,67 +310,40 @@ async fn clone_once(
                 .0
         }
     };
-    let source_objects = source.pinned_objects(checkpoint.manifest_id).await?;
-    let (wal, ssts): (Vec<_>, Vec<_>) = source_objects
-        .iter()
-        .partition(|o| o.key.starts_with("wal/"));
+    let read_checkpoint_manifest;
+    let checkpoint_manifest = if checkpoint.manifest_id == source_manifest.id() {
+        &source_manifest
+    } else {
+        read_checkpoint_manifest = source.pinned_manifest(checkpoint.manifest_id).await?;
+        &read_checkpoint_manifest
+    };
+    // The WAL tail the clone copies is looked up now, for progress; the SSTs it references are
+    // listed while the clone is written (a directory of 10 000 SSTs took as long to list as the
+    // clone builder's work), and their listing stands for them in the clone's Metadata check.
+    let wal = source
+        .look_up_pinned(checkpoint_manifest, Pinned::Wal, &[])
+        .await?;
     let wal_total = wal.len() as u64;
     let wal_bytes: u64 = wal.iter().map(|o| o.size).sum();
     crash_point_at(CloneStep::ResolveSource);
     phases.end("resolve_source");
 
-    let state = target
-        .target_state(&config.source_path, checkpoint.id)
-        .await?;
+    let list_ssts = source.look_up_pinned(checkpoint_manifest, Pinned::Sst, &[]);
+    let write_clone = write_clone(
+        config,
+        source,
+        target,
+        &source_manifest,
+        &checkpoint,
+        progress,
+        owns_target,
+        (wal_total, wal_bytes),
+        &mut phases,
+    );
+    let (ssts, state) = tokio::join!(list_ssts, write_clone);
+    let (ssts, state) = (ssts?, state?);
     let resumed = state == TargetState::Partial;
-    match &state {
-        TargetState::Foreign(what) => {
-            return Err(EngineError::TargetNotEmpty {
-                path: config.target_path.clone(),
-                holds: what.clone(),
-            })
-        }
-        TargetState::Empty | TargetState::Partial => *owns_target = true,
-        TargetState::Initialized => {}
-    }
-    if let Some(owner) = &config.owner {
-        target.claim(owner).await?;
-    }
-    phases.end("claim_target");
-
-    if state != TargetState::Initialized {
-        // The builder writes the manifest of the parent and of every database the parent is a
-        // clone of (the clone's final checkpoints), and derives the clone's manifest from the
-        // parent's as this build decodes it.
-        // A database's lineage is fixed when it is made, so the manifest read above answers.
-        let ancestors: Vec<Database> = source_manifest
-            .external_dbs()
-            .iter()
-            .map(ParentLink::from)
-            .map(|a| Database::new(config.store.clone(), &a.path, config.admin_timeout))
-            .collect();
-        let mut writing: Vec<&Database> = vec![&source];
-        writing.extend(&ancestors);
-        phases.end("read_lineage");
-        let _writing = lock_manifest_writes(&writing).await;
-        phases.end("wait_for_parent_manifest");
-        let mut written = Vec::new();
-        for database in writing {
-            // The source's manifest was read just above; only what came since is listed.
-            let known = std::ptr::eq(database, source).then(|| source_manifest.id());
-            written.push((
-                database,
-                database.ensure_manifest_preserved_since(known).await?,
-            ));
-        }
-        phases.end("guard_check");
-        run_clone_builder(config, target, &checkpoint, progress, wal_total, wal_bytes).await?;
-        phases.end("clone_builder");
-        for (database, checked) in written {
-            database.confirm_manifest_preserved(checked).await?;
-        }
-        phases.end("guard_confirm");
-    }
+    let source_objects: Vec<_> = ssts.iter().cloned().chain(wal).collect();
     crash_point_at(CloneStep::MarkInitialized);
     let manifest = target.latest_manifest().await?;
     if !manifest.initialized() {
@@ -383,8 +357,10 @@ async fn clone_once(
     }
     phases.end("read_clone_manifest");
 
-    // Verify. Listing what the clone pins is also the Metadata check: each object must exist.
-    let clone_objects = target.pinned_objects_of(&manifest).await?;
+    // Verify. Looking up what the clone pins is also the Metadata check: each object must exist.
+    // The SSTs it shares with its source were listed while it was written, pinned by the source
+    // checkpoint and then by the clone's final checkpoint, which SlateDB's collector respects.
+    let clone_objects = target.look_up_pinned(&manifest, Pinned::All, &ssts).await?;
     let verify_total = match config.verify {
         Verification::Content => clone_objects.len() as u64,
         _ => 0,
@@ -449,6 +425,74 @@ async fn clone_once(
         duration: Duration::ZERO,
         phases: phases.done,
     })
+}
+
+/// Writes the clone, unless the target holds it finished already: claims the target, checks that
+/// every manifest the clone builder writes keeps what it holds, runs the builder, and confirms the
+/// manifests written since. Returns what the target held before.
+#[allow(clippy::too_many_arguments)]
+async fn write_clone(
+    config: &CloneConfig,
+    source: &Database,
+    target: &Database,
+    source_manifest: &VersionedManifest,
+    checkpoint: &CheckpointInfo,
+    progress: &Arc<dyn Fn(CloneProgress) + Send + Sync>,
+    owns_target: &mut bool,
+    (wal_total, wal_bytes): (u64, u64),
+    phases: &mut Phases,
+) -> Result<TargetState, EngineError> {
+    let state = target
+        .target_state(&config.source_path, checkpoint.id)
+        .await?;
+    match &state {
+        TargetState::Foreign(what) => {
+            return Err(EngineError::TargetNotEmpty {
+                path: config.target_path.clone(),
+                holds: what.clone(),
+            })
+        }
+        TargetState::Empty | TargetState::Partial => *owns_target = true,
+        TargetState::Initialized => {}
+    }
+    if let Some(owner) = &config.owner {
+        target.claim(owner).await?;
+    }
+    phases.end("claim_target");
+    if state == TargetState::Initialized {
+        return Ok(state);
+    }
+    // The builder writes the manifest of the parent and of every database the parent is a
+    // clone of (the clone's final checkpoints), and derives the clone's manifest from the
+    // parent's as this build decodes it.
+    // A database's lineage is fixed when it is made, so the manifest read before answers.
+    let ancestors: Vec<Database> = source_manifest
+        .external_dbs()
+        .iter()
+        .map(ParentLink::from)
+        .map(|a| Database::new(config.store.clone(), &a.path, config.admin_timeout))
+        .collect();
+    let mut writing: Vec<&Database> = vec![source];
+    writing.extend(&ancestors);
+    let _writing = lock_manifest_writes(&writing).await;
+    phases.end("wait_for_parent_manifest");
+    let mut written = Vec::new();
+    for database in writing {
+        // The source's manifest was read before; only what came since is listed.
+        let known = std::ptr::eq(database, source).then_some(source_manifest);
+        written.push((
+            database,
+            database.ensure_manifest_preserved_since(known).await?,
+        ));
+    }
+    phases.end("guard_check");
+    run_clone_builder(config, target, checkpoint, progress, wal_total, wal_bytes).await?;
+    phases.end("clone_builder");
+    for (database, checked) in written {
+        database.confirm_manifest_preserved(checked).await?;
+    }
+    phases.end("guard_confirm");
+    Ok(state)
 }
 
 /// Runs SlateDB's clone builder under the timeout while a watcher reports the steps it observes in
@@ -680,6 +724,7 @@ mod tests {
     use super::*;
     use crate::engine::sample::{sample_row, write_sample_db};
     use crate::engine::StoreConfig;
+    use object_store::ObjectStoreExt;
 
     /// Files (objects) under a local directory; the local store leaves empty directories behind.
     fn files_under(dir: &std::path::Path) -> usize {
@@ -737,6 +782,81 @@ mod tests {
             .unwrap();
         db.close().await.unwrap();
         made.id
+    }
+
+    /// The clone's Metadata check takes the SSTs it shares with its source from the source's
+    /// listing, and still looks up (and misses) the objects it holds itself.
+    #[tokio::test]
+    async fn objects_known_from_the_source_stand_for_themselves_and_the_clones_own_are_looked_up() {
+        let dir = tempfile::tempdir().unwrap();
+        let store = file_store(&dir);
+        let checkpoint = parent_with_wal_tail(&store).await;
+        initialize_clone(
+            config(
+                &store,
+                CloneSourceCheckpoint::Id(checkpoint),
+                "clones/k",
+                Verification::Metadata,
+            ),
+            |_| {},
+        )
+        .await
+        .unwrap();
+        let source = Database::new(store.clone(), "parent", Duration::from_secs(20));
+        let target = Database::new(store.clone(), "clones/k", Duration::from_secs(20));
+        let source_manifest = source.latest_manifest().await.unwrap();
+        let pinned_checkpoint = source_manifest
+            .checkpoints()
+            .iter()
+            .find(|c| c.id == checkpoint)
+            .unwrap()
+            .manifest_id;
+        let checkpoint_manifest = source.pinned_manifest(pinned_checkpoint).await.unwrap();
+        let all = source
+            .pinned_objects_of(&checkpoint_manifest)
+            .await
+            .unwrap();
+        let wal = source
+            .look_up_pinned(&checkpoint_manifest, Pinned::Wal, &[])
+            .await
+            .unwrap();
+        let ssts = source
+            .look_up_pinned(&checkpoint_manifest, Pinned::Sst, &[])
+            .await
+            .unwrap();
+        assert!(!wal.is_empty() && !ssts.is_empty(), "{all:?}");
+        assert!(wal.iter().all(|o| o.key.starts_with("wal/")));
+        assert!(ssts.iter().all(|o| o.key.starts_with("sst/")));
+        let parts: Vec<_> = ssts.iter().chain(&wal).cloned().collect();
+        assert_eq!(parts, all);
+
+        let clone_manifest = target.latest_manifest().await.unwrap();
+        let looked_up = target.pinned_objects_of(&clone_manifest).await.unwrap();
+        let with_known = target
+            .look_up_pinned(&clone_manifest, Pinned::All, &ssts)
+            .await
+            .unwrap();
+        assert_eq!(with_known, looked_up);
+
+        // A known object is taken as it is (here: even once gone); one the clone copied is not.
+        let shared = &ssts[0];
+        store.main.delete(&shared.path).await.unwrap();
+        let copy = looked_up
+            .iter()
+            .find(|o| o.key.starts_with("wal/"))
+            .unwrap();
+        assert!(copy.path.as_ref().starts_with("clones/k/"), "{copy:?}");
+        let still = target
+            .look_up_pinned(&clone_manifest, Pinned::All, &ssts)
+            .await
+            .unwrap();
+        assert!(still.iter().any(|o| o.path == shared.path));
+        store.main.delete(&copy.path).await.unwrap();
+        let error = target
+            .look_up_pinned(&clone_manifest, Pinned::All, &ssts)
+            .await
+            .unwrap_err();
+        assert!(error.to_string().contains(copy.path.as_ref()), "{error}");
     }
 
     #[tokio::test]

@@ -39,6 +39,14 @@ pub struct PinnedObject {
     is_wal: bool,
 }
 
+/// Which of a manifest's pinned objects to look up.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub(crate) enum Pinned {
+    All,
+    Wal,
+    Sst,
+}
+
 /// A checkpoint's fingerprint.
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub struct Fingerprint {
@@ -87,23 +95,50 @@ impl Database {
         &self,
         manifest: &VersionedManifest,
     ) -> Result<Vec<PinnedObject>, EngineError> {
+        self.look_up_pinned(manifest, Pinned::All, &[]).await
+    }
+
+    /// The `which` objects `manifest` pins, taking those at the path of an object in `known`
+    /// (looked up a moment ago by the same operation) as they are.
+    pub(crate) async fn look_up_pinned(
+        &self,
+        manifest: &VersionedManifest,
+        which: Pinned,
+        known: &[PinnedObject],
+    ) -> Result<Vec<PinnedObject>, EngineError> {
         let resolver = PathResolver::new(self.path.clone(), manifest);
         let mut wanted: Vec<(String, Path, bool)> = Vec::new();
-        let mut seen = std::collections::BTreeSet::new();
-        for view in manifest.all_sst_views() {
-            let id = view.sst.id;
-            if seen.insert(id.value()) {
-                wanted.push((format!("sst/{}", id.value()), resolver.sst_path(&id), false));
+        if which != Pinned::Wal {
+            let mut seen = std::collections::BTreeSet::new();
+            for view in manifest.all_sst_views() {
+                let id = view.sst.id;
+                if seen.insert(id.value()) {
+                    wanted.push((format!("sst/{}", id.value()), resolver.sst_path(&id), false));
+                }
             }
         }
-        for wal_id in manifest.replay_after_wal_id() + 1..manifest.next_wal_sst_id() {
-            let path = self
-                .path
-                .clone()
-                .join("wal")
-                .join(format!("{wal_id:020}.sst"));
-            wanted.push((format!("wal/{wal_id:020}"), path, true));
+        if which != Pinned::Sst {
+            for wal_id in manifest.replay_after_wal_id() + 1..manifest.next_wal_sst_id() {
+                let path = self
+                    .path
+                    .clone()
+                    .join("wal")
+                    .join(format!("{wal_id:020}.sst"));
+                wanted.push((format!("wal/{wal_id:020}"), path, true));
+            }
         }
+        let known: HashMap<&Path, &PinnedObject> = known.iter().map(|o| (&o.path, o)).collect();
+        let mut objects = Vec::new();
+        wanted.retain(|(key, path, _)| match known.get(path) {
+            Some(object) => {
+                objects.push(PinnedObject {
+                    key: key.clone(),
+                    ..(*object).clone()
+                });
+                false
+            }
+            None => true,
+        });
 
         // Directory → (is WAL store, wanted objects in it).
         let mut by_directory: BTreeMap<(bool, String), Vec<(String, Path)>> = BTreeMap::new();
@@ -117,7 +152,6 @@ impl Database {
                 .or_default()
                 .push((key, path));
         }
-        let mut objects = Vec::new();
         let mut to_head = Vec::new();
         for ((is_wal, directory), members) in by_directory {
             let store = if is_wal {

@@ -29,6 +29,7 @@ use super::Database;
 use bytes::Bytes;
 use object_store::ObjectStoreExt;
 use slatedb::config::CompressionCodec;
+use slatedb::VersionedManifest;
 use std::collections::HashMap;
 
 /// The manifest format version SlateDB 0.18 writes.
@@ -251,10 +252,30 @@ pub struct Loss {
     pub detail: String,
 }
 
-fn loss(field: impl Into<String>, detail: impl Into<String>) -> Loss {
+fn loss(field: impl std::fmt::Display, detail: impl Into<String>) -> Loss {
     Loss {
-        field: field.into(),
+        field: field.to_string(),
         detail: detail.into(),
+    }
+}
+
+/// Where in the manifest a check is (`ssts[3].info.compression_format`). Built up as the check
+/// descends and formatted only for a [`Loss`]: formatting every field's path made checking a
+/// manifest of 10 000 SSTs cost more than decoding it.
+#[derive(Clone, Copy)]
+enum At<'a> {
+    Root(&'static str),
+    Field(&'a At<'a>, &'static str),
+    Index(&'a At<'a>, usize),
+}
+
+impl std::fmt::Display for At<'_> {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        match self {
+            At::Root(name) => f.write_str(name),
+            At::Field(parent, name) => write!(f, "{parent}.{name}"),
+            At::Index(parent, i) => write!(f, "{parent}[{i}]"),
+        }
     }
 }
 
@@ -272,22 +293,22 @@ struct TableRef {
 }
 
 impl<'a> Flat<'a> {
-    fn bytes<const N: usize>(&self, pos: usize, at: &str) -> Result<[u8; N], Loss> {
+    fn bytes<const N: usize>(&self, pos: usize, at: &At<'_>) -> Result<[u8; N], Loss> {
         pos.checked_add(N)
             .and_then(|end| self.buf.get(pos..end))
             .and_then(|s| s.try_into().ok())
             .ok_or_else(|| loss(at, format!("offset {pos} is outside the manifest")))
     }
 
-    fn u16(&self, pos: usize, at: &str) -> Result<u16, Loss> {
+    fn u16(&self, pos: usize, at: &At<'_>) -> Result<u16, Loss> {
         Ok(u16::from_le_bytes(self.bytes(pos, at)?))
     }
 
-    fn u32(&self, pos: usize, at: &str) -> Result<u32, Loss> {
+    fn u32(&self, pos: usize, at: &At<'_>) -> Result<u32, Loss> {
         Ok(u32::from_le_bytes(self.bytes(pos, at)?))
     }
 
-    fn table(&self, pos: usize, at: &str) -> Result<TableRef, Loss> {
+    fn table(&self, pos: usize, at: &At<'_>) -> Result<TableRef, Loss> {
         let back = i32::from_le_bytes(self.bytes(pos, at)?);
         let vtable = i64::try_from(pos)
             .ok()
@@ -307,7 +328,7 @@ impl<'a> Flat<'a> {
     }
 
     /// Where the field's value is, or `None` when the field is absent.
-    fn field(&self, table: TableRef, slot: usize, at: &str) -> Result<Option<usize>, Loss> {
+    fn field(&self, table: TableRef, slot: usize, at: &At<'_>) -> Result<Option<usize>, Loss> {
         if slot >= table.slots {
             return Ok(None);
         }
@@ -318,7 +339,7 @@ impl<'a> Flat<'a> {
     }
 
     /// Follows the offset stored at `pos`.
-    fn follow(&self, pos: usize, at: &str) -> Result<usize, Loss> {
+    fn follow(&self, pos: usize, at: &At<'_>) -> Result<usize, Loss> {
         let offset = self.u32(pos, at)? as usize;
         pos.checked_add(offset)
             .filter(|&p| p < self.buf.len())
@@ -326,7 +347,7 @@ impl<'a> Flat<'a> {
     }
 
     /// A vector's element count and the position of its first element.
-    fn vector(&self, pos: usize, element_size: usize, at: &str) -> Result<(usize, usize), Loss> {
+    fn vector(&self, pos: usize, element_size: usize, at: &At<'_>) -> Result<(usize, usize), Loss> {
         let start = self.follow(pos, at)?;
         let len = self.u32(start, at)? as usize;
         let first = start + 4;
@@ -343,14 +364,19 @@ impl<'a> Flat<'a> {
         Ok((len, first))
     }
 
-    fn sub_table(&self, table: TableRef, slot: usize, at: &str) -> Result<Option<TableRef>, Loss> {
+    fn sub_table(
+        &self,
+        table: TableRef,
+        slot: usize,
+        at: &At<'_>,
+    ) -> Result<Option<TableRef>, Loss> {
         match self.field(table, slot, at)? {
             Some(pos) => Ok(Some(self.table(self.follow(pos, at)?, at)?)),
             None => Ok(None),
         }
     }
 
-    fn tables(&self, table: TableRef, slot: usize, at: &str) -> Result<Vec<TableRef>, Loss> {
+    fn tables(&self, table: TableRef, slot: usize, at: &At<'_>) -> Result<Vec<TableRef>, Loss> {
         let Some(pos) = self.field(table, slot, at)? else {
             return Ok(Vec::new());
         };
@@ -358,33 +384,33 @@ impl<'a> Flat<'a> {
         (0..len)
             .map(|i| {
                 let element = first + 4 * i;
-                self.table(self.follow(element, at)?, &format!("{at}[{i}]"))
+                self.table(self.follow(element, at)?, &At::Index(at, i))
             })
             .collect()
     }
 
-    fn u64_field(&self, table: TableRef, slot: usize, at: &str) -> Result<u64, Loss> {
+    fn u64_field(&self, table: TableRef, slot: usize, at: &At<'_>) -> Result<u64, Loss> {
         match self.field(table, slot, at)? {
             Some(pos) => Ok(u64::from_le_bytes(self.bytes(pos, at)?)),
             None => Ok(0),
         }
     }
 
-    fn i8_field(&self, table: TableRef, slot: usize, at: &str) -> Result<i8, Loss> {
+    fn i8_field(&self, table: TableRef, slot: usize, at: &At<'_>) -> Result<i8, Loss> {
         match self.field(table, slot, at)? {
             Some(pos) => Ok(i8::from_le_bytes(self.bytes(pos, at)?)),
             None => Ok(0),
         }
     }
 
-    fn id(&self, table: TableRef, at: &str) -> Result<u128, Loss> {
+    fn id(&self, table: TableRef, at: &At<'_>) -> Result<u128, Loss> {
         let high = self.u64_field(table, slot::ID_HIGH, at)?;
         let low = self.u64_field(table, slot::ID_LOW, at)?;
         Ok((u128::from(high) << 64) | u128::from(low))
     }
 
     /// Checks one table and everything under it against the schema.
-    fn check(&self, table: TableRef, schema: &Table, at: &str) -> Result<(), Loss> {
+    fn check(&self, table: TableRef, schema: &Table, at: &At<'_>) -> Result<(), Loss> {
         for unknown in schema.fields.len()..table.slots {
             if self.field(table, unknown, at)?.is_some() {
                 return Err(loss(
@@ -397,7 +423,7 @@ impl<'a> Flat<'a> {
             }
         }
         for (slot, field) in schema.fields.iter().enumerate() {
-            let here = format!("{at}.{}", field.name);
+            let here = At::Field(at, field.name);
             let Some(pos) = self.field(table, slot, &here)? else {
                 if field.required {
                     return Err(loss(here, "required but absent"));
@@ -424,7 +450,7 @@ impl<'a> Flat<'a> {
                     let value = pos
                         .checked_add(size)
                         .and_then(|end| self.buf.get(pos..end))
-                        .ok_or_else(|| loss(&here, "outside the manifest"))?;
+                        .ok_or_else(|| loss(here, "outside the manifest"))?;
                     if value.iter().any(|&b| b != 0) {
                         return Err(loss(
                             here,
@@ -466,7 +492,7 @@ impl<'a> Flat<'a> {
                 }
                 Kind::Tables(sub) => {
                     for (i, child) in self.tables(table, slot, &here)?.into_iter().enumerate() {
-                        self.check(child, sub, &format!("{here}[{i}]"))?;
+                        self.check(child, sub, &At::Index(&here, i))?;
                     }
                 }
             }
@@ -475,7 +501,7 @@ impl<'a> Flat<'a> {
     }
 
     /// SlateDB panics on a bound whose key does not match its type.
-    fn check_bound(&self, bound: TableRef, at: &str) -> Result<(), Loss> {
+    fn check_bound(&self, bound: TableRef, at: &At<'_>) -> Result<(), Loss> {
         let unbounded = self.i8_field(bound, slot::BOUND_TYPE, at)? == UNBOUNDED;
         let has_key = self.field(bound, slot::BOUND_KEY, at)?.is_some();
         if unbounded == has_key {
@@ -526,32 +552,36 @@ pub fn check_bytes(bytes: &[u8]) -> Result<RawSummary, Loss> {
         ));
     }
     let flat = Flat { buf: &bytes[2..] };
-    let root_at = "manifest";
-    let root = flat.table(flat.follow(0, root_at)?, root_at)?;
-    flat.check(root, &MANIFEST, root_at)?;
+    let root_at = At::Root("manifest");
+    let root = flat.table(flat.follow(0, &root_at)?, &root_at)?;
+    flat.check(root, &MANIFEST, &root_at)?;
 
     let mut summary = RawSummary::default();
     for (i, sst) in flat
-        .tables(root, slot::MANIFEST_SSTS, "ssts")?
+        .tables(root, slot::MANIFEST_SSTS, &At::Root("ssts"))?
         .into_iter()
         .enumerate()
     {
-        let at = format!("ssts[{i}]");
+        let at = At::Index(&At::Root("ssts"), i);
         let id = flat
             .sub_table(sst, slot::SST_ID, &at)?
-            .ok_or_else(|| loss(format!("{at}.id"), "required but absent"))?;
+            .ok_or_else(|| loss(At::Field(&at, "id"), "required but absent"))?;
         let info = flat
             .sub_table(sst, slot::SST_INFO, &at)?
-            .ok_or_else(|| loss(format!("{at}.info"), "required but absent"))?;
+            .ok_or_else(|| loss(At::Field(&at, "info"), "required but absent"))?;
         let codec = flat.i8_field(info, COMPRESSION_FORMAT_SLOT, &at)?;
         summary.codecs.insert(flat.id(id, &at)?, codec);
     }
     let mut trees = vec![root_trees(&flat, root)?];
-    for segment in flat.tables(root, slot::MANIFEST_SEGMENTS, "segments")? {
+    for segment in flat.tables(root, slot::MANIFEST_SEGMENTS, &At::Root("segments"))? {
         summary.segments += 1;
         trees.push((
-            flat.tables(segment, slot::SEGMENT_L0, "segments.l0")?,
-            flat.tables(segment, slot::SEGMENT_COMPACTED, "segments.compacted")?,
+            flat.tables(segment, slot::SEGMENT_L0, &At::Root("segments.l0"))?,
+            flat.tables(
+                segment,
+                slot::SEGMENT_COMPACTED,
+                &At::Root("segments.compacted"),
+            )?,
         ));
     }
     for (l0, runs) in trees {
@@ -559,15 +589,15 @@ pub fn check_bytes(bytes: &[u8]) -> Result<RawSummary, Loss> {
         summary.sorted_runs += runs.len();
         for run in runs {
             summary.views += flat
-                .tables(run, slot::SORTED_RUN_SSTS, "compacted.ssts")?
+                .tables(run, slot::SORTED_RUN_SSTS, &At::Root("compacted.ssts"))?
                 .len();
         }
     }
     summary.checkpoints = flat
-        .tables(root, slot::MANIFEST_CHECKPOINTS, "checkpoints")?
+        .tables(root, slot::MANIFEST_CHECKPOINTS, &At::Root("checkpoints"))?
         .len();
     summary.external_dbs = flat
-        .tables(root, slot::MANIFEST_EXTERNAL_DBS, "external_dbs")?
+        .tables(root, slot::MANIFEST_EXTERNAL_DBS, &At::Root("external_dbs"))?
         .len();
     Ok(summary)
 }
@@ -576,8 +606,8 @@ type Tree = (Vec<TableRef>, Vec<TableRef>);
 
 fn root_trees(flat: &Flat<'_>, root: TableRef) -> Result<Tree, Loss> {
     Ok((
-        flat.tables(root, slot::MANIFEST_L0, "l0")?,
-        flat.tables(root, slot::MANIFEST_COMPACTED, "compacted")?,
+        flat.tables(root, slot::MANIFEST_L0, &At::Root("l0"))?,
+        flat.tables(root, slot::MANIFEST_COMPACTED, &At::Root("compacted"))?,
     ))
 }
 
@@ -671,12 +701,16 @@ impl Database {
     }
 
     /// [`Database::ensure_manifest_preserved`] when manifest `known` was the latest a moment ago:
-    /// only the manifests after it are listed.
+    /// only the manifests after it are listed, and when none is, `known` is the decoding compared
+    /// with the bytes (decoding a manifest of many SSTs costs as much as checking it).
     pub async fn ensure_manifest_preserved_since(
         &self,
-        known: Option<u64>,
+        known: Option<&VersionedManifest>,
     ) -> Result<Option<u64>, EngineError> {
-        let Some(id) = self.latest_manifest_id_since(known).await? else {
+        let Some(id) = self
+            .latest_manifest_id_since(known.map(VersionedManifest::id))
+            .await?
+        else {
             return Ok(None);
         };
         let path = manifest_path(&self.path, id);
@@ -692,13 +726,18 @@ impl Database {
             })
             .await?;
         let raw = check_bytes(&bytes).map_err(refuse)?;
-        let decoded = self
-            .bounded("read_manifest", self.admin().read_manifest(Some(id)))
-            .await?
-            .ok_or_else(|| EngineError::NotADatabase {
-                path: self.path.to_string(),
-            })?;
-        compare_decoded(&raw, &decoded).map_err(refuse)?;
+        match known.filter(|known| known.id() == id) {
+            Some(decoded) => compare_decoded(&raw, decoded).map_err(refuse)?,
+            None => {
+                let decoded = self
+                    .bounded("read_manifest", self.admin().read_manifest(Some(id)))
+                    .await?
+                    .ok_or_else(|| EngineError::NotADatabase {
+                        path: self.path.to_string(),
+                    })?;
+                compare_decoded(&raw, &decoded).map_err(refuse)?;
+            }
+        }
         Ok(Some(id))
     }
 
@@ -832,11 +871,12 @@ mod tests {
     /// Where, in a whole manifest object, the first SST's compression format byte is.
     fn first_codec_byte(bytes: &[u8]) -> usize {
         let flat = Flat { buf: &bytes[2..] };
-        let root = flat.table(flat.follow(0, "").unwrap(), "").unwrap();
-        let sst = flat.tables(root, slot::MANIFEST_SSTS, "").unwrap()[0];
-        let info = flat.sub_table(sst, slot::SST_INFO, "").unwrap().unwrap();
+        let at = &At::Root("manifest");
+        let root = flat.table(flat.follow(0, at).unwrap(), at).unwrap();
+        let sst = flat.tables(root, slot::MANIFEST_SSTS, at).unwrap()[0];
+        let info = flat.sub_table(sst, slot::SST_INFO, at).unwrap().unwrap();
         2 + flat
-            .field(info, COMPRESSION_FORMAT_SLOT, "")
+            .field(info, COMPRESSION_FORMAT_SLOT, at)
             .unwrap()
             .expect("a compressed SST stores its format")
     }
