@@ -57,6 +57,16 @@ cleanup() {
 }
 trap cleanup EXIT
 
+# copy_throughput's baseline is `rclone copy` (Debian's package), missing on a fresh machine.
+case " ${benches[*]} " in
+    *" copy_throughput "*)
+        if ! command -v rclone >/dev/null; then
+            echo "run.sh: installing rclone (Debian) for copy_throughput's baseline" >&2
+            apt-get install -y -qq rclone >&2 || { apt-get update -qq >&2 && apt-get install -y -qq rclone >&2; }
+        fi
+        ;;
+esac
+
 build_args=()
 for b in "${benches[@]}"; do build_args+=(--bench "$b"); done
 echo "run.sh: building the benches (cargo bench --no-run ${build_args[*]})" >&2
