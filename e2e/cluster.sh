@@ -276,13 +276,20 @@ build_stores() {
 
 # --- processes -----------------------------------------------------------------------------------
 
-# pid_alive NAME: the recorded process is running and is ours (its command line names the state dir;
-# this guards against a recycled PID).
-pid_alive() {
+# recorded_pid NAME: prints the PID recorded for NAME, or fails when there is none.
+recorded_pid() {
   local f=$STATE/$1.pid pid
   [ -f "$f" ] || return 1
   pid=$(cat "$f")
   [[ $pid =~ ^[0-9]+$ ]] || return 1
+  echo "$pid"
+}
+
+# pid_alive NAME: the recorded process is running and is ours (its command line names the state dir;
+# this guards against a recycled PID).
+pid_alive() {
+  local pid
+  pid=$(recorded_pid "$1") || return 1
   [ -r "/proc/$pid/cmdline" ] || return 1
   tr '\0' ' ' < "/proc/$pid/cmdline" 2>/dev/null | grep -qF -- "$STATE/"
 }
@@ -290,10 +297,8 @@ pid_alive() {
 # pid_exists NAME: the recorded process exists and has not exited, whether or not it has exec'd its
 # command yet (until then its cmdline is this script's, and pid_alive says no).
 pid_exists() {
-  local f=$STATE/$1.pid pid
-  [ -f "$f" ] || return 1
-  pid=$(cat "$f")
-  [[ $pid =~ ^[0-9]+$ ]] || return 1
+  local pid
+  pid=$(recorded_pid "$1") || return 1
   [ -r "/proc/$pid/status" ] || return 1
   ! grep -q '^State:[[:space:]]*Z' "/proc/$pid/status" 2>/dev/null
 }
