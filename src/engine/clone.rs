@@ -10,7 +10,7 @@ use super::fingerprint::Pinned;
 use super::lineage::ParentLink;
 use super::manifest_writes::lock_manifest_writes;
 use super::ownership::Owner;
-use super::store_layers::counting_retries;
+use super::store_layers::{counting_retries, in_retry_scope_of_caller};
 use super::{Database, Store};
 use bytes::Bytes;
 use object_store::path::Path;
@@ -328,7 +328,13 @@ async fn clone_once(
     crash_point_at(CloneStep::ResolveSource);
     phases.end("resolve_source");
 
-    let list_ssts = source.look_up_pinned(checkpoint_manifest, Pinned::Sst, &[]);
+    // A task of its own, so the listing's CPU (a stat and a path per object on `file://`) runs on
+    // another core than the builder's manifest decoding; it only reads, and runs to completion.
+    let list_ssts = tokio::spawn(in_retry_scope_of_caller({
+        let source = source.clone();
+        let ssts = source.pinned_paths(checkpoint_manifest, Pinned::Sst);
+        async move { source.look_up(ssts, &[]).await }
+    }));
     let write_clone = write_clone(
         config,
         source,
@@ -341,6 +347,10 @@ async fn clone_once(
         &mut phases,
     );
     let (ssts, state) = tokio::join!(list_ssts, write_clone);
+    let ssts = ssts.map_err(|e| EngineError::Store {
+        operation: "list the source's SSTs",
+        source: object_store::Error::JoinError { source: e },
+    })?;
     let (ssts, state) = (ssts?, state?);
     let resumed = state == TargetState::Partial;
     let source_objects: Vec<_> = ssts.iter().cloned().chain(wal).collect();

@@ -47,6 +47,9 @@ pub(crate) enum Pinned {
     Sst,
 }
 
+/// The logical key, path and store (WAL or main) of each object a manifest pins.
+pub(crate) struct PinnedPaths(Vec<(String, Path, bool)>);
+
 /// A checkpoint's fingerprint.
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub struct Fingerprint {
@@ -106,6 +109,13 @@ impl Database {
         which: Pinned,
         known: &[PinnedObject],
     ) -> Result<Vec<PinnedObject>, EngineError> {
+        self.look_up(self.pinned_paths(manifest, which), known)
+            .await
+    }
+
+    /// Where the `which` objects `manifest` pins are: what [`Database::look_up`] takes, so the
+    /// lookup can run in a task of its own without the manifest.
+    pub(crate) fn pinned_paths(&self, manifest: &VersionedManifest, which: Pinned) -> PinnedPaths {
         let resolver = PathResolver::new(self.path.clone(), manifest);
         let mut wanted: Vec<(String, Path, bool)> = Vec::new();
         if which != Pinned::Wal {
@@ -127,6 +137,16 @@ impl Database {
                 wanted.push((format!("wal/{wal_id:020}"), path, true));
             }
         }
+        PinnedPaths(wanted)
+    }
+
+    /// Looks up the objects at `wanted`, taking those at the path of an object in `known` as
+    /// they are.
+    pub(crate) async fn look_up(
+        &self,
+        PinnedPaths(mut wanted): PinnedPaths,
+        known: &[PinnedObject],
+    ) -> Result<Vec<PinnedObject>, EngineError> {
         let known: HashMap<&Path, &PinnedObject> = known.iter().map(|o| (&o.path, o)).collect();
         let mut objects = Vec::new();
         wanted.retain(|(key, path, _)| match known.get(path) {
