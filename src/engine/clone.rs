@@ -354,13 +354,22 @@ async fn clone_once(
     let (ssts, state) = (ssts?, state?);
     let resumed = state == TargetState::Partial;
     let source_objects: Vec<_> = ssts.iter().cloned().chain(wal).collect();
-    crash_point_at(CloneStep::MarkInitialized);
     let manifest = target.latest_manifest().await?;
-    if !manifest.initialized() {
+    let step = step_shown_by(&manifest, &Path::from(config.source_path.as_str()));
+    crash_point_at(CloneStep::MarkInitialized);
+    if step != CloneStep::MarkInitialized {
         return Err(EngineError::Uninitialized {
             path: config.target_path.clone(),
         });
     }
+    // The builder marks a clone initialized once every WAL object is copied.
+    progress(CloneProgress {
+        step,
+        objects_done: wal_total,
+        objects_total: wal_total,
+        bytes_done: wal_bytes,
+        bytes_total: wal_bytes,
+    });
     if let CloneSourceCheckpoint::Latest { .. } = &config.source_checkpoint {
         // The clone's final checkpoint pins the parent now; the temporary one is not needed.
         source.delete_checkpoint(checkpoint.id).await?;
@@ -577,24 +586,11 @@ async fn watch_clone_steps(
         bytes_done: 0,
         bytes_total: 0,
     });
-    loop {
-        let done = finished.is_set();
+    // The round after the builder finished is the clone's own: it reads the clone's manifest
+    // anyway (a decode of every SST the clone references).
+    while !finished.is_set() {
         if let Ok(Some(manifest)) = target.try_latest_manifest().await {
-            crash_point_at(CloneStep::WriteManifest);
-            let pinned = manifest
-                .external_dbs()
-                .iter()
-                .any(|e| e.path == source_path.as_ref() && e.final_checkpoint_id.is_some());
-            let step = if manifest.initialized() {
-                CloneStep::MarkInitialized
-            } else if pinned {
-                CloneStep::CopyWal
-            } else {
-                CloneStep::PinParent
-            };
-            if step >= CloneStep::CopyWal {
-                crash_point_at(CloneStep::PinParent);
-            }
+            let step = step_shown_by(&manifest, &source_path);
             let (copied, copied_bytes) = target.wal_objects_present().await.unwrap_or((0, 0));
             let copied = copied.min(wal_total);
             emit(CloneProgress {
@@ -608,14 +604,32 @@ async fn watch_clone_steps(
                 crash_point_at(CloneStep::CopyWal);
             }
         }
-        if done {
-            return;
-        }
         tokio::select! {
             _ = finished.wake.notified() => {}
             _ = tokio::time::sleep(Duration::from_millis(100)) => {}
         }
     }
+}
+
+/// The builder's step that a manifest of the clone shows, passing the crash points of the steps
+/// it shows done.
+fn step_shown_by(manifest: &VersionedManifest, source_path: &Path) -> CloneStep {
+    crash_point_at(CloneStep::WriteManifest);
+    let pinned = manifest
+        .external_dbs()
+        .iter()
+        .any(|e| e.path == source_path.as_ref() && e.final_checkpoint_id.is_some());
+    let step = if manifest.initialized() {
+        CloneStep::MarkInitialized
+    } else if pinned {
+        CloneStep::CopyWal
+    } else {
+        CloneStep::PinParent
+    };
+    if step >= CloneStep::CopyWal {
+        crash_point_at(CloneStep::PinParent);
+    }
+    step
 }
 
 /// The source's objects of which the clone holds its own copy (its WAL tail); an object the
