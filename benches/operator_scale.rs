@@ -169,6 +169,162 @@ fn scrape_when_quiet(quiet: Duration, max: Duration) -> (Counters, f64) {
     (last, started.elapsed().as_secs_f64())
 }
 
+// ---- the operator's identity -----------------------------------------------------------------
+
+/// The kubeconfig every operator this bench starts uses (see [`operator_identity`]).
+static OPERATOR_KUBECONFIG: std::sync::OnceLock<std::path::PathBuf> = std::sync::OnceLock::new();
+
+/// Whether the operator runs in the chart's API priority level (`BENCH_APF`, default 1).
+fn apf_enabled() -> bool {
+    std::env::var("BENCH_APF").as_deref() != Ok("0")
+}
+
+/// Names of the cluster-scoped objects [`operator_identity`] makes, for [`cleanup`].
+fn identity_name(tag: &str) -> String {
+    format!("bench-slatedb-operator-{tag}")
+}
+
+/// The operator's identity as the chart deploys it: its own ServiceAccount in namespace `ns`
+/// (bound to cluster-admin here; the e2e tests check the chart's RBAC), and, unless `BENCH_APF=0`,
+/// the chart's API Priority and Fairness objects (`helm template --show-only
+/// templates/flowcontrol.yaml`). The bench's own requests stay the cluster admin's. Returns a
+/// kubeconfig holding a token of the account.
+async fn operator_identity(
+    client: &Client,
+    ns: &str,
+    tag: &str,
+    work: &std::path::Path,
+) -> std::path::PathBuf {
+    use k8s_openapi::api::authentication::v1::TokenRequest;
+    use k8s_openapi::api::core::v1::ServiceAccount;
+    use k8s_openapi::api::rbac::v1::ClusterRoleBinding;
+    let account = "slatedb-operator";
+    let name = identity_name(tag);
+    create_namespace(client, ns).await;
+    let accounts: Api<ServiceAccount> = Api::namespaced(client.clone(), ns);
+    let sa: ServiceAccount =
+        serde_json::from_value(json!({"metadata": {"name": account}})).unwrap();
+    accounts
+        .create(&PostParams::default(), &sa)
+        .await
+        .unwrap_or_else(|e| panic!("creating the operator's ServiceAccount: {e}"));
+    let binding: ClusterRoleBinding = serde_json::from_value(json!({
+        "metadata": {"name": name, "labels": {"slatedb.io/bench": "operator-scale"}},
+        "roleRef": {"apiGroup": "rbac.authorization.k8s.io", "kind": "ClusterRole", "name": "cluster-admin"},
+        "subjects": [{"kind": "ServiceAccount", "name": account, "namespace": ns}]
+    }))
+    .unwrap();
+    Api::<ClusterRoleBinding>::all(client.clone())
+        .create(&PostParams::default(), &binding)
+        .await
+        .unwrap_or_else(|e| panic!("binding the operator's ServiceAccount: {e}"));
+    if apf_enabled() {
+        let chart = concat!(env!("CARGO_MANIFEST_DIR"), "/charts/slatedb-operator");
+        let rendered = Command::new(required_env("E2E_HELM"))
+            .args(["template", "bench", chart, "--namespace", ns])
+            .args(["--show-only", "templates/flowcontrol.yaml"])
+            .args(["--set", &format!("fullnameOverride={name}")])
+            .args(["--set", &format!("serviceAccount.name={account}")])
+            .output()
+            .expect("running helm template");
+        assert!(
+            rendered.status.success(),
+            "helm template: {}",
+            String::from_utf8_lossy(&rendered.stderr)
+        );
+        let mut apply = Command::new(required_env("E2E_KUBECTL"))
+            .args(["apply", "-f", "-"])
+            .stdin(Stdio::piped())
+            .stdout(Stdio::null())
+            .spawn()
+            .expect("running kubectl apply");
+        use std::io::Write;
+        apply
+            .stdin
+            .take()
+            .unwrap()
+            .write_all(&rendered.stdout)
+            .unwrap();
+        assert!(
+            apply.wait().unwrap().success(),
+            "kubectl apply of the chart's flowcontrol objects failed"
+        );
+        OPERATOR_LEVEL
+            .set(name.clone())
+            .expect("one operator identity");
+    }
+    let request: TokenRequest =
+        serde_json::from_value(json!({"spec": {"expirationSeconds": 6 * 3600}})).unwrap();
+    let token = accounts
+        .create_token_request(account, &PostParams::default(), &request)
+        .await
+        .unwrap_or_else(|e| panic!("a token for the operator's ServiceAccount: {e}"))
+        .status
+        .and_then(|status| status.token)
+        .expect("a TokenRequest answer holds a token");
+    let mut kubeconfig = kube::config::Kubeconfig::read_from(required_env("KUBECONFIG"))
+        .expect("reading KUBECONFIG");
+    for user in &mut kubeconfig.auth_infos {
+        user.auth_info = Some(kube::config::AuthInfo {
+            token: Some(token.clone().into()),
+            ..Default::default()
+        });
+    }
+    let path = work.join("operator.kubeconfig");
+    std::fs::write(&path, serde_json::to_vec(&kubeconfig).unwrap()).unwrap();
+    path
+}
+
+/// Deletes what [`operator_identity`] made outside its namespace.
+fn delete_identity(tag: &str, ns: &str) {
+    let name = identity_name(tag);
+    for (kind, names) in [
+        ("namespace", vec![ns.to_string()]),
+        ("clusterrolebinding", vec![name.clone()]),
+        (
+            "flowschema",
+            vec![name.clone(), format!("{name}-leader-election")],
+        ),
+        ("prioritylevelconfiguration", vec![name.clone()]),
+    ] {
+        let _ = Command::new(required_env("E2E_KUBECTL"))
+            .args(["delete", "--ignore-not-found", kind])
+            .args(names)
+            .stdout(Stdio::null())
+            .status();
+    }
+}
+
+/// The chart's priority level the bench's operator runs in, when it does.
+static OPERATOR_LEVEL: std::sync::OnceLock<String> = std::sync::OnceLock::new();
+
+/// `(dispatched, rejected)` requests of the operator's priority level so far, from the API
+/// server's `/metrics`; `None` without one (`BENCH_APF=0`).
+fn apf_counts() -> Option<(u64, u64)> {
+    let level = OPERATOR_LEVEL.get()?;
+    let output = Command::new(required_env("E2E_KUBECTL"))
+        .args(["get", "--raw", "/metrics"])
+        .output()
+        .expect("running kubectl get --raw /metrics");
+    let level = format!("priority_level=\"{level}\"");
+    let mut counts = (0, 0);
+    for line in String::from_utf8_lossy(&output.stdout).lines() {
+        if !line.contains(&level) {
+            continue;
+        }
+        let value = line
+            .rsplit_once(' ')
+            .and_then(|(_, v)| v.parse::<f64>().ok())
+            .unwrap_or(0.0) as u64;
+        if line.starts_with("apiserver_flowcontrol_dispatched_requests_total{") {
+            counts.0 += value;
+        } else if line.starts_with("apiserver_flowcontrol_rejected_requests_total{") {
+            counts.1 += value;
+        }
+    }
+    Some(counts)
+}
+
 // ---- the operator process --------------------------------------------------------------------
 
 struct Operator {
@@ -197,6 +353,9 @@ impl Operator {
             cmd.args(["--clone-concurrency", &c]);
         }
         cmd.args(extra);
+        if let Some(kubeconfig) = OPERATOR_KUBECONFIG.get() {
+            cmd.env("KUBECONFIG", kubeconfig);
+        }
         let child = cmd
             .env("RUST_LOG", "info,slatedb=warn,slatedb_operator=info")
             .stdin(Stdio::null())
@@ -365,6 +524,8 @@ struct OperatorRun {
     /// From the first create until every clone was Ready (or the wait ended): wall seconds, the
     /// operator's CPU seconds, and those of each of [`BURST_PROCESSES`].
     burst: (f64, f64, Vec<f64>),
+    /// The operator's requests its priority level dispatched and rejected during the burst.
+    apf: Option<(u64, u64)>,
     /// Seconds from deleting every clone at once until the last is gone (`None`: not all within
     /// the timeout), and how many were gone.
     delete_secs: Option<f64>,
@@ -548,6 +709,7 @@ async fn operator_run(
 
     eprintln!("operator_scale: {store_kind}: creating {n} DatabaseClones");
     let (burst_operator_before, burst_before) = (operator.cpu_secs(), burst_cpu());
+    let apf_before = apf_counts();
     let started = Instant::now();
     let (create_secs, created_at) =
         create_all(&clones, n, conc, |i| clone_object(&format!("c-{i:04}"))).await;
@@ -596,6 +758,9 @@ async fn operator_run(
             .map(|(after, before)| after - before)
             .collect(),
     );
+    let apf = apf_counts()
+        .zip(apf_before)
+        .map(|(after, before)| (after.0 - before.0, after.1 - before.1));
     let writes_at_ready = delta(&before, &scrape_writes());
     let all_ready = (ready_at.len() == n).then(|| ready_at.values().cloned().fold(0.0, f64::max));
     let first_ready = ready_at.values().cloned().fold(f64::INFINITY, f64::min);
@@ -655,6 +820,7 @@ async fn operator_run(
         cpu_secs,
         parent_checkpoints_per_sec,
         burst,
+        apf,
         delete_secs,
         deleted,
         delete_timeouts,
@@ -1183,6 +1349,10 @@ fn main() {
         install_crds(&client, "slatedb-operator-bench")
             .await
             .unwrap_or_else(|e| panic!("{e}"));
+        let kubeconfig = operator_identity(&client, &ns("operator"), &tag, work.path()).await;
+        OPERATOR_KUBECONFIG
+            .set(kubeconfig)
+            .expect("the operator's identity is made once");
         let mut baselines = Vec::new();
         eprintln!("operator_scale: baseline: {n} ConfigMaps");
         namespaces.push(ns("cm"));
@@ -1213,6 +1383,7 @@ fn main() {
         if std::env::var("BENCH_SKIP_CLEANUP").as_deref() != Ok("1") {
             cleanup(&client, &namespaces, work.path()).await;
         }
+        delete_identity(&tag, &ns("operator"));
         drop(parents);
         (baselines, noop, runs, apply_rows, restart)
     });
@@ -1651,6 +1822,20 @@ fn report(n: usize, conc: usize, baselines: &[Baseline], runs: &[OperatorRun]) {
         );
     }
     println!();
+    for r in runs {
+        match (r.apf, OPERATOR_LEVEL.get()) {
+            (Some((dispatched, rejected)), Some(level)) => println!(
+                "The operator ran as its own ServiceAccount in the chart's API priority level `{level}` \
+                 (`apiPriority` defaults): during the `{}` burst it dispatched {dispatched} of the operator's \
+                 requests and rejected {rejected}. The bench's creates are the cluster admin's (exempt).\n",
+                r.store
+            ),
+            _ => println!(
+                "The operator ran as its own ServiceAccount without the chart's priority level \
+                 (`BENCH_APF=0`: the built-in `service-accounts` flow, level `workload-low`).\n"
+            ),
+        }
+    }
     let unwatched_rate = baselines
         .iter()
         .find(|b| b.label.contains("no operator"))

@@ -76,10 +76,12 @@ fn container_args(docs: &[Value], deployment: &str) -> Vec<String> {
 /// Every namespaced object the chart renders names its namespace, so `helm template | kubectl apply`
 /// never lands in the kubeconfig's default namespace.
 fn assert_namespaced_objects_name_their_namespace(docs: &[Value]) {
-    const CLUSTER_SCOPED: [&str; 3] = [
+    const CLUSTER_SCOPED: [&str; 5] = [
         "CustomResourceDefinition",
         "ClusterRole",
         "ClusterRoleBinding",
+        "FlowSchema",
+        "PriorityLevelConfiguration",
     ];
     for d in docs {
         let kind = d["kind"].as_str().unwrap();
@@ -229,6 +231,10 @@ fn values_schema_rejects_wrong_types_and_unknown_keys() {
             "/leaderElection/leaseDuration",
         ),
         (&["--set", "image.tag=123"], "/image/tag"),
+        (
+            &["--set", "apiPriority.concurrencyShares=0"],
+            "/apiPriority/concurrencyShares",
+        ),
         (
             &["--set", "image.pullPolicy=Sometimes"],
             "/image/pullPolicy",
@@ -417,6 +423,39 @@ fn default_values_render_a_cluster_wide_restricted_operator() {
              "resourceNames": ["slatedb-slatedb-operator"], "verbs": ["get", "update", "patch"]},
             {"apiGroups": ["coordination.k8s.io"], "resources": ["leases"], "verbs": ["create"]},
         ])
+    );
+
+    // API Priority and Fairness: the operator's own level, a few seats and no borrowing; its Lease
+    // requests in the built-in leader-election level, matched first.
+    let level = &get(&docs, "PriorityLevelConfiguration", full)["spec"];
+    assert_eq!(level["type"], "Limited");
+    assert_eq!(level["limited"]["nominalConcurrencyShares"], 1);
+    assert_eq!(level["limited"]["borrowingLimitPercent"], 0);
+    let account = json!([{"kind": "ServiceAccount",
+                          "serviceAccount": {"name": full, "namespace": "slatedb-system"}}]);
+    let leases = &get(&docs, "FlowSchema", &format!("{full}-leader-election"))["spec"];
+    assert_eq!(
+        leases["priorityLevelConfiguration"]["name"],
+        "leader-election"
+    );
+    assert_eq!(leases["rules"][0]["subjects"], account);
+    assert_eq!(
+        leases["rules"][0]["resourceRules"][0]["namespaces"],
+        json!(["slatedb-system"])
+    );
+    let rest = &get(&docs, "FlowSchema", full)["spec"];
+    assert_eq!(rest["priorityLevelConfiguration"]["name"], full);
+    assert_eq!(rest["rules"][0]["subjects"], account);
+    assert!(
+        leases["matchingPrecedence"].as_i64() < rest["matchingPrecedence"].as_i64(),
+        "the Lease schema must match first"
+    );
+    let without = kinds(&render(
+        "slatedb-system",
+        &["--set", "apiPriority.enabled=false"],
+    ));
+    assert!(
+        !without.contains_key("FlowSchema") && !without.contains_key("PriorityLevelConfiguration")
     );
 
     // The pod: downward API, probes on the named port, restricted security contexts.
@@ -791,6 +830,8 @@ async fn all_options_values_pass_server_side_dry_run() {
         "ClusterRole",
         "Role",
         "RoleBinding",
+        "FlowSchema",
+        "PriorityLevelConfiguration",
     ] {
         assert!(counts.contains_key(kind), "no {kind} rendered: {counts:?}");
     }

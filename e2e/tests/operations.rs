@@ -149,6 +149,33 @@ async fn the_chart_rbac_suffices_metrics_are_served_and_secrets_stay_out_of_the_
         .await
         .starts_with("ready"));
 
+    // The chart's API Priority and Fairness objects classify the operator's requests: its Lease
+    // requests in the built-in leader-election level, everything else in the release's own level.
+    let apiserver_metrics = run_tool("E2E_KUBECTL", &["get", "--raw", "/metrics"], None);
+    assert!(apiserver_metrics.status.success());
+    let apiserver_metrics = String::from_utf8_lossy(&apiserver_metrics.stdout);
+    let full = format!("{release}-slatedb-operator");
+    for (schema, level) in [
+        (
+            format!("{full}-leader-election"),
+            "leader-election".to_string(),
+        ),
+        (full.clone(), full.clone()),
+    ] {
+        let series = format!(
+            "apiserver_flowcontrol_dispatched_requests_total{{flow_schema=\"{schema}\",priority_level=\"{level}\"}} "
+        );
+        let dispatched: f64 = apiserver_metrics
+            .lines()
+            .find_map(|l| l.strip_prefix(series.as_str()))
+            .and_then(|v| v.trim().parse().ok())
+            .unwrap_or(0.0);
+        assert!(
+            dispatched > 0.0,
+            "no operator request dispatched by flow schema {schema} in level {level}"
+        );
+    }
+
     let text = std::fs::read_to_string(&log).unwrap();
     assert!(
         !text.contains("forbidden"),
