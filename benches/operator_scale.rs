@@ -73,9 +73,9 @@ fn scrape_reads() -> Counters {
     scrape(&["GET", "LIST"])
 }
 
-fn scrape(verbs: &[&str]) -> Counters {
-    let kubectl = required_env("E2E_KUBECTL");
-    let output = Command::new(&kubectl)
+/// The API server's `/metrics` text.
+fn apiserver_metrics() -> String {
+    let output = Command::new(required_env("E2E_KUBECTL"))
         .args(["get", "--raw", "/metrics"])
         .output()
         .expect("running kubectl get --raw /metrics");
@@ -84,7 +84,11 @@ fn scrape(verbs: &[&str]) -> Counters {
         "kubectl get --raw /metrics: {}",
         String::from_utf8_lossy(&output.stderr)
     );
-    let text = String::from_utf8_lossy(&output.stdout);
+    String::from_utf8_lossy(&output.stdout).into_owned()
+}
+
+fn scrape(verbs: &[&str]) -> Counters {
+    let text = apiserver_metrics();
     let mut counters = Counters::new();
     for line in text.lines() {
         let Some(rest) = line.strip_prefix("apiserver_request_total{") else {
@@ -302,13 +306,10 @@ static OPERATOR_LEVEL: std::sync::OnceLock<String> = std::sync::OnceLock::new();
 /// server's `/metrics`; `None` without one (`BENCH_APF=0`).
 fn apf_counts() -> Option<(u64, u64)> {
     let level = OPERATOR_LEVEL.get()?;
-    let output = Command::new(required_env("E2E_KUBECTL"))
-        .args(["get", "--raw", "/metrics"])
-        .output()
-        .expect("running kubectl get --raw /metrics");
+    let metrics = apiserver_metrics();
     let level = format!("priority_level=\"{level}\"");
     let mut counts = (0, 0);
-    for line in String::from_utf8_lossy(&output.stdout).lines() {
+    for line in metrics.lines() {
         if !line.contains(&level) {
             continue;
         }
