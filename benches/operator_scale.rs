@@ -855,6 +855,19 @@ fn phase_profile(log: &std::path::Path) -> Vec<(String, Vec<f64>)> {
     phases
 }
 
+/// The engine's time of every clone run the operator's log reports (`clone work finished`,
+/// `duration_ms`), seconds, in the order they finished.
+fn work_durations(log: &std::path::Path) -> Vec<f64> {
+    std::fs::read_to_string(log)
+        .unwrap_or_default()
+        .lines()
+        .filter_map(|line| serde_json::from_str::<serde_json::Value>(line).ok())
+        .filter(|entry| entry["message"] == "clone work finished")
+        .filter_map(|entry| entry["duration_ms"].as_f64())
+        .map(|ms| ms / 1e3)
+        .collect()
+}
+
 /// Checkpoints per second the parent accepts one after another (each writes its manifest once),
 /// each deleted again: the manifest-write floor, in the same run as the clones.
 async fn sequential_checkpoint_rate(store: &slatedb_operator::engine::Store) -> f64 {
@@ -879,13 +892,33 @@ async fn sequential_checkpoint_rate(store: &slatedb_operator::engine::Store) -> 
     (2 * ROUNDS) as f64 / started.elapsed().as_secs_f64()
 }
 
-/// Runs the no-op controller in namespace `ns` and measures it: `reps` single applies, then `n`
-/// at once.
-async fn noop_controller(client: &Client, ns: &str, reps: usize, n: usize, conc: usize) -> NoopRun {
+/// A client with the operator's identity ([`operator_identity`]).
+async fn operator_client() -> Client {
+    let path = OPERATOR_KUBECONFIG
+        .get()
+        .expect("the operator's identity is made first");
+    let kubeconfig = kube::config::Kubeconfig::read_from(path).expect("the operator's kubeconfig");
+    let config = kube::Config::from_custom_kubeconfig(kubeconfig, &Default::default())
+        .await
+        .expect("a client config from the operator's kubeconfig");
+    Client::try_from(config).expect("a client with the operator's identity")
+}
+
+/// Runs the no-op controller in namespace `ns`, as `identity` (its watch and status writes; the
+/// creates and polls are `client`'s), and measures it: `reps` single applies, then `n` at once
+/// (none when `n` is 0).
+async fn noop_controller(
+    client: &Client,
+    identity: Client,
+    ns: &str,
+    reps: usize,
+    n: usize,
+    conc: usize,
+) -> NoopRun {
     create_namespace(client, ns).await;
     let clones: Api<DatabaseClone> = Api::namespaced(client.clone(), ns);
     let (ready_tx, mut ready_rx) = tokio::sync::mpsc::unbounded_channel::<Instant>();
-    let writer = clones.clone();
+    let writer: Api<DatabaseClone> = Api::namespaced(identity, ns);
     let controller = tokio::spawn(async move {
         let mut stream = watcher(writer.clone(), watcher::Config::default()).boxed();
         while let Ok(Some(event)) = stream.try_next().await {
@@ -941,7 +974,9 @@ async fn noop_controller(client: &Client, ns: &str, reps: usize, n: usize, conc:
     }
     while ready_rx.try_recv().is_ok() {}
     let started = Instant::now();
-    create_all(&clones, n, conc, |i| clone_object(&format!("c-{i:04}"))).await;
+    if n > 0 {
+        create_all(&clones, n, conc, |i| clone_object(&format!("c-{i:04}"))).await;
+    }
     let mut seen = 0;
     while seen < n {
         match tokio::time::timeout(Duration::from_secs(60), ready_rx.recv()).await {
@@ -1364,7 +1399,28 @@ fn main() {
         eprintln!("operator_scale: baseline: a no-op controller");
         namespaces.push(ns("noop-controller"));
         let reps = env_usize("BENCH_APPLY_REPS", 5);
-        let noop = noop_controller(&client, &ns("noop-controller"), reps, n, conc).await;
+        let noop = noop_controller(
+            &client,
+            client.clone(),
+            &ns("noop-controller"),
+            reps,
+            n,
+            conc,
+        )
+        .await;
+        // The same, as the operator authenticates (a ServiceAccount token, RBAC, and the chart's
+        // priority level unless `BENCH_APF=0`), where the cluster admin skips all three.
+        eprintln!("operator_scale: baseline: a no-op controller as the operator's ServiceAccount");
+        namespaces.push(ns("noop-controller-sa"));
+        let noop_as_operator = noop_controller(
+            &client,
+            operator_client().await,
+            &ns("noop-controller-sa"),
+            reps,
+            0,
+            conc,
+        )
+        .await;
         let apply_ns = ns("apply");
         namespaces.push(apply_ns.clone());
         let (apply_rows, parents) = apply_to_ready_vs_cp(&client, &apply_ns, work.path()).await;
@@ -1386,9 +1442,16 @@ fn main() {
         }
         delete_identity(&tag, &ns("operator"));
         drop(parents);
-        (baselines, noop, runs, apply_rows, restart)
+        (
+            baselines,
+            (noop, noop_as_operator),
+            runs,
+            apply_rows,
+            restart,
+        )
     });
-    report_apply_to_ready(&apply_rows, &noop);
+    let (noop, noop_as_operator) = noop;
+    report_apply_to_ready(&apply_rows, &noop, &noop_as_operator);
     report(n, conc, &baselines, &runs);
     report_floors(&runs, &noop);
     if let Some(restart) = &restart {
@@ -1472,6 +1535,8 @@ struct ApplyRow {
     files: u64,
     cp: Vec<f64>,
     apply_to_ready: Vec<f64>,
+    /// The engine's part of each (the operator's `clone work finished` log line).
+    work: Vec<f64>,
 }
 
 async fn apply_to_ready_vs_cp(
@@ -1491,7 +1556,9 @@ async fn apply_to_ready_vs_cp(
     }
     let reps = env_usize("BENCH_APPLY_REPS", 5);
     create_namespace(client, ns).await;
-    let mut operator = Operator::start(ns, work.join(format!("operator-{ns}.log")));
+    let log = work.join(format!("operator-{ns}.log"));
+    let mut operator = Operator::start(ns, log.clone());
+    let mut runs_logged = 0;
     let checkpoints: Api<DatabaseCheckpoint> = Api::namespaced(client.clone(), ns);
     let clones: Api<DatabaseClone> = Api::namespaced(client.clone(), ns);
     let wait_ready = |name: String| {
@@ -1540,6 +1607,7 @@ async fn apply_to_ready_vs_cp(
             files: parent.files,
             cp: Vec::new(),
             apply_to_ready: Vec::new(),
+            work: Vec::new(),
         };
         for rep in 0..reps {
             let copy = parent.root().join("cp-copy");
@@ -1568,6 +1636,10 @@ async fn apply_to_ready_vs_cp(
             row.apply_to_ready.push(started.elapsed().as_secs_f64());
             sync();
         }
+        // The log line comes before the Ready status write, so this row's are all in.
+        let logged = work_durations(&log);
+        row.work = logged.get(runs_logged..).unwrap_or_default().to_vec();
+        runs_logged = logged.len();
         eprintln!(
             "operator_scale: {label}, {ssts} SSTs: cp -r {:.0} ms, apply→Ready {:.0} ms (medians)",
             Stats::of(&row.cp).median * 1e3,
@@ -1579,7 +1651,7 @@ async fn apply_to_ready_vs_cp(
     (rows, parents)
 }
 
-fn report_apply_to_ready(rows: &[ApplyRow], noop: &NoopRun) {
+fn report_apply_to_ready(rows: &[ApplyRow], noop: &NoopRun, noop_as_operator: &NoopRun) {
     println!("### Clone cost through the operator: apply→Ready vs `cp -r` and vs a no-op controller (e2e control plane, `file://` store)\n");
     println!(
         "One DatabaseClone at a time (`verify: Metadata`) of a checkpoint of a parent of the size and \
@@ -1587,28 +1659,39 @@ fn report_apply_to_ready(rows: &[ApplyRow], noop: &NoopRun) {
          `Ready=True`, against `cp -r` of the parent's directory (warm page cache, `sync` untimed \
          after each), alternating, {} repetitions; median (min–max) ms. The API floor, in the same \
          run: a no-op controller in the bench process that writes `Ready=True` as soon as its watch \
-         sees the object (create, watch event, one status write, the same poll): {} ms.\n",
+         sees the object (create, watch event, one status write, the same poll): {} ms as the \
+         cluster admin (the bench's own identity); {} ms with the operator's identity (its \
+         ServiceAccount's token, RBAC{}).\n",
         rows.first().map_or(0, |r| r.cp.len()),
-        Stats::of(&noop.single_secs).ms()
+        Stats::of(&noop.single_secs).ms(),
+        Stats::of(&noop_as_operator.single_secs).ms(),
+        if apf_enabled() { ", the chart's priority level" } else { "" },
     );
     println!(
-        "| parent | SSTs | bytes on disk | files | `cp -r` ms | apply→Ready ms | apply→Ready / `cp -r` | apply→Ready ÷ no-op controller |"
+        "| parent | SSTs | bytes on disk | files | `cp -r` ms | apply→Ready ms | of which clone work ms | apply→Ready / `cp -r` | apply→Ready ÷ no-op controller | ÷ no-op as the operator's identity |"
     );
-    println!("|---|---:|---:|---:|---:|---:|---:|---:|");
+    println!("|---|---:|---:|---:|---:|---:|---:|---:|---:|---:|");
     let floor = Stats::of(&noop.single_secs).median;
+    let floor_as_operator = Stats::of(&noop_as_operator.single_secs).median;
     let median = |row: &ApplyRow| Stats::of(&row.apply_to_ready).median;
     for row in rows {
         let (cp, apply) = (Stats::of(&row.cp), Stats::of(&row.apply_to_ready));
         println!(
-            "| {} | {} | {} | {} | {} | {} | {:.1}% | {:.2}× |",
+            "| {} | {} | {} | {} | {} | {} | {} | {:.1}% | {:.2}× | {:.2}× |",
             row.label,
             row.ssts,
             human_bytes(row.bytes),
             row.files,
             cp.ms(),
             apply.ms(),
+            if row.work.is_empty() {
+                "–".into()
+            } else {
+                Stats::of(&row.work).ms()
+            },
             apply.median / cp.median * 100.0,
-            apply.median / floor
+            apply.median / floor,
+            apply.median / floor_as_operator,
         );
     }
     let verdict = |met: bool| if met { "MET" } else { "MISSED" };

@@ -48,6 +48,26 @@ pub trait Reconcile:
         ctx: Arc<Context>,
     ) -> impl Future<Output = Result<Action, Error>> + Send;
 
+    /// `apply` of an object whose cleanup finalizer is being added by `finalizer`, a patch in
+    /// flight: by default it waits for the patch. A kind whose first reconcile writes a status
+    /// before any effect overrides it to send that status beside the patch
+    /// ([`FinalizerPatch::write_status_beside`]): one round trip less before its work starts. An
+    /// override waits for the patch ([`FinalizerPatch::stored`]) before any effect, so nothing
+    /// that needs cleaning up happens before the finalizer that cleans it up is stored.
+    fn apply_while_finalizing(
+        object: Arc<Self>,
+        ctx: Arc<Context>,
+        mut finalizer: FinalizerPatch<Self>,
+    ) -> impl Future<Output = Result<Action, Error>> + Send {
+        async move {
+            let object = finalizer
+                .stored(&ctx)
+                .await?
+                .unwrap_or_else(|| (*object).clone());
+            Self::apply(Arc::new(object), ctx).await
+        }
+    }
+
     /// Cleans up after the object (being deleted); success releases the finalizer.
     fn cleanup(
         object: Arc<Self>,
@@ -82,7 +102,14 @@ pub async fn reconcile<K: Reconcile>(object: Arc<K>, ctx: Arc<Context>) -> Resul
             fresh
         }
     };
-    let object = with_cleanup_finalizer::<K>(&api, object, &ctx).await?;
+    let object = match add_cleanup_finalizer::<K>(&api, object) {
+        (object, None) => object,
+        (object, Some(patch)) => {
+            return K::apply_while_finalizing(Arc::new(object), ctx, patch)
+                .instrument(span)
+                .await;
+        }
+    };
     finalizer(
         &api,
         K::CLEANUP_FINALIZER,
@@ -107,19 +134,18 @@ pub async fn reconcile<K: Reconcile>(object: Arc<K>, ctx: Arc<Context>) -> Resul
     .map_err(|e| Error::Finalizer(Box::new(e)))
 }
 
-/// The object with its cleanup finalizer, added now when a live object lacks it. kube's
-/// finalizer helper adds it and returns, so the work would wait for the watch to bring the patched
-/// object back; adding it here lets the first reconcile go on with the patched object.
-async fn with_cleanup_finalizer<K: Reconcile>(
+/// The object with its cleanup finalizer and, when a live object lacked it, the patch that adds
+/// it, sent now. kube's finalizer helper adds it and returns, so the work would wait for the watch
+/// to bring the patched object back; the patch in flight lets the first reconcile go on.
+fn add_cleanup_finalizer<K: Reconcile>(
     api: &Api<K>,
-    object: K,
-    ctx: &Context,
-) -> Result<K, Error> {
+    mut object: K,
+) -> (K, Option<FinalizerPatch<K>>) {
     let finalizers = object.finalizers();
     if object.meta().deletion_timestamp.is_some()
         || finalizers.iter().any(|f| f == K::CLEANUP_FINALIZER)
     {
-        return Ok(object);
+        return (object, None);
     }
     // The guards make the patch fail, rather than drop another writer's finalizers, when the
     // list changed since the GET.
@@ -133,17 +159,92 @@ async fn with_cleanup_finalizer<K: Reconcile>(
             {"op": "add", "path": "/metadata/finalizers/-", "value": K::CLEANUP_FINALIZER}
         ]),
     };
-    let patch: json_patch::Patch =
-        serde_json::from_value(patch).map_err(|e| Error::Blocked(e.to_string()))?;
-    let patched = api
-        .patch(
-            &object.name_any(),
-            &PatchParams::default(),
-            &Patch::Json::<()>(patch),
-        )
-        .await?;
-    ctx.written.record(&patched);
-    Ok(patched)
+    let (api, name) = (api.clone(), object.name_any());
+    let in_flight = tokio::spawn(async move {
+        let patch: json_patch::Patch =
+            serde_json::from_value(patch).map_err(|e| Error::Blocked(e.to_string()))?;
+        let params = PatchParams::default();
+        Ok(api.patch(&name, &params, &Patch::Json::<()>(patch)).await?)
+    });
+    object
+        .meta_mut()
+        .finalizers
+        .get_or_insert_with(Vec::new)
+        .push(K::CLEANUP_FINALIZER.into());
+    let patch = FinalizerPatch {
+        in_flight: Some(in_flight),
+    };
+    (object, Some(patch))
+}
+
+/// The patch adding an object's cleanup finalizer, sent and not yet answered.
+pub struct FinalizerPatch<K> {
+    in_flight: Option<tokio::task::JoinHandle<Result<K, Error>>>,
+}
+
+impl<K: Reconcile> FinalizerPatch<K> {
+    /// Waits until the finalizer is stored; the object as the patch returned it, the first time.
+    pub async fn stored(&mut self, ctx: &Context) -> Result<Option<K>, Error> {
+        let Some(in_flight) = self.in_flight.take() else {
+            return Ok(None);
+        };
+        let patched = joined(in_flight.await)?;
+        ctx.written.record(&patched);
+        Ok(Some(patched))
+    }
+
+    /// Writes the object's status (as [`write_status`]) while the finalizer patch is in flight,
+    /// and waits for both.
+    pub async fn write_status_beside(
+        &mut self,
+        ctx: &Context,
+        api: &Api<K>,
+        object: &K,
+        status: &impl Serialize,
+    ) -> Result<(), Error> {
+        let Some(in_flight) = self.in_flight.take() else {
+            return Ok(write_status(ctx, api, object, status).await?);
+        };
+        let (patched, written) = tokio::join!(in_flight, status_written(api, object, status));
+        let written = written?;
+        let patched = match joined(patched) {
+            Ok(patched) => patched,
+            Err(error) => {
+                ctx.written.record(&written);
+                return Err(error);
+            }
+        };
+        for write in in_write_order(patched, written) {
+            ctx.written.record(&write);
+        }
+        Ok(())
+    }
+}
+
+/// The finalizer patch's and the status write's answers in the order the API server applied them:
+/// the second answers with both changes, and recorded last, it is the one a cached copy must hold
+/// to stand for a GET.
+fn in_write_order<K: Reconcile>(patched: K, status_written: K) -> [K; 2] {
+    let status_was_second = status_written
+        .finalizers()
+        .iter()
+        .any(|f| f == K::CLEANUP_FINALIZER);
+    if status_was_second {
+        [patched, status_written]
+    } else {
+        [status_written, patched]
+    }
+}
+
+impl<K> FinalizerPatch<K> {
+    /// No patch: the object holds its finalizer.
+    pub fn none() -> Self {
+        FinalizerPatch { in_flight: None }
+    }
+}
+
+fn joined<K>(outcome: Result<Result<K, Error>, tokio::task::JoinError>) -> Result<K, Error> {
+    outcome.map_err(|e| Error::Blocked(format!("adding the cleanup finalizer: {e}")))?
 }
 
 /// The error policy of every kind: count, log, and retry with per-object backoff.
@@ -186,15 +287,22 @@ pub async fn write_status<K: Reconcile>(
     object: &K,
     status: &impl Serialize,
 ) -> Result<(), kube::Error> {
-    let written = api
-        .patch_status(
-            &object.name_any(),
-            &PatchParams::apply(FIELD_MANAGER).force(),
-            &Patch::Apply(&status_patch::<K>(status)),
-        )
-        .await?;
+    let written = status_written(api, object, status).await?;
     ctx.written.record(&written);
     Ok(())
+}
+
+async fn status_written<K: Reconcile>(
+    api: &Api<K>,
+    object: &K,
+    status: &impl Serialize,
+) -> Result<K, kube::Error> {
+    api.patch_status(
+        &object.name_any(),
+        &PatchParams::apply(FIELD_MANAGER).force(),
+        &Patch::Apply(&status_patch::<K>(status)),
+    )
+    .await
 }
 
 /// A controller of `K` in `namespace` (or all), on a watch of its own (see [`SharedWatch`]), registered
@@ -600,6 +708,27 @@ mod tests {
         let mut no_uid = at("7");
         no_uid.metadata.uid = None;
         assert_eq!(versions.classify(&no_uid), CachedCopy::Unknown);
+    }
+
+    #[test]
+    fn of_a_finalizer_patch_and_a_status_write_the_one_holding_both_is_recorded_last() {
+        let answer = |version: &str, finalized: bool, attempts: i32| {
+            let mut object = clone_object("a", "u1", attempts);
+            object.metadata.resource_version = Some(version.into());
+            if finalized {
+                object.metadata.finalizers = Some(vec![DatabaseClone::CLEANUP_FINALIZER.into()]);
+            }
+            object
+        };
+        let versions = |order: [DatabaseClone; 2]| {
+            order.map(|o| o.metadata.resource_version.unwrap_or_default())
+        };
+        // The status went second: its answer holds the finalizer.
+        let order = in_write_order(answer("5", true, 0), answer("6", true, 1));
+        assert_eq!(versions(order), ["5", "6"]);
+        // The finalizer went second: the status write's answer lacks it.
+        let order = in_write_order(answer("6", true, 1), answer("5", false, 1));
+        assert_eq!(versions(order), ["5", "6"]);
     }
 
     #[test]

@@ -15,7 +15,7 @@ use crate::api::conditions::READY;
 use crate::api::{
     DatabaseCheckpoint, DatabaseCheckpointSchedule, DatabaseClone, DeletionPolicy, VerifyMode,
 };
-use crate::controller::shell::{self, Reconcile};
+use crate::controller::shell::{self, FinalizerPatch, Reconcile};
 use crate::controller::stores::{leave_data_behind, open_store, PathUse};
 use crate::controller::work_pool::Observed;
 use crate::controller::{predicates, store};
@@ -45,7 +45,16 @@ impl Reconcile for DatabaseClone {
     }
 
     async fn apply(object: Arc<Self>, ctx: Arc<Context>) -> Result<Action, Error> {
-        apply(&object, &ctx).await
+        apply(&object, &ctx, FinalizerPatch::none()).await
+    }
+
+    // The start record goes beside the finalizer: both are stored before the work starts.
+    async fn apply_while_finalizing(
+        object: Arc<Self>,
+        ctx: Arc<Context>,
+        finalizer: FinalizerPatch<Self>,
+    ) -> Result<Action, Error> {
+        apply(&object, &ctx, finalizer).await
     }
 
     async fn cleanup(object: Arc<Self>, ctx: Arc<Context>) -> Result<Action, Error> {
@@ -64,18 +73,27 @@ fn source_ref(object: &DatabaseClone) -> Option<ObjectReference> {
     })
 }
 
-async fn apply(object: &DatabaseClone, ctx: &Context) -> Result<Action, Error> {
+/// Every effect waits for `finalizer`; the status write goes beside it.
+async fn apply(
+    object: &DatabaseClone,
+    ctx: &Context,
+    mut finalizer: FinalizerPatch<DatabaseClone>,
+) -> Result<Action, Error> {
     let namespace = object.namespace().unwrap_or_default();
     let api = Api::<DatabaseClone>::namespaced(ctx.client.clone(), &namespace);
     let uid = object.uid().unwrap_or_default();
     if decide::reset_requested(object) {
+        finalizer.stored(ctx).await?;
         return reset(object, ctx, &api).await;
     }
     let mut start = None;
     let work = match ctx.clones.observe(&uid) {
         Some(Observed::Running(progress)) => Work::Running(progress),
         Some(Observed::Finished(outcome)) => Work::Finished(outcome),
-        None if settled(object) => Work::Settled(check_settled(object, ctx).await?),
+        None if settled(object) => {
+            finalizer.stored(ctx).await?;
+            Work::Settled(check_settled(object, ctx).await?)
+        }
         None => match resolve(object, ctx).await? {
             Ok(Resolved {
                 config,
@@ -127,6 +145,9 @@ async fn apply(object: &DatabaseClone, ctx: &Context) -> Result<Action, Error> {
     }
     // Expiry acts before the status says so; a start is recorded before the work runs, so an
     // attempt is on record even if the process dies.
+    if matches!(decision.effect, Effect::DeleteObject | Effect::ExpireData) {
+        finalizer.stored(ctx).await?;
+    }
     match &decision.effect {
         Effect::DeleteObject => {
             info!("expired; deleting the object");
@@ -149,7 +170,11 @@ async fn apply(object: &DatabaseClone, ctx: &Context) -> Result<Action, Error> {
         Effect::StartWork | Effect::None => {}
     }
     if object.status.as_ref() != Some(&decision.status) {
-        shell::write_status(ctx, &api, object, &decision.status).await?;
+        finalizer
+            .write_status_beside(ctx, &api, object, &decision.status)
+            .await?;
+    } else {
+        finalizer.stored(ctx).await?;
     }
     // The connection details appear only once the status says Ready, so an application waiting
     // for them never opens a clone that is not.
