@@ -36,7 +36,7 @@ use slatedb_operator::api::{DatabaseCheckpoint, DatabaseClone};
 use slatedb_operator::crds::install_crds;
 use std::collections::{BTreeMap, HashMap};
 use std::process::{Child, Command, Stdio};
-use std::time::{Duration, Instant};
+use std::time::{Duration, Instant, SystemTime};
 
 const PARENT_PATH: &str = "prod/orders";
 const PARENT_KEYS: usize = 10_000;
@@ -544,6 +544,9 @@ struct NoopRun {
     /// apply→Ready of one object at a time, seconds, seen by the same 10 ms poll as the
     /// operator's.
     single_secs: Vec<f64>,
+    /// Where each single apply→Ready went: (create sent → the watch delivered it, → its status
+    /// write answered, → the poll saw Ready), seconds.
+    single_steps: Vec<[f64; 3]>,
     /// `n` objects created at once (same creates in flight as the operator runs): seconds until
     /// the last Ready is seen by a watch.
     all_ready_secs: f64,
@@ -868,6 +871,29 @@ fn work_durations(log: &std::path::Path) -> Vec<f64> {
         .collect()
 }
 
+/// When the operator logged each line with `message`, in the log's order.
+fn logged_at(log: &std::path::Path, message: &str) -> Vec<SystemTime> {
+    std::fs::read_to_string(log)
+        .unwrap_or_default()
+        .lines()
+        .filter_map(|line| serde_json::from_str::<serde_json::Value>(line).ok())
+        .filter(|entry| entry["message"] == message)
+        .filter_map(|entry| {
+            chrono::DateTime::parse_from_rfc3339(entry["timestamp"].as_str()?)
+                .ok()
+                .map(SystemTime::from)
+        })
+        .collect()
+}
+
+/// Seconds from `earlier` to `later` on the wall clock (negative when `later` came first).
+fn secs_between(earlier: SystemTime, later: SystemTime) -> f64 {
+    match later.duration_since(earlier) {
+        Ok(after) => after.as_secs_f64(),
+        Err(before) => -before.duration().as_secs_f64(),
+    }
+}
+
 /// Checkpoints per second the parent accepts one after another (each writes its manifest once),
 /// each deleted again: the manifest-write floor, in the same run as the clones.
 async fn sequential_checkpoint_rate(store: &slatedb_operator::engine::Store) -> f64 {
@@ -918,6 +944,9 @@ async fn noop_controller(
     create_namespace(client, ns).await;
     let clones: Api<DatabaseClone> = Api::namespaced(client.clone(), ns);
     let (ready_tx, mut ready_rx) = tokio::sync::mpsc::unbounded_channel::<Instant>();
+    // (name, when the watch delivered it, when its status write answered)
+    let (wrote_tx, mut wrote_rx) =
+        tokio::sync::mpsc::unbounded_channel::<(String, SystemTime, SystemTime)>();
     let writer: Api<DatabaseClone> = Api::namespaced(identity, ns);
     let controller = tokio::spawn(async move {
         let mut stream = watcher(writer.clone(), watcher::Config::default()).boxed();
@@ -929,12 +958,13 @@ async fn noop_controller(
                 let _ = ready_tx.send(Instant::now());
                 continue;
             }
+            let seen = SystemTime::now();
             let now = chrono::Utc::now().to_rfc3339_opts(chrono::SecondsFormat::Secs, true);
             let status = json!({"apiVersion": "slatedb.io/v1alpha1", "kind": "DatabaseClone",
                 "status": {"observedGeneration": object.metadata.generation,
                     "conditions": [{"type": "Ready", "status": "True", "reason": "Succeeded",
                                     "message": "no-op", "lastTransitionTime": now}]}});
-            let writer = writer.clone();
+            let (writer, wrote_tx) = (writer.clone(), wrote_tx.clone());
             // Concurrent, as a controller's reconciles are.
             tokio::spawn(async move {
                 let _ = writer
@@ -944,13 +974,16 @@ async fn noop_controller(
                         &Patch::Apply(&status),
                     )
                     .await;
+                let _ = wrote_tx.send((object.name_any(), seen, SystemTime::now()));
             });
         }
     });
     tokio::time::sleep(Duration::from_secs(1)).await;
     let mut single_secs = Vec::new();
+    let mut single_steps = Vec::new();
     for rep in 0..reps {
         let name = format!("single-{rep}");
+        let created = SystemTime::now();
         let started = Instant::now();
         clones
             .create(&PostParams::default(), &clone_object(&name))
@@ -971,6 +1004,16 @@ async fn noop_controller(
             tokio::time::sleep(Duration::from_millis(10)).await;
         }
         single_secs.push(started.elapsed().as_secs_f64());
+        let ready_seen = SystemTime::now();
+        while let Ok((written_name, seen, written)) = wrote_rx.try_recv() {
+            if written_name == name {
+                single_steps.push([
+                    secs_between(created, seen),
+                    secs_between(seen, written),
+                    secs_between(written, ready_seen),
+                ]);
+            }
+        }
     }
     while ready_rx.try_recv().is_ok() {}
     let started = Instant::now();
@@ -988,6 +1031,7 @@ async fn noop_controller(
     controller.abort();
     NoopRun {
         single_secs,
+        single_steps,
         all_ready_secs,
         n,
     }
@@ -1537,6 +1581,10 @@ struct ApplyRow {
     apply_to_ready: Vec<f64>,
     /// The engine's part of each (the operator's `clone work finished` log line).
     work: Vec<f64>,
+    /// Where each went, from the bench's clock and the operator's log timestamps (one machine,
+    /// one clock): (create sent → `starting clone work`, → `clone work finished`, → the poll saw
+    /// Ready), seconds.
+    steps: Vec<[f64; 3]>,
 }
 
 async fn apply_to_ready_vs_cp(
@@ -1608,7 +1656,9 @@ async fn apply_to_ready_vs_cp(
             cp: Vec::new(),
             apply_to_ready: Vec::new(),
             work: Vec::new(),
+            steps: Vec::new(),
         };
+        let mut created_and_ready = Vec::new();
         for rep in 0..reps {
             let copy = parent.root().join("cp-copy");
             row.cp.push(run_timed(
@@ -1627,6 +1677,7 @@ async fn apply_to_ready_vs_cp(
                          "target": {"path": format!("clones/{name}")}}
             }))
             .unwrap();
+            let created = SystemTime::now();
             let started = Instant::now();
             clones
                 .create(&PostParams::default(), &clone)
@@ -1634,11 +1685,25 @@ async fn apply_to_ready_vs_cp(
                 .expect("creating the clone");
             wait_ready(name).await;
             row.apply_to_ready.push(started.elapsed().as_secs_f64());
+            created_and_ready.push((created, SystemTime::now()));
             sync();
         }
         // The log line comes before the Ready status write, so this row's are all in.
         let logged = work_durations(&log);
         row.work = logged.get(runs_logged..).unwrap_or_default().to_vec();
+        let starts = logged_at(&log, "starting clone work");
+        let finishes = logged_at(&log, "clone work finished");
+        let starts = starts.get(runs_logged..).unwrap_or_default();
+        let finishes = finishes.get(runs_logged..).unwrap_or_default();
+        for (((created, ready), start), finish) in
+            created_and_ready.iter().zip(starts).zip(finishes)
+        {
+            row.steps.push([
+                secs_between(*created, *start),
+                secs_between(*start, *finish),
+                secs_between(*finish, *ready),
+            ]);
+        }
         runs_logged = logged.len();
         eprintln!(
             "operator_scale: {label}, {ssts} SSTs: cp -r {:.0} ms, apply→Ready {:.0} ms (medians)",
@@ -1694,6 +1759,7 @@ fn report_apply_to_ready(rows: &[ApplyRow], noop: &NoopRun, noop_as_operator: &N
             apply.median / floor_as_operator,
         );
     }
+    report_apply_steps(rows, noop, noop_as_operator);
     let verdict = |met: bool| if met { "MET" } else { "MISSED" };
     if let Some(worst) = rows.iter().max_by(|a, b| median(a).total_cmp(&median(b))) {
         let ratio = median(worst) / floor;
@@ -1721,6 +1787,55 @@ fn report_apply_to_ready(rows: &[ApplyRow], noop: &NoopRun, noop_as_operator: &N
         );
     }
     println!();
+}
+
+/// Where the time of one apply→Ready went, the operator's beside the no-op controller's.
+fn report_apply_steps(rows: &[ApplyRow], noop: &NoopRun, noop_as_operator: &NoopRun) {
+    let step_median = |steps: &[[f64; 3]], i: usize| -> String {
+        let values: Vec<f64> = steps.iter().map(|s| s[i]).collect();
+        if values.is_empty() {
+            "–".into()
+        } else {
+            format!("{:.1}", Stats::of(&values).median * 1e3)
+        }
+    };
+    println!(
+        "\nWhere each apply→Ready went (medians, ms; the bench's clock and the operator's log \
+         timestamps, one machine). Operator: create sent → `starting clone work` logged (the \
+         create, the watch event, resolving the source, the start status and the finalizer \
+         written side by side) → `clone work finished` logged (the engine's work, then the \
+         finished job's trip back into a reconcile) → the poll sees Ready (the Ready status \
+         write, the poll). No-op controller: create sent → its watch delivers the object → its \
+         status write answers → the poll sees Ready.\n"
+    );
+    println!("| run | SSTs | create → work starts | → work finished (of which engine work) | → Ready seen |");
+    println!("|---|---:|---:|---:|---:|");
+    for row in rows {
+        println!(
+            "| operator, {} | {} | {} | {} ({}) | {} |",
+            row.label,
+            row.ssts,
+            step_median(&row.steps, 0),
+            step_median(&row.steps, 1),
+            if row.work.is_empty() {
+                "–".into()
+            } else {
+                format!("{:.1}", Stats::of(&row.work).median * 1e3)
+            },
+            step_median(&row.steps, 2),
+        );
+    }
+    for (who, run) in [
+        ("admin", noop),
+        ("the operator's identity", noop_as_operator),
+    ] {
+        println!(
+            "| no-op controller as {who} | – | {} (watch delivers) | {} (status write) | {} |",
+            step_median(&run.single_steps, 0),
+            step_median(&run.single_steps, 1),
+            step_median(&run.single_steps, 2),
+        );
+    }
 }
 
 /// Deletes the bench's namespaces, with an operator running so the finalizers are served: first the
