@@ -20,7 +20,8 @@
 //! `BENCH_SKIP_CLEANUP=1` (leave the namespaces; for a throw-away cluster), `BENCH_DEADLINE_SECS`,
 //! `BENCH_RESTART_CLONES` (Ready clones an operator is restarted with; default 1 000, 10 000 with
 //! `BENCH_FULL=1`, 0 skips it), `BENCH_RESTART_PARENTS` (databases they are spread over; default one
-//! per 100 clones).
+//! per 100 clones), `BENCH_OPERATOR_LOG` (the operator's `RUST_LOG`, e.g. with `kube_client=debug`
+//! for a timeline of its API requests; the work directory is kept when `BENCH_KEEP_WORK=1`).
 
 #[path = "common/mod.rs"]
 mod common;
@@ -358,7 +359,11 @@ impl Operator {
             cmd.env("KUBECONFIG", kubeconfig);
         }
         let child = cmd
-            .env("RUST_LOG", "info,slatedb=warn,slatedb_operator=info")
+            .env(
+                "RUST_LOG",
+                std::env::var("BENCH_OPERATOR_LOG")
+                    .unwrap_or_else(|_| "info,slatedb=warn,slatedb_operator=info".into()),
+            )
             .stdin(Stdio::null())
             .stdout(file.try_clone().unwrap())
             .stderr(file)
@@ -428,6 +433,21 @@ async fn checkpoint_ready(checkpoints: &Api<DatabaseCheckpoint>, name: &str) -> 
                 .iter()
                 .any(|c| c.type_ == "Ready" && c.status == "True")
         })
+}
+
+/// Whether the operator is done with checkpoint `name`'s side of its clones: its status counts
+/// `dependents` and it holds no protection finalizer (which it holds while a clone is being made).
+async fn checkpoint_settled(
+    checkpoints: &Api<DatabaseCheckpoint>,
+    name: &str,
+    dependents: i32,
+) -> bool {
+    checkpoints.get(name).await.ok().is_some_and(|c| {
+        !c.finalizers()
+            .iter()
+            .any(|f| f == slatedb_operator::controller::checkpoint::PROTECTION_FINALIZER)
+            && c.status.and_then(|s| s.dependents) == Some(dependents)
+    })
 }
 
 fn is_condition(status: Option<&slatedb_operator::api::DatabaseCloneStatus>, type_: &str) -> bool {
@@ -1414,10 +1434,18 @@ fn main() {
         })
         .collect();
     let rt = runtime();
+    let keep_work = std::env::var("BENCH_KEEP_WORK").is_ok_and(|v| v == "1");
     let work = tempfile::Builder::new()
         .prefix("slatedb-bench-scale-")
+        .disable_cleanup(keep_work)
         .tempdir()
         .expect("tempdir");
+    if keep_work {
+        eprintln!(
+            "operator_scale: keeping the work directory {}",
+            work.path().display()
+        );
+    }
     let tag = format!("{}", std::process::id());
     let ns = |what: &str| format!("bench-scale-{what}-{tag}");
     let mut namespaces = Vec::new();
@@ -1686,6 +1714,16 @@ async fn apply_to_ready_vs_cp(
             wait_ready(name).await;
             row.apply_to_ready.push(started.elapsed().as_secs_f64());
             created_and_ready.push((created, SystemTime::now()));
+            // The clone alone, as the no-op controller's objects are: the checkpoint's bookkeeping
+            // of this clone (a moment after it, see the checkpoint controller) is over before the
+            // next one is made. Back to back, it landed in the next clone's status writes.
+            let settled_by = Instant::now() + Duration::from_secs(10);
+            let dependents = i32::try_from(rep + 1).unwrap_or(i32::MAX);
+            while !checkpoint_settled(&checkpoints, &format!("size-{index}"), dependents).await
+                && Instant::now() < settled_by
+            {
+                tokio::time::sleep(Duration::from_millis(20)).await;
+            }
             sync();
         }
         // The log line comes before the Ready status write, so this row's are all in.
@@ -1722,7 +1760,8 @@ fn report_apply_to_ready(rows: &[ApplyRow], noop: &NoopRun, noop_as_operator: &N
         "One DatabaseClone at a time (`verify: Metadata`) of a checkpoint of a parent of the size and \
          SST count given: from the create request until a 10 ms poll of the API server sees \
          `Ready=True`, against `cp -r` of the parent's directory (warm page cache, `sync` untimed \
-         after each), alternating, {} repetitions; median (min–max) ms. The API floor, in the same \
+         after each), alternating, {} repetitions, each clone once the operator is done with the \
+         previous one (its checkpoint counts it, without protection); median (min–max) ms. The API floor, in the same \
          run: a no-op controller in the bench process that writes `Ready=True` as soon as its watch \
          sees the object (create, watch event, one status write, the same poll): {} ms as the \
          cluster admin (the bench's own identity); {} ms with the operator's identity (its \
