@@ -824,7 +824,8 @@ async fn operator_run(
     let log = work.join(format!("operator-{ns}.log"));
     let phases = phase_profile(&log);
     let timeouts_before = timeouts_in(&log);
-    let (delete_secs, deleted) = delete_all_at_once(&clones, n).await;
+    let (delete_secs, deleted) =
+        delete_all_at_once(&clones, n, deletion_wait(n, parent_checkpoints_per_sec)).await;
     let delete_timeouts = timeouts_in(&log).saturating_sub(timeouts_before);
     drop(operator);
     OperatorRun {
@@ -1357,13 +1358,28 @@ fn report_restart(run: &RestartRun) {
 
 /// Deletes every clone at once and waits until all are gone (at most 300 s); returns the time
 /// it took (when all went) and how many went.
-async fn delete_all_at_once(clones: &Api<DatabaseClone>, n: usize) -> (Option<f64>, usize) {
-    eprintln!("operator_scale: deleting the {n} clones at once");
+/// How long the bench waits for `n` deletions: as long as the goal allows (half the parent's
+/// manifest-write rate, with a margin), at least 300 s and at most 1 200 s. A fixed 300 s could
+/// not tell on a slow store (one manifest write a second: 500 deletions take 1 000 s at the goal).
+fn deletion_wait(n: usize, parent_writes_per_sec: f64) -> Duration {
+    let at_goal = n as f64 / (0.5 * parent_writes_per_sec.max(f64::MIN_POSITIVE));
+    Duration::from_secs_f64((1.2 * at_goal).clamp(300.0, 1200.0))
+}
+
+async fn delete_all_at_once(
+    clones: &Api<DatabaseClone>,
+    n: usize,
+    wait: Duration,
+) -> (Option<f64>, usize) {
+    eprintln!(
+        "operator_scale: deleting the {n} clones at once (waiting up to {} s)",
+        wait.as_secs()
+    );
     let started = Instant::now();
     let _ = clones
         .delete_collection(&DeleteParams::default(), &ListParams::default())
         .await;
-    let deadline = started + Duration::from_secs(300);
+    let deadline = started + wait;
     loop {
         let left = clones
             .list(&ListParams::default())
@@ -1594,6 +1610,44 @@ fn report_floors(runs: &[OperatorRun], noop: &NoopRun) {
             show(deleted),
             ratio(deleted),
             r.delete_timeouts
+        );
+    }
+    println!();
+    let verdict = |met: bool| if met { "MET" } else { "MISSED" };
+    for r in runs {
+        let floor = r.parent_checkpoints_per_sec;
+        let waited = deletion_wait(r.n, floor).as_secs_f64();
+        let (met, detail) = match r.delete_secs {
+            Some(t) => {
+                let ratio = r.n as f64 / t / floor;
+                (
+                    ratio >= 0.5 && r.delete_timeouts == 0,
+                    format!(
+                        "all {} in {t:.1} s = {:.2}× the floor, {} timeouts",
+                        r.n, ratio, r.delete_timeouts
+                    ),
+                )
+            }
+            None => (
+                false,
+                format!(
+                    "{} of {} in the {waited:.0} s the bench waits ({:.2}× the floor){}, {} timeouts",
+                    r.deleted,
+                    r.n,
+                    r.deleted as f64 / waited / floor,
+                    if waited >= 1200.0 {
+                        "; the wait is capped below what the goal allows"
+                    } else {
+                        ""
+                    },
+                    r.delete_timeouts
+                ),
+            ),
+        };
+        println!(
+            "- **Goal (`{}` store): all deleted at ≥ 0.5× the parent's manifest-write rate, no timeout — {}.** {detail}.",
+            r.store,
+            verdict(met)
         );
     }
 }
