@@ -352,7 +352,7 @@ fn size_goal(largest: &Row) {
     let at_goal_size = largest.parent.1 >= GIB * 9 / 10;
     println!(
         "- **Goal: CoW clone ≤ 1% of `cp -r` at 1 GiB — {}.** Measured at {} ({} on disk{}): clone {:.1} ms vs `cp -r` {:.1} ms = {:.1}% (clone CPU {:.1} ms; SlateDB's clone builder alone: {:.1} ms = {:.1}%).",
-        if ratio <= 0.01 { "MET" } else { "MISSED" },
+        verdict(ratio <= 0.01),
         largest.label,
         human_bytes(largest.parent.1),
         if at_goal_size {
@@ -374,7 +374,7 @@ fn sst_goal(ten: &Row, many: &Row) {
     let sst_ratio = many.meta.median / ten.meta.median;
     println!(
         "- **Goal: 10 000-SST clone ≤ 2× the 10-SST clone — {}.** Measured {} SSTs vs {} SSTs (both {}){}: {:.1} ms / {:.1} ms = {:.2}× wall (Metadata; None: {:.2}×); CPU {:.2}× ({:.1} ms vs {:.1} ms); SlateDB clone builder alone {:.2}×. Store requests per clone: {} vs {}.",
-        if sst_ratio <= 2.0 { "MET" } else { "MISSED" },
+        verdict(sst_ratio <= 2.0),
         many.parent.2,
         ten.parent.2,
         many.label,
@@ -421,7 +421,7 @@ fn builder_goal(rows: &[Row]) {
     let ratio = worst.meta.median / worst.raw.median;
     println!(
         "- **Goal: library clone ≤ 1.3× SlateDB's clone builder alone — {}.** {}{}. Where the slowest row's time goes (median ms per phase): {}.",
-        if ratio <= 1.3 { "MET" } else { "MISSED" },
+        verdict(ratio <= 1.3),
         each.join("; "),
         if small.iter().any(|r| r.parent.2 >= 10_000) {
             ""

@@ -318,7 +318,6 @@ async fn run() {
     );
     println!();
     let ratio = |s: &Samples| base / Stats::of(&s.wall).median;
-    let verdict = |met: bool| if met { "MET" } else { "MISSED" };
     println!(
         "- **Goal: copy throughput ≥ 0.9× `rclone copy` — {} with `Content` ({:.2}×), {} with `Metadata` ({:.2}×).** \
          `Content` reads every object twice (once to send, once back from the target); rclone reads it once and hashes both copies.",

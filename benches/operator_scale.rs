@@ -1343,14 +1343,13 @@ fn report_restart(run: &RestartRun) {
         println!("\nWrites between the restart and settling:\n");
         print!("{}", breakdown(&run.writes, run.n));
     }
-    let goal = |met: bool| if met { "MET" } else { "MISSED" };
     println!(
         "\n- **Goal: settles with 0 API writes — {}** ({ours}).\n- **Goal: RSS < 150 MiB — {}** ({:.1} MiB).\n- **Goal: all re-checked within one period — {}.**\n- **Goal: reads per clone per checkpoint change O(1) — {}** ({:.3} and {:.3}).\n",
-        goal(ours == 0),
-        goal(run.peak_rss_mib < 150.0),
+        verdict(ours == 0),
+        verdict(run.peak_rss_mib < 150.0),
         run.peak_rss_mib,
-        goal(run.rechecked_secs.is_some_and(|t| t <= run.period_secs as f64)),
-        goal(run.reads_per_annotation <= 1.0 && run.reads_per_status_change <= 1.0),
+        verdict(run.rechecked_secs.is_some_and(|t| t <= run.period_secs as f64)),
+        verdict(run.reads_per_annotation <= 1.0 && run.reads_per_status_change <= 1.0),
         run.reads_per_annotation,
         run.reads_per_status_change,
     );
@@ -1613,7 +1612,6 @@ fn report_floors(runs: &[OperatorRun], noop: &NoopRun) {
         );
     }
     println!();
-    let verdict = |met: bool| if met { "MET" } else { "MISSED" };
     for r in runs {
         let floor = r.parent_checkpoints_per_sec;
         let waited = deletion_wait(r.n, floor).as_secs_f64();
@@ -1853,7 +1851,6 @@ fn report_apply_to_ready(rows: &[ApplyRow], noop: &NoopRun, noop_as_operator: &N
         );
     }
     report_apply_steps(rows, noop, noop_as_operator);
-    let verdict = |met: bool| if met { "MET" } else { "MISSED" };
     if let Some(worst) = rows.iter().max_by(|a, b| median(a).total_cmp(&median(b))) {
         let ratio = median(worst) / floor;
         println!(
@@ -2138,7 +2135,7 @@ fn report(n: usize, conc: usize, baselines: &[Baseline], runs: &[OperatorRun]) {
             println!(
                 "- **Goal (`{}` store): the user's creates not slowed below 0.5× — {}.** {:.0} creates/s while the operator works = {ratio:.2}× the same creates with no operator ({unwatched:.0}/s).",
                 r.store,
-                if ratio >= 0.5 { "MET" } else { "MISSED" },
+                verdict(ratio >= 0.5),
                 r.n as f64 / r.create_secs,
             );
         }
@@ -2153,7 +2150,7 @@ fn report(n: usize, conc: usize, baselines: &[Baseline], runs: &[OperatorRun]) {
             "- **Goal (`{}` store): all {} Ready — {}.** {} Ready, {} Stalled{}.",
             r.store,
             r.n,
-            if all { "MET" } else { "MISSED" },
+            verdict(all),
             r.ready,
             r.stalled.len(),
             r.all_ready
@@ -2166,14 +2163,14 @@ fn report(n: usize, conc: usize, baselines: &[Baseline], runs: &[OperatorRun]) {
         println!(
             "- **Goal (`{}` store): ≤ 6 writes per clone — {}.** {by_operator:.2} API-server writes per clone by the operator ({:.2} with the user's create); the ConfigMap baseline costs {:.2} per object.",
             r.store,
-            if by_operator <= 6.0 { "MET" } else { "MISSED" },
+            verdict(by_operator <= 6.0),
             total(&r.writes, true) as f64 / r.n as f64,
             total(&cm.writes, true) as f64 / cm.n as f64
         );
         println!(
             "- **Goal (`{}` store): operator RSS < 100 MiB — {}.** Peak (VmHWM) {:.1} MiB ({:.1} MiB idle before the burst).",
             r.store,
-            if r.peak_rss_mib < 100.0 { "MET" } else { "MISSED" },
+            verdict(r.peak_rss_mib < 100.0),
             r.peak_rss_mib,
             r.idle_rss_mib
         );

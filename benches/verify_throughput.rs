@@ -374,7 +374,7 @@ async fn run() {
     let both_wall = Stats::of(&fp.wall).median;
     println!(
         "- **Goal: Content verification ≥ 0.8× `sha256sum` per core — {}.** Measured on {} ({}): `fingerprint(id, true)` {:.0} MiB per CPU-s vs `sha256sum` {:.0} = {:.2}×. Wall: {:.0} MiB/s vs {:.0} MiB/s single-process ({:.2}×) and {:.0} MiB/s with {jobs} processes ({:.2}×).",
-        if ratio >= 0.8 { "MET" } else { "MISSED" },
+        verdict(ratio >= 0.8),
         label,
         human_bytes(bytes),
         content_per_core,

@@ -28,6 +28,15 @@ pub const VALUE_BYTES: usize = 1024;
 pub const ADMIN_TIMEOUT: Duration = Duration::from_secs(300);
 pub const PARENT: &str = "parent";
 
+/// A goal's verdict as the reports print it.
+pub fn verdict(met: bool) -> &'static str {
+    if met {
+        "MET"
+    } else {
+        "MISSED"
+    }
+}
+
 pub fn full() -> bool {
     std::env::var("BENCH_FULL")
         .map(|v| v == "1")
