@@ -224,6 +224,22 @@ async fn a_clone_reads_back_is_isolated_and_copies_no_sst(kind: StoreKind) {
     assert_eq!(status.progress.unwrap().percent, "100%");
     assert_eq!(status.checksum.unwrap().metadata_digest.len(), 64);
     assert_eq!(status.attempts, Some(1));
+    // The start went on record with the cleanup finalizer, in one patch, and the status holds all
+    // the record does.
+    let record = ready
+        .metadata
+        .annotations
+        .as_ref()
+        .and_then(|a| a.get(slatedb_operator::api::START_RECORD_ANNOTATION))
+        .expect("the start record");
+    let record: slatedb_operator::api::DatabaseCloneStatus =
+        serde_json::from_str(record).expect("a start record that parses");
+    assert!(record.store.is_some(), "{record:?}");
+    assert_eq!(
+        (&record.store, record.attempts, &record.start_time),
+        (&status.store, status.attempts, &status.start_time)
+    );
+    assert!(record.conditions.is_empty(), "{record:?}");
 
     // Copy-on-write: the parent has its SSTs, the clone none of its own — only manifests and WAL.
     let parent_objects = objects_under(&store, PARENT).await;

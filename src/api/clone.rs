@@ -98,15 +98,58 @@ pub struct Connection {
     pub config_map_name: Option<String>,
 }
 
+/// The annotation holding the start record of a clone's first work (see
+/// [`DatabaseCloneStatus::start_record`]), written with the cleanup finalizer in one request (the
+/// status subresource cannot be), so that the start is on record before the work runs and the work
+/// need not wait for a second write. It stands for the status only while the status is empty: the
+/// first status write carries all it holds.
+pub const START_RECORD_ANNOTATION: &str = "slatedb.io/start-record";
+
+impl DatabaseCloneStatus {
+    /// What of a started clone's status must be on record before its work runs: where its data
+    /// goes (for cleanup), what it is made from (for the checkpoint it pins), and the attempt.
+    /// Conditions and outcomes are left out: read back from an annotation anyone may edit, a
+    /// record never claims more than that a start happened.
+    pub fn start_record(&self) -> DatabaseCloneStatus {
+        DatabaseCloneStatus {
+            observed_generation: self.observed_generation,
+            source_checkpoint_id: self.source_checkpoint_id.clone(),
+            source_checkpoint: self.source_checkpoint.clone(),
+            reset_token: self.reset_token.clone(),
+            start_time: self.start_time.clone(),
+            attempts: self.attempts,
+            store: self.store.clone(),
+            lineage: self.lineage.clone(),
+            ..DatabaseCloneStatus::default()
+        }
+    }
+}
+
 impl DatabaseClone {
+    /// The clone's status, or while none is written yet, its start record (see
+    /// [`START_RECORD_ANNOTATION`]); a record that does not parse counts as none.
+    pub fn recorded_status(&self) -> Option<Cow<'_, DatabaseCloneStatus>> {
+        if let Some(status) = &self.status {
+            return Some(Cow::Borrowed(status));
+        }
+        let record = self
+            .metadata
+            .annotations
+            .as_ref()?
+            .get(START_RECORD_ANNOTATION)?;
+        let record: DatabaseCloneStatus = serde_json::from_str(record).ok()?;
+        Some(Cow::Owned(record.start_record()))
+    }
+
     /// The DatabaseCheckpoint the clone is (or was) made from: the one it names, or for
     /// `scheduleRef` the one picked when work started.
-    pub fn source_checkpoint(&self) -> Option<&str> {
+    pub fn source_checkpoint(&self) -> Option<Cow<'_, str>> {
         match &self.spec.source.checkpoint_ref {
-            Some(reference) => Some(reference.name.as_str()),
-            None if self.spec.source.schedule_ref.is_some() => {
-                self.status.as_ref()?.source_checkpoint.as_deref()
-            }
+            Some(reference) => Some(Cow::Borrowed(reference.name.as_str())),
+            None if self.spec.source.schedule_ref.is_some() => match self.recorded_status()? {
+                Cow::Borrowed(status) => status.source_checkpoint.as_deref().map(Cow::Borrowed),
+                Cow::Owned(status) => status.source_checkpoint.map(Cow::Owned),
+            },
             None => None,
         }
     }

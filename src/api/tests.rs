@@ -295,3 +295,46 @@ fn key_bounds_decode_text_and_base64() {
         .bounds()
         .is_err());
 }
+
+#[test]
+fn a_start_record_stands_for_an_empty_status_and_never_claims_more_than_a_start() {
+    use crate::api::{DatabaseCloneStatus, START_RECORD_ANNOTATION};
+    let mut clone: DatabaseClone = serde_json::from_value(with(
+        clone_obj(json!({"source": {"scheduleRef": {"name": "nightly"}},
+                         "target": {"path": "clones/pr-1"}})),
+        "/metadata/annotations",
+        // A record as anyone editing the object could write it: it claims Ready.
+        json!({START_RECORD_ANNOTATION: json!({
+            "attempts": 1, "sourceCheckpoint": "nightly-1", "store": {"url": "s3://b/p"},
+            "phase": "Ready", "connectionConfigMap": "c-slatedb",
+            "conditions": [{"type": "Ready", "status": "True", "reason": "Ready", "message": "",
+                            "lastTransitionTime": "2026-01-01T00:00:00Z"}]
+        }).to_string()}),
+    ))
+    .unwrap();
+    let recorded = clone.recorded_status().unwrap().into_owned();
+    assert_eq!(recorded.attempts, Some(1));
+    assert_eq!(recorded.store.unwrap().url.unwrap().0, "s3://b/p");
+    assert!(recorded.conditions.is_empty() && recorded.phase.is_none());
+    assert!(recorded.connection_config_map.is_none());
+    assert_eq!(clone.source_checkpoint().as_deref(), Some("nightly-1"));
+
+    // A written status is what counts, however old the record.
+    clone.status = Some(DatabaseCloneStatus {
+        source_checkpoint: Some("nightly-2".into()),
+        ..Default::default()
+    });
+    assert_eq!(clone.source_checkpoint().as_deref(), Some("nightly-2"));
+    assert!(clone.recorded_status().unwrap().store.is_none());
+
+    // A record that does not parse is none.
+    clone.status = None;
+    clone
+        .metadata
+        .annotations
+        .as_mut()
+        .unwrap()
+        .insert(START_RECORD_ANNOTATION.into(), "{not json".into());
+    assert!(clone.recorded_status().is_none());
+    assert!(clone.source_checkpoint().is_none());
+}

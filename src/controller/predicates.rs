@@ -48,7 +48,7 @@ pub fn clone_change_for_parents(clone: &DatabaseClone) -> Option<u64> {
     let mut hasher = DefaultHasher::new();
     let meta = &clone.metadata;
     hash_lifecycle(&mut hasher, meta);
-    if let Some(status) = &clone.status {
+    if let Some(status) = clone.recorded_status() {
         for parent in &status.lineage {
             (&parent.path, &parent.final_checkpoint_id).hash(&mut hasher);
         }
@@ -62,7 +62,7 @@ pub fn clone_change_for_checkpoint(clone: &DatabaseClone) -> Option<u64> {
     let mut hasher = DefaultHasher::new();
     hash_lifecycle(&mut hasher, &clone.metadata);
     clone.source_checkpoint().hash(&mut hasher);
-    if let Some(status) = &clone.status {
+    if let Some(status) = clone.recorded_status() {
         hash_conditions(
             &mut hasher,
             &status.conditions,

@@ -31,6 +31,10 @@ pub trait Reconcile:
     /// Held while the object's data must be cleaned up with it.
     const CLEANUP_FINALIZER: &'static str;
 
+    /// Whether the patch adding the cleanup finalizer is sent before `apply_while_finalizing`
+    /// runs. A kind that adds to it ([`FinalizerPatch::stored_with_annotation`]) sends it itself.
+    const SEND_FINALIZER_AT_ONCE: bool = true;
+
     /// The kind's API in `namespace` (all namespaces when `None`; cluster-scoped kinds ignore it).
     fn api(client: Client, namespace: Option<&str>) -> Api<Self>;
 
@@ -49,7 +53,7 @@ pub trait Reconcile:
     ) -> impl Future<Output = Result<Action, Error>> + Send;
 
     /// `apply` of an object whose cleanup finalizer is being added by `finalizer`, a patch in
-    /// flight: by default it waits for the patch. A kind whose first reconcile writes a status
+    /// flight (or unsent, see [`Self::SEND_FINALIZER_AT_ONCE`]): by default it waits for the patch. A kind whose first reconcile writes a status
     /// before any effect overrides it to send that status beside the patch
     /// ([`FinalizerPatch::write_status_beside`]): one round trip less before its work starts. An
     /// override waits for the patch ([`FinalizerPatch::stored`]) before any effect, so nothing
@@ -135,8 +139,9 @@ pub async fn reconcile<K: Reconcile>(object: Arc<K>, ctx: Arc<Context>) -> Resul
 }
 
 /// The object with its cleanup finalizer and, when a live object lacked it, the patch that adds
-/// it, sent now. kube's finalizer helper adds it and returns, so the work would wait for the watch
-/// to bring the patched object back; the patch in flight lets the first reconcile go on.
+/// it, sent now unless the kind sends it itself ([`Reconcile::SEND_FINALIZER_AT_ONCE`]). kube's
+/// finalizer helper adds it and returns, so the work would wait for the watch to bring the patched
+/// object back; the patch in flight lets the first reconcile go on.
 fn add_cleanup_finalizer<K: Reconcile>(
     api: &Api<K>,
     mut object: K,
@@ -149,48 +154,133 @@ fn add_cleanup_finalizer<K: Reconcile>(
     }
     // The guards make the patch fail, rather than drop another writer's finalizers, when the
     // list changed since the GET.
-    let patch = match &object.meta().finalizers {
-        None => serde_json::json!([
-            {"op": "test", "path": "/metadata/finalizers", "value": null},
-            {"op": "add", "path": "/metadata/finalizers", "value": [K::CLEANUP_FINALIZER]}
-        ]),
-        Some(list) => serde_json::json!([
-            {"op": "test", "path": "/metadata/finalizers", "value": list},
-            {"op": "add", "path": "/metadata/finalizers/-", "value": K::CLEANUP_FINALIZER}
-        ]),
+    let operations = match &object.meta().finalizers {
+        None => vec![
+            serde_json::json!({"op": "test", "path": "/metadata/finalizers", "value": null}),
+            serde_json::json!({"op": "add", "path": "/metadata/finalizers", "value": [K::CLEANUP_FINALIZER]}),
+        ],
+        Some(list) => vec![
+            serde_json::json!({"op": "test", "path": "/metadata/finalizers", "value": list}),
+            serde_json::json!({"op": "add", "path": "/metadata/finalizers/-", "value": K::CLEANUP_FINALIZER}),
+        ],
     };
-    let (api, name) = (api.clone(), object.name_any());
-    let in_flight = tokio::spawn(async move {
-        let patch: json_patch::Patch =
-            serde_json::from_value(patch).map_err(|e| Error::Blocked(e.to_string()))?;
-        let params = PatchParams::default();
-        Ok(api.patch(&name, &params, &Patch::Json::<()>(patch)).await?)
-    });
+    let mut patch = FinalizerPatch {
+        state: PatchState::Unsent(Box::new(UnsentPatch {
+            api: api.clone(),
+            name: object.name_any(),
+            operations,
+            has_annotations: object.meta().annotations.is_some(),
+        })),
+    };
+    if K::SEND_FINALIZER_AT_ONCE {
+        patch.send();
+    }
     object
         .meta_mut()
         .finalizers
         .get_or_insert_with(Vec::new)
         .push(K::CLEANUP_FINALIZER.into());
-    let patch = FinalizerPatch {
-        in_flight: Some(in_flight),
-    };
     (object, Some(patch))
 }
 
-/// The patch adding an object's cleanup finalizer, sent and not yet answered.
+/// The patch adding an object's cleanup finalizer: unsent, or sent and not yet answered.
 pub struct FinalizerPatch<K> {
-    in_flight: Option<tokio::task::JoinHandle<Result<K, Error>>>,
+    state: PatchState<K>,
+}
+
+enum PatchState<K> {
+    /// No patch: the object holds its finalizer, or the patch was answered.
+    Done,
+    Unsent(Box<UnsentPatch<K>>),
+    InFlight(tokio::task::JoinHandle<Result<K, Error>>),
+}
+
+struct UnsentPatch<K> {
+    api: Api<K>,
+    name: String,
+    /// JSON-patch operations.
+    operations: Vec<serde_json::Value>,
+    /// Whether the object had annotations at the GET (an annotation is added to the map, or the
+    /// map is added under a guard that it is still absent).
+    has_annotations: bool,
+}
+
+/// The JSON-patch operations that set the annotation `key: value` on an object that had
+/// annotations at the GET, or had none: then the map is added, guarded by its being still absent
+/// (an `add` of the map would replace one written since).
+fn annotation_operations(has_annotations: bool, key: &str, value: &str) -> Vec<serde_json::Value> {
+    if has_annotations {
+        let member = key.replace('~', "~0").replace('/', "~1");
+        vec![serde_json::json!(
+            {"op": "add", "path": format!("/metadata/annotations/{member}"), "value": value}
+        )]
+    } else {
+        vec![
+            serde_json::json!({"op": "test", "path": "/metadata/annotations", "value": null}),
+            serde_json::json!({"op": "add", "path": "/metadata/annotations", "value": {key: value}}),
+        ]
+    }
+}
+
+impl<K: Reconcile> UnsentPatch<K> {
+    fn annotate(&mut self, key: &str, value: &str) {
+        let operations = annotation_operations(self.has_annotations, key, value);
+        self.operations.extend(operations);
+    }
+
+    fn send(self) -> tokio::task::JoinHandle<Result<K, Error>> {
+        tokio::spawn(async move {
+            let patch: json_patch::Patch = serde_json::from_value(self.operations.into())
+                .map_err(|e| Error::Blocked(e.to_string()))?;
+            let params = PatchParams::default();
+            Ok(self
+                .api
+                .patch(&self.name, &params, &Patch::Json::<()>(patch))
+                .await?)
+        })
+    }
 }
 
 impl<K: Reconcile> FinalizerPatch<K> {
+    fn send(&mut self) {
+        self.state = match std::mem::replace(&mut self.state, PatchState::Done) {
+            PatchState::Unsent(unsent) => PatchState::InFlight(unsent.send()),
+            other => other,
+        };
+    }
+
+    fn take_in_flight(&mut self) -> Option<tokio::task::JoinHandle<Result<K, Error>>> {
+        self.send();
+        match std::mem::replace(&mut self.state, PatchState::Done) {
+            PatchState::InFlight(in_flight) => Some(in_flight),
+            _ => None,
+        }
+    }
+
     /// Waits until the finalizer is stored; the object as the patch returned it, the first time.
     pub async fn stored(&mut self, ctx: &Context) -> Result<Option<K>, Error> {
-        let Some(in_flight) = self.in_flight.take() else {
+        let Some(in_flight) = self.take_in_flight() else {
             return Ok(None);
         };
         let patched = joined(in_flight.await)?;
         ctx.written.record(&patched);
         Ok(Some(patched))
+    }
+
+    /// Sends the unsent patch with the annotation `key: value` added, and waits until both are
+    /// stored: the object as the patch returned it. `None` when there was no unsent patch to carry
+    /// the annotation (the finalizer was stored, or its patch is in flight) and nothing was sent.
+    pub async fn stored_with_annotation(
+        &mut self,
+        ctx: &Context,
+        key: &str,
+        value: &str,
+    ) -> Result<Option<K>, Error> {
+        let PatchState::Unsent(unsent) = &mut self.state else {
+            return Ok(None);
+        };
+        unsent.annotate(key, value);
+        self.stored(ctx).await
     }
 
     /// Writes the object's status (as [`write_status`]) while the finalizer patch is in flight,
@@ -202,7 +292,7 @@ impl<K: Reconcile> FinalizerPatch<K> {
         object: &K,
         status: &impl Serialize,
     ) -> Result<(), Error> {
-        let Some(in_flight) = self.in_flight.take() else {
+        let Some(in_flight) = self.take_in_flight() else {
             return Ok(write_status(ctx, api, object, status).await?);
         };
         let (patched, written) = tokio::join!(in_flight, status_written(api, object, status));
@@ -239,7 +329,9 @@ fn in_write_order<K: Reconcile>(patched: K, status_written: K) -> [K; 2] {
 impl<K> FinalizerPatch<K> {
     /// No patch: the object holds its finalizer.
     pub fn none() -> Self {
-        FinalizerPatch { in_flight: None }
+        FinalizerPatch {
+            state: PatchState::Done,
+        }
     }
 }
 
@@ -660,6 +752,7 @@ impl kube::runtime::utils::Backoff for WatchBackoff {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use serde_json::json;
 
     #[test]
     fn a_cached_object_stands_for_a_get_only_when_it_holds_the_last_write() {
@@ -729,6 +822,34 @@ mod tests {
         // The finalizer went second: the status write's answer lacks it.
         let order = in_write_order(answer("6", true, 1), answer("5", false, 1));
         assert_eq!(versions(order), ["5", "6"]);
+    }
+
+    #[test]
+    fn an_annotation_joins_the_ones_there_and_never_replaces_a_map_written_since() {
+        let apply = |has_annotations: bool, object: serde_json::Value| {
+            let operations = annotation_operations(has_annotations, "slatedb.io/a~b", "v");
+            let patch: json_patch::Patch =
+                serde_json::from_value(operations.into()).expect("a JSON patch");
+            let mut object = object;
+            json_patch::patch(&mut object, &patch).map(|()| object)
+        };
+        let kept = apply(true, json!({"metadata": {"annotations": {"other": "x"}}})).unwrap();
+        assert_eq!(
+            kept["metadata"]["annotations"],
+            json!({"other": "x", "slatedb.io/a~b": "v"})
+        );
+        // None at the GET: the map, guarded as the finalizer list is (the API server's `test` of
+        // an absent member against null passes; every clone the e2e suite creates without
+        // annotations goes this way).
+        assert_eq!(
+            annotation_operations(false, "slatedb.io/a~b", "v"),
+            vec![
+                json!({"op": "test", "path": "/metadata/annotations", "value": null}),
+                json!({"op": "add", "path": "/metadata/annotations", "value": {"slatedb.io/a~b": "v"}}),
+            ]
+        );
+        // Annotations written since the GET that saw none: the patch fails, and drops nothing.
+        assert!(apply(false, json!({"metadata": {"annotations": {"other": "x"}}})).is_err());
     }
 
     #[test]

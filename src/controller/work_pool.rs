@@ -14,7 +14,7 @@ use std::collections::HashMap;
 use std::future::Future;
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
-use tokio::sync::Semaphore;
+use tokio::sync::{Notify, Semaphore};
 use tokio::task::JoinHandle;
 
 /// The progress a kind's work reports, as the pool needs it for its messages.
@@ -42,6 +42,7 @@ pub struct WorkPool<K: kube::Resource, P, R> {
     /// Reason of a job stopped for making no progress.
     stuck_reason: &'static str,
     slots: Arc<Semaphore>,
+    concurrency: usize,
     jobs: Mutex<HashMap<String, Job<P, R>>>,
     /// How long a running job may go without reporting progress.
     stuck_after: Duration,
@@ -59,13 +60,17 @@ type Listener<K> = (Option<String>, UnboundedSender<ObjectRef<K>>);
 struct Reported<P> {
     progress: Option<P>,
     at: Option<Instant>,
-    /// When progress may next go to a reconcile for the status.
-    publish_at: Option<Instant>,
+    /// When the job got its slot.
+    started: Option<Instant>,
+    /// When its progress last went to a reconcile for the status.
+    published: Option<Instant>,
 }
 
 struct Job<P, R> {
     reported: Arc<Mutex<Reported<P>>>,
     outcome: Arc<Mutex<Option<Result<R, Problem>>>>,
+    /// Notified once the outcome is in.
+    finished: Arc<Notify>,
     handle: JoinHandle<()>,
 }
 
@@ -84,7 +89,7 @@ where
 {
     /// A pool of `concurrency` slots whose jobs are stopped after `stuck_after` without progress
     /// and publish their progress `publish_first_after` after they start, then at most every
-    /// `publish_every`; `noun` names the work in messages and `stuck_reason` is the reason of a
+    /// `publish_every` (both stretched by the number of jobs per slot); `noun` names the work in messages and `stuck_reason` is the reason of a
     /// stopped job.
     pub fn new(
         noun: &'static str,
@@ -98,6 +103,7 @@ where
             noun,
             stuck_reason,
             slots: Arc::new(Semaphore::new(concurrency.max(1))),
+            concurrency: concurrency.max(1),
             jobs: Mutex::default(),
             stuck_after,
             publish_first_after,
@@ -120,9 +126,10 @@ where
 
     /// What the job of `uid` is doing, without blocking on it. A job silent for longer than
     /// `stuck_after` is stopped and reported as a transient failure. Its progress is handed out
-    /// `publish_first_after` after it started and then at most once per `publish_every`, else
-    /// `Running(None)`: each status write of progress brings a reconcile of its own, which
-    /// would publish the next report at once, and most work is done before the first is due.
+    /// `publish_first_after` after it started and then at most once per `publish_every`, both
+    /// times the jobs per slot (rounded up), else `Running(None)`: each status write of progress
+    /// brings a reconcile of its own, which would publish the next report at once, and most work
+    /// is done before the first is due.
     pub fn observe(&self, uid: &str) -> Option<Observed<P, R>> {
         let mut jobs = self.jobs();
         let job = jobs.get(uid)?;
@@ -134,10 +141,18 @@ where
         let (progress, step, silent) = {
             let mut reported = lock(&job.reported);
             let now = Instant::now();
-            let due = reported.publish_at.is_some_and(|at| at <= now);
+            // More jobs than slots: each publishes less often, so that a burst's progress writes
+            // grow with its duration, not with its size.
+            let crowding = jobs.len().div_ceil(self.concurrency).max(1) as u32;
+            let publish_at = match (reported.published, reported.started) {
+                (Some(published), _) => Some(published + self.publish_every * crowding),
+                (None, Some(started)) => Some(started + self.publish_first_after * crowding),
+                (None, None) => None,
+            };
+            let due = publish_at.is_some_and(|at| at <= now);
             let progress = reported.progress.clone().filter(|_| due);
             if progress.is_some() {
-                reported.publish_at = Some(now + self.publish_every);
+                reported.published = Some(now);
             }
             let step = reported
                 .progress
@@ -174,14 +189,16 @@ where
         let reported = Arc::new(Mutex::new(Reported {
             progress: None,
             at: None,
-            publish_at: None,
+            started: None,
+            published: None,
         }));
         let outcome = Arc::new(Mutex::new(None));
+        let finished = Arc::new(Notify::new());
+        let finished_sink = finished.clone();
         let slots = self.slots.clone();
         let listeners = self.listeners.clone();
         let noun = self.noun;
         let (reported_sink, outcome_sink) = (reported.clone(), outcome.clone());
-        let first_publication = self.publish_first_after;
         let handle = tokio::spawn(async move {
             let result = match slots.acquire_owned().await {
                 Ok(_permit) => {
@@ -189,7 +206,7 @@ where
                         let mut reported = lock(&reported_sink);
                         let now = Instant::now();
                         reported.at = Some(now);
-                        reported.publish_at = Some(now + first_publication);
+                        reported.started = Some(now);
                     }
                     let sink: ProgressSink<P> = Box::new(move |p| {
                         let mut reported = lock(&reported_sink);
@@ -219,6 +236,7 @@ where
                 }),
             };
             *lock(&outcome_sink) = Some(result);
+            finished_sink.notify_one();
             let mut listeners = lock(&listeners);
             listeners.retain(|(_, sender)| !sender.is_closed());
             for (scope, sender) in listeners.iter() {
@@ -232,9 +250,29 @@ where
             Job {
                 reported,
                 outcome,
+                finished,
                 handle,
             },
         );
+    }
+
+    /// Whether the job of `uid` has its outcome, waiting for it up to `limit` (the outcome stays for
+    /// [`Self::observe`]); `false` when there is no such job.
+    pub async fn finished_within(&self, uid: &str, limit: Duration) -> bool {
+        let Some((outcome, finished)) = self
+            .jobs()
+            .get(uid)
+            .map(|job| (job.outcome.clone(), job.finished.clone()))
+        else {
+            return false;
+        };
+        // An outcome set after this look stores the notification for the wait below.
+        if lock(&outcome).is_some() {
+            return true;
+        }
+        tokio::time::timeout(limit, finished.notified())
+            .await
+            .is_ok()
     }
 
     /// Stops the job of `uid`, if any; the work must be safe to cancel at any await.
@@ -296,9 +334,11 @@ mod tests {
             reported: Arc::new(Mutex::new(Reported {
                 progress: None,
                 at: silent_for.map(|d| Instant::now() - d),
-                publish_at: None,
+                started: None,
+                published: None,
             })),
             outcome: Arc::new(Mutex::new(None)),
+            finished: Arc::default(),
             handle: tokio::spawn(async move {
                 let _guard = guard;
                 std::future::pending::<()>().await
@@ -361,6 +401,20 @@ mod tests {
         }
     }
 
+    /// When, from now, `observe` handed out the progress of `uid`'s job, looking every 10 ms for
+    /// `window`.
+    async fn handed_out_within(pool: &Pool, uid: &str, window: Duration) -> Vec<Duration> {
+        let started = Instant::now();
+        let mut handed_out = Vec::new();
+        while started.elapsed() < window {
+            if let Some(Observed::Running(Some(Step))) = pool.observe(uid) {
+                handed_out.push(started.elapsed());
+            }
+            tokio::time::sleep(Duration::from_millis(10)).await;
+        }
+        handed_out
+    }
+
     #[tokio::test]
     async fn progress_is_handed_out_a_while_after_the_start_and_then_once_per_interval() {
         let every = Duration::from_millis(300);
@@ -375,14 +429,7 @@ mod tests {
                 Ok(())
             },
         );
-        let started = Instant::now();
-        let mut handed_out = Vec::new();
-        while started.elapsed() < every * 4 + every / 2 {
-            if let Some(Observed::Running(Some(Step))) = pool.observe("uid-1") {
-                handed_out.push(started.elapsed());
-            }
-            tokio::time::sleep(Duration::from_millis(10)).await;
-        }
+        let handed_out = handed_out_within(&pool, "uid-1", every * 4 + every / 2).await;
         let _ = go_on.send(());
         assert_eq!(handed_out.len(), 3, "{handed_out:?}");
         assert!(
@@ -392,6 +439,50 @@ mod tests {
         for pair in handed_out.windows(2) {
             assert!(pair[1] - pair[0] >= every, "{handed_out:?}");
         }
+    }
+
+    #[tokio::test]
+    async fn with_more_jobs_than_slots_progress_is_handed_out_less_often() {
+        let every = Duration::from_millis(100);
+        let pool = clone_pool(1, Duration::from_secs(60), every, every);
+        let mut waits = Vec::new();
+        for uid in ["running", "queued-1", "queued-2"] {
+            let (go_on, wait) = tokio::sync::oneshot::channel::<()>();
+            waits.push(go_on);
+            pool.spawn(uid, ObjectRef::new(uid).within("ns"), |report| async move {
+                report(Step);
+                let _ = wait.await;
+                Ok(())
+            });
+        }
+        let handed_out = handed_out_within(&pool, "running", every * 7 + every / 2).await;
+        drop(waits);
+        // Three jobs on one slot: every interval is three.
+        assert_eq!(handed_out.len(), 2, "{handed_out:?}");
+        assert!(handed_out[0] >= every * 3, "{handed_out:?}");
+        assert!(handed_out[1] - handed_out[0] >= every * 3, "{handed_out:?}");
+    }
+
+    #[tokio::test]
+    async fn a_wait_for_the_outcome_ends_when_it_comes_or_at_its_limit_and_leaves_it() {
+        let pool = clone_pool(1, Duration::from_secs(60), Duration::ZERO, Duration::ZERO);
+        let (go_on, wait) = tokio::sync::oneshot::channel::<()>();
+        pool.spawn("uid-1", ObjectRef::new("c1").within("ns"), |_| async move {
+            let _ = wait.await;
+            Ok(())
+        });
+        assert!(
+            !pool
+                .finished_within("uid-1", Duration::from_millis(50))
+                .await
+        );
+        assert!(!pool.finished_within("no-such-job", Duration::ZERO).await);
+        let waiting = pool.finished_within("uid-1", Duration::from_secs(30));
+        let _ = go_on.send(());
+        assert!(waiting.await);
+        // Already in: no wait at all.
+        assert!(pool.finished_within("uid-1", Duration::ZERO).await);
+        assert_eq!(pool.observe("uid-1"), Some(Observed::Finished(Ok(()))));
     }
 
     #[tokio::test]

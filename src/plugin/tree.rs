@@ -15,6 +15,7 @@ use chrono::{DateTime, Utc};
 use k8s_openapi::apimachinery::pkg::apis::meta::v1::{Condition, Time};
 use kube::ResourceExt;
 use serde::Serialize;
+use std::borrow::Cow;
 use std::collections::BTreeSet;
 use std::fmt::Write;
 
@@ -209,7 +210,7 @@ pub fn build(objects: &Objects, now: DateTime<Utc>) -> Vec<Node> {
         let namespace = clone.namespace().unwrap_or_default();
         let source = &clone.spec.source;
         let (parent, depends_on) = if let Some(name) = clone.source_checkpoint() {
-            match find_checkpoint(&namespace, name) {
+            match find_checkpoint(&namespace, &name) {
                 Some(index) => (Some(index), format!("DatabaseCheckpoint/{name}")),
                 None => {
                     // The checkpoint is gone (pruned, deleted): the clone's data still depends on
@@ -338,8 +339,7 @@ fn same_location(a: &StoreSpec, b: &StoreSpec) -> bool {
 
 fn lineage_paths(clone: &DatabaseClone) -> Vec<String> {
     clone
-        .status
-        .as_ref()
+        .recorded_status()
         .map(|s| s.lineage.iter().map(|l| l.path.clone()).collect())
         .unwrap_or_default()
 }
@@ -496,7 +496,10 @@ fn checkpoint_node(checkpoint: &DatabaseCheckpoint, now: DateTime<Utc>) -> Node 
 }
 
 fn clone_node(clone: &DatabaseClone, now: DateTime<Utc>) -> Node {
-    let status = clone.status.clone().unwrap_or_default();
+    let status = clone
+        .recorded_status()
+        .map(Cow::into_owned)
+        .unwrap_or_default();
     let phase = match status.phase {
         Some(phase) => format!("{phase:?}"),
         None => phase_from_conditions(&status.conditions).into(),
@@ -515,7 +518,7 @@ fn clone_node(clone: &DatabaseClone, now: DateTime<Utc>) -> Node {
     let details = Details::Clone(CloneDetails {
         target: clone.spec.target.path.0.clone(),
         source: asked,
-        source_checkpoint: clone.source_checkpoint().map(str::to_string),
+        source_checkpoint: clone.source_checkpoint().map(Cow::into_owned),
         parents: lineage_paths(clone),
         progress: status
             .progress

@@ -246,7 +246,7 @@ pub async fn run(ctx: Arc<Context>, namespace: Option<String>) {
         let namespace = clone.namespace().unwrap_or_default();
         clone
             .source_checkpoint()
-            .map(|name| ObjectRef::new(name).within(&namespace))
+            .map(|name| ObjectRef::new(&name).within(&namespace))
     });
     shell::run(controller, ctx).await;
 }

@@ -196,14 +196,11 @@ pub(super) async fn dependents_of(
     let mut dependents = Dependents::default();
     for clone in clones
         .iter()
-        .filter(|c| c.source_checkpoint() == Some(name.as_str()))
+        .filter(|c| c.source_checkpoint().as_deref() == Some(name.as_str()))
     {
         dependents.total += 1;
-        let conditions = clone
-            .status
-            .as_ref()
-            .map(|s| s.conditions.as_slice())
-            .unwrap_or_default();
+        let status = clone.recorded_status();
+        let conditions = status.as_ref().map_or(&[][..], |s| s.conditions.as_slice());
         let settled = is_true(conditions, INITIALIZED) || is_true(conditions, STALLED);
         if !settled && clone.metadata.deletion_timestamp.is_none() {
             dependents.in_progress.push(clone.name_any());

@@ -14,6 +14,7 @@ pub use pool::{clone_pool, ClonePool};
 use crate::api::conditions::READY;
 use crate::api::{
     DatabaseCheckpoint, DatabaseCheckpointSchedule, DatabaseClone, DeletionPolicy, VerifyMode,
+    START_RECORD_ANNOTATION,
 };
 use crate::controller::shell::{self, FinalizerPatch, Reconcile};
 use crate::controller::stores::{leave_data_behind, open_store, PathUse};
@@ -39,6 +40,8 @@ pub const CLEANUP_FINALIZER: &str = "slatedb.io/clone-cleanup";
 
 impl Reconcile for DatabaseClone {
     const CLEANUP_FINALIZER: &'static str = CLEANUP_FINALIZER;
+    // The first start's record rides on the finalizer patch.
+    const SEND_FINALIZER_AT_ONCE: bool = false;
 
     fn api(client: kube::Client, namespace: Option<&str>) -> Api<Self> {
         shell::namespaced_api(client, namespace)
@@ -48,7 +51,8 @@ impl Reconcile for DatabaseClone {
         apply(&object, &ctx, FinalizerPatch::none()).await
     }
 
-    // The start record goes beside the finalizer: both are stored before the work starts.
+    // The start record goes with the finalizer (or a status beside it): both are stored before
+    // the work starts.
     async fn apply_while_finalizing(
         object: Arc<Self>,
         ctx: Arc<Context>,
@@ -58,7 +62,23 @@ impl Reconcile for DatabaseClone {
     }
 
     async fn cleanup(object: Arc<Self>, ctx: Arc<Context>) -> Result<Action, Error> {
-        cleanup(&object, &ctx).await
+        cleanup(&with_start_record(&object), &ctx).await
+    }
+}
+
+/// How long the reconcile that starts a clone's first work waits for its outcome before it writes
+/// the start status: most clones are done sooner, and their status is then written once, Ready.
+const START_STATUS_AFTER: Duration = Duration::from_millis(100);
+
+/// The object with its start record as its status while it has none written
+/// ([`DatabaseClone::recorded_status`]).
+fn with_start_record(object: &DatabaseClone) -> std::borrow::Cow<'_, DatabaseClone> {
+    match (&object.status, object.recorded_status()) {
+        (None, Some(record)) => std::borrow::Cow::Owned(DatabaseClone {
+            status: Some(record.into_owned()),
+            ..object.clone()
+        }),
+        _ => std::borrow::Cow::Borrowed(object),
     }
 }
 
@@ -73,12 +93,15 @@ fn source_ref(object: &DatabaseClone) -> Option<ObjectReference> {
     })
 }
 
-/// Every effect waits for `finalizer`; the status write goes beside it.
+/// Every effect waits for `finalizer`; the status write goes beside it, or for the first start,
+/// the start record goes with it.
 async fn apply(
-    object: &DatabaseClone,
+    stored: &DatabaseClone,
     ctx: &Context,
     mut finalizer: FinalizerPatch<DatabaseClone>,
 ) -> Result<Action, Error> {
+    let object = with_start_record(stored);
+    let object = object.as_ref();
     let namespace = object.namespace().unwrap_or_default();
     let api = Api::<DatabaseClone>::namespaced(ctx.client.clone(), &namespace);
     let uid = object.uid().unwrap_or_default();
@@ -169,12 +192,25 @@ async fn apply(
         }
         Effect::StartWork | Effect::None => {}
     }
-    if object.status.as_ref() != Some(&decision.status) {
-        finalizer
-            .write_status_beside(ctx, &api, object, &decision.status)
-            .await?;
-    } else {
-        finalizer.stored(ctx).await?;
+    // The first start goes on record with the finalizer, in its patch.
+    let recorded_with_finalizer = match (&decision.effect, &stored.status) {
+        (Effect::StartWork, None) => {
+            let record = serde_json::to_string(&decision.status.start_record())
+                .map_err(|e| Error::Blocked(format!("recording the start: {e}")))?;
+            finalizer
+                .stored_with_annotation(ctx, START_RECORD_ANNOTATION, &record)
+                .await?
+        }
+        _ => None,
+    };
+    if recorded_with_finalizer.is_none() {
+        if object.status.as_ref() != Some(&decision.status) {
+            finalizer
+                .write_status_beside(ctx, &api, object, &decision.status)
+                .await?;
+        } else {
+            finalizer.stored(ctx).await?;
+        }
     }
     // The connection details appear only once the status says Ready, so an application waiting
     // for them never opens a clone that is not.
@@ -198,6 +234,17 @@ async fn apply(
             .spawn(&uid, ObjectRef::from_obj(object), move |report| {
                 crate::engine::initialize_clone(config, report)
             });
+        if let Some(patched) = recorded_with_finalizer {
+            let started = DatabaseClone {
+                status: Some(decision.status.clone()),
+                ..patched
+            };
+            if ctx.clones.finished_within(&uid, START_STATUS_AFTER).await {
+                // The outcome's status is the clone's first status write.
+                return Box::pin(apply(&started, ctx, FinalizerPatch::none())).await;
+            }
+            shell::write_status(ctx, &api, &started, &decision.status).await?;
+        }
     }
     Ok(shell::requeue(decision.requeue_after))
 }
@@ -378,7 +425,7 @@ async fn holders_of(
     for checkpoint in held {
         let id = checkpoint.id.to_string();
         let clone = clones.items.iter().find(|c| {
-            c.status.as_ref().is_some_and(|s| {
+            c.recorded_status().is_some_and(|s| {
                 s.lineage
                     .iter()
                     .any(|l| &l.path == path && l.final_checkpoint_id.as_deref() == Some(&id))
@@ -492,7 +539,7 @@ fn clones_related_to_checkpoint(
         let schedule = checkpoint.labels().get(crate::api::SCHEDULE_LABEL).cloned();
         let related = |c: &DatabaseClone| {
             let of_schedule = c.spec.source.schedule_ref.as_ref().map(|r| &r.name);
-            c.source_checkpoint() == Some(name.as_str())
+            c.source_checkpoint().as_deref() == Some(name.as_str())
                 || &c.spec.target.path.0 == path
                 || (of_schedule.is_some() && of_schedule == schedule.as_ref())
         };
@@ -532,7 +579,8 @@ fn parents_of_clone(
     clones: Store<DatabaseClone>,
 ) -> impl Fn(Arc<DatabaseClone>) -> Vec<ObjectRef<DatabaseClone>> {
     move |child| {
-        let lineage = child.status.as_ref().map_or(&[][..], |s| &s.lineage);
+        let status = child.recorded_status();
+        let lineage = status.as_ref().map_or(&[][..], |s| s.lineage.as_slice());
         if lineage.is_empty() {
             return Vec::new();
         }
@@ -564,7 +612,8 @@ pub async fn run(ctx: Arc<Context>, namespace: Option<String>) {
     let controller = controller.reconcile_on(ctx.clones.finished_jobs(namespace));
     let controller = store::watch_stores(controller, &ctx, clones.clone(), |clone, name| {
         let source = clone.spec.source.database.as_ref().map(|d| &d.store);
-        let recorded = clone.status.as_ref().and_then(|s| s.store.as_ref());
+        let status = clone.recorded_status();
+        let recorded = status.as_ref().and_then(|s| s.store.as_ref());
         store::names_store(source, name) || store::names_store(recorded, name)
     });
     // Only the changes a clone acts on pass: progress, dependents counts and other status updates

@@ -144,7 +144,8 @@ async fn users_of(name: &str, ctx: &Context) -> Result<Vec<String>, Error> {
             .list(&Default::default())
             .await?;
         for clone in clones {
-            let recorded = clone.status.as_ref().and_then(|s| s.store.as_ref());
+            let status = clone.recorded_status();
+            let recorded = status.as_ref().and_then(|s| s.store.as_ref());
             if names_store(recorded, name) {
                 users.push(format!(
                     "DatabaseClone {}/{}",
