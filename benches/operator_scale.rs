@@ -1892,10 +1892,10 @@ fn report_apply_steps(rows: &[ApplyRow], noop: &NoopRun, noop_as_operator: &Noop
     println!(
         "\nWhere each apply→Ready went (medians, ms; the bench's clock and the operator's log \
          timestamps, one machine). Operator: create sent → `starting clone work` logged (the \
-         create, the watch event, resolving the source, the start status and the finalizer \
-         written side by side) → `clone work finished` logged (the engine's work, then the \
-         finished job's trip back into a reconcile) → the poll sees Ready (the Ready status \
-         write, the poll). No-op controller: create sent → its watch delivers the object → its \
+         create, the watch event, resolving the source, the finalizer patch carrying the start \
+         record) → `clone work finished` logged (the engine's work, then the finished job's \
+         trip back into a reconcile: for a clone done within 100 ms, the reconcile that started \
+         it) → the poll sees Ready (the Ready status write, the poll). No-op controller: create sent → its watch delivers the object → its \
          status write answers → the poll sees Ready.\n"
     );
     println!("| run | SSTs | create → work starts | → work finished (of which engine work) | → Ready seen |");

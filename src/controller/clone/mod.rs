@@ -163,8 +163,15 @@ async fn apply(
         );
     }
     let decision = decide(object, &work, Utc::now(), retry_delay);
-    if let Some(notice) = &decision.event {
-        ctx.publish(object, source_ref(object), notice);
+    let publish_event = || {
+        if let Some(notice) = &decision.event {
+            ctx.publish(object, source_ref(object), notice);
+        }
+    };
+    // An event of an effect goes before it; any other after the status it tells of, so that the
+    // status write (the Ready one above all) does not share the API server with it.
+    if matches!(decision.effect, Effect::DeleteObject | Effect::ExpireData) {
+        publish_event();
     }
     // Expiry acts before the status says so; a start is recorded before the work runs, so an
     // attempt is on record even if the process dies.
@@ -211,6 +218,9 @@ async fn apply(
         } else {
             finalizer.stored(ctx).await?;
         }
+    }
+    if !matches!(decision.effect, Effect::DeleteObject | Effect::ExpireData) {
+        publish_event();
     }
     // The connection details appear only once the status says Ready, so an application waiting
     // for them never opens a clone that is not.
