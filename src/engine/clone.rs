@@ -6,9 +6,9 @@ use super::backoff::Backoff;
 use super::checkpoint::{CheckpointInfo, CheckpointSelector};
 use super::crash_point::crash_point;
 use super::error::{EngineError, Fault};
-use super::fingerprint::Pinned;
+use super::fingerprint::{Fingerprint, Pinned};
 use super::lineage::ParentLink;
-use super::manifest_writes::lock_manifest_writes;
+use super::manifest_writes::{lock_manifest_writes, ManifestWriteLock};
 use super::ownership::Owner;
 use super::store_layers::{counting_retries, in_retry_scope_of_caller};
 use super::{Database, Store};
@@ -199,6 +199,39 @@ enum TargetState {
     Foreign(String),
 }
 
+/// What the target path holds, as read before the clone's source checkpoint is resolved.
+enum TargetHeld {
+    Nothing,
+    /// Objects that are not a SlateDB database.
+    Objects,
+    Database(Box<VersionedManifest>),
+}
+
+impl TargetHeld {
+    /// What it is to a clone of `source_path` at `checkpoint`.
+    fn state_for(&self, source_path: &str, checkpoint: Uuid) -> TargetState {
+        let manifest = match self {
+            TargetHeld::Nothing => return TargetState::Empty,
+            TargetHeld::Objects => {
+                return TargetState::Foreign("objects that are not a SlateDB database".into())
+            }
+            TargetHeld::Database(manifest) => manifest,
+        };
+        let ours = manifest
+            .external_dbs()
+            .iter()
+            .any(|e| e.path == source_path && e.source_checkpoint_id == checkpoint);
+        match (ours, manifest.initialized()) {
+            (true, true) => TargetState::Initialized,
+            (true, false) => TargetState::Partial,
+            (false, _) if manifest.external_dbs().is_empty() => {
+                TargetState::Foreign("a SlateDB database".into())
+            }
+            (false, _) => TargetState::Foreign("a clone of another source or checkpoint".into()),
+        }
+    }
+}
+
 /// The crash point `clone-<Step>`, reached once that clone step is.
 fn crash_point_at(step: CloneStep) {
     crash_point(&format!("clone-{}", step.name()));
@@ -289,10 +322,14 @@ async fn clone_once(
     // source's latest manifest says that a database is there, holds the checkpoint, and names the
     // databases the source is a clone of: each read lists every manifest version of the source,
     // and many clones of one parent made that listing most of a clone's cost.
-    let source_manifest = source.latest_manifest_listed().await?;
-    target
-        .ensure_not_owned_by_another(config.owner.as_ref())
-        .await?;
+    // What the target holds is read at the same time: neither read changes anything, and a
+    // target that is another's is refused before a temporary checkpoint is made on the source.
+    let (source_manifest, held) = tokio::try_join!(source.latest_manifest_listed(), async {
+        target
+            .ensure_not_owned_by_another(config.owner.as_ref())
+            .await?;
+        target.held().await
+    })?;
     let checkpoint = match &config.source_checkpoint {
         CloneSourceCheckpoint::Id(id) => source_manifest
             .checkpoints()
@@ -339,6 +376,7 @@ async fn clone_once(
         config,
         source,
         target,
+        held.state_for(&config.source_path, checkpoint.id),
         &source_manifest,
         &checkpoint,
         progress,
@@ -347,14 +385,22 @@ async fn clone_once(
         &mut phases,
     );
     let (ssts, state) = tokio::join!(list_ssts, write_clone);
+    let (state, written) = state?;
+    // The guard's confirmation only reads the manifests written meanwhile, so the clone's
+    // manifest is read beside it; it runs whatever the listing found, since the write is done.
+    let (confirmed, manifest) = tokio::join!(
+        confirm_manifests_preserved(written),
+        target.latest_manifest()
+    );
+    confirmed?;
+    phases.end("guard_confirm_and_read_clone_manifest");
     let ssts = ssts.map_err(|e| EngineError::Store {
         operation: "list the source's SSTs",
         source: object_store::Error::JoinError { source: e },
-    })?;
-    let (ssts, state) = (ssts?, state?);
+    })??;
+    let manifest = manifest?;
     let resumed = state == TargetState::Partial;
     let source_objects: Vec<_> = ssts.iter().cloned().chain(wal).collect();
-    let manifest = target.latest_manifest().await?;
     let step = step_shown_by(&manifest, &Path::from(config.source_path.as_str()));
     crash_point_at(CloneStep::MarkInitialized);
     if step != CloneStep::MarkInitialized {
@@ -374,12 +420,15 @@ async fn clone_once(
         // The clone's final checkpoint pins the parent now; the temporary one is not needed.
         source.delete_checkpoint(checkpoint.id).await?;
     }
-    phases.end("read_clone_manifest");
+    phases.end("mark_initialized");
 
     // Verify. Looking up what the clone pins is also the Metadata check: each object must exist.
     // The SSTs it shares with its source were listed while it was written, pinned by the source
     // checkpoint and then by the clone's final checkpoint, which SlateDB's collector respects.
-    let clone_objects = target.look_up_pinned(&manifest, Pinned::All, &ssts).await?;
+    let (clone_objects, manifest_bytes) = tokio::try_join!(
+        target.look_up_pinned(&manifest, Pinned::All, &ssts),
+        target.manifest_bytes(manifest.id())
+    )?;
     let verify_total = match config.verify {
         Verification::Content => clone_objects.len() as u64,
         _ => 0,
@@ -412,9 +461,7 @@ async fn clone_once(
         None
     };
     phases.end("verify");
-    let fingerprint = target
-        .fingerprint_of(manifest.id(), &clone_objects, false)
-        .await?;
+    let fingerprint = Fingerprint::of(&manifest_bytes, &clone_objects, None);
     phases.end("fingerprint");
     crash_point_at(CloneStep::Verify);
     progress(CloneProgress {
@@ -446,24 +493,30 @@ async fn clone_once(
     })
 }
 
+/// The manifests the clone builder may have written, each with the id of the manifest the guard
+/// checked before it did, for [`Database::confirm_manifest_preserved`]; and the lock on writing
+/// them, held until they are confirmed (so no other clone's write lands in between to be read).
+struct GuardedWrites {
+    checked: Vec<(Database, Option<u64>)>,
+    _lock: Option<ManifestWriteLock>,
+}
+
 /// Writes the clone, unless the target holds it finished already: claims the target, checks that
-/// every manifest the clone builder writes keeps what it holds, runs the builder, and confirms the
-/// manifests written since. Returns what the target held before.
+/// every manifest the clone builder writes keeps what it holds, and runs the builder. Returns
+/// what the target held before (`state`), and the manifests to confirm now that the builder ran.
 #[allow(clippy::too_many_arguments)]
 async fn write_clone(
     config: &CloneConfig,
     source: &Database,
     target: &Database,
+    state: TargetState,
     source_manifest: &VersionedManifest,
     checkpoint: &CheckpointInfo,
     progress: &Arc<dyn Fn(CloneProgress) + Send + Sync>,
     owns_target: &mut bool,
     (wal_total, wal_bytes): (u64, u64),
     phases: &mut Phases,
-) -> Result<TargetState, EngineError> {
-    let state = target
-        .target_state(&config.source_path, checkpoint.id)
-        .await?;
+) -> Result<(TargetState, GuardedWrites), EngineError> {
     match &state {
         TargetState::Foreign(what) => {
             return Err(EngineError::TargetNotEmpty {
@@ -479,7 +532,11 @@ async fn write_clone(
     }
     phases.end("claim_target");
     if state == TargetState::Initialized {
-        return Ok(state);
+        let nothing = GuardedWrites {
+            checked: Vec::new(),
+            _lock: None,
+        };
+        return Ok((state, nothing));
     }
     // The builder writes the manifest of the parent and of every database the parent is a
     // clone of (the clone's final checkpoints), and derives the clone's manifest from the
@@ -493,25 +550,31 @@ async fn write_clone(
         .collect();
     let mut writing: Vec<&Database> = vec![source];
     writing.extend(&ancestors);
-    let _writing = lock_manifest_writes(&writing).await;
+    let lock = lock_manifest_writes(&writing).await;
     phases.end("wait_for_parent_manifest");
     let mut written = Vec::new();
     for database in writing {
         // The source's manifest was read before; only what came since is listed.
         let known = std::ptr::eq(database, source).then_some(source_manifest);
-        written.push((
-            database,
-            database.ensure_manifest_preserved_since(known).await?,
-        ));
+        let checked = database.ensure_manifest_preserved_since(known).await?;
+        written.push((database.clone(), checked));
     }
     phases.end("guard_check");
     run_clone_builder(config, target, checkpoint, progress, wal_total, wal_bytes).await?;
     phases.end("clone_builder");
-    for (database, checked) in written {
-        database.confirm_manifest_preserved(checked).await?;
+    let written = GuardedWrites {
+        checked: written,
+        _lock: Some(lock),
+    };
+    Ok((state, written))
+}
+
+/// The guard's confirmation after the clone builder ran (see [`write_clone`]).
+async fn confirm_manifests_preserved(written: GuardedWrites) -> Result<(), EngineError> {
+    for (database, checked) in &written.checked {
+        database.confirm_manifest_preserved(*checked).await?;
     }
-    phases.end("guard_confirm");
-    Ok(state)
+    Ok(())
 }
 
 /// Runs SlateDB's clone builder under the timeout while a watcher reports the steps it observes in
@@ -703,36 +766,21 @@ async fn verify_content(
 }
 
 impl Database {
-    /// What the path holds relative to a clone of `source_path` at `checkpoint`.
-    async fn target_state(
-        &self,
-        source_path: &str,
-        checkpoint: Uuid,
-    ) -> Result<TargetState, EngineError> {
-        let Some(manifest) = self.try_latest_manifest().await? else {
-            // Any object under the path, at any depth: the empty directories a local store keeps
-            // after a deletion (a reset's, say) hold nothing.
-            use futures::StreamExt;
-            let mut listing = self.store.main.list(Some(&self.path));
-            let first = self
-                .bounded_store("list target", async { listing.next().await.transpose() })
-                .await?;
-            return Ok(match first {
-                None => TargetState::Empty,
-                Some(_) => TargetState::Foreign("objects that are not a SlateDB database".into()),
-            });
-        };
-        let ours = manifest
-            .external_dbs()
-            .iter()
-            .any(|e| e.path == source_path && e.source_checkpoint_id == checkpoint);
-        Ok(match (ours, manifest.initialized()) {
-            (true, true) => TargetState::Initialized,
-            (true, false) => TargetState::Partial,
-            (false, _) if manifest.external_dbs().is_empty() => {
-                TargetState::Foreign("a SlateDB database".into())
-            }
-            (false, _) => TargetState::Foreign("a clone of another source or checkpoint".into()),
+    /// What the path holds, before the clone's source checkpoint is known.
+    async fn held(&self) -> Result<TargetHeld, EngineError> {
+        if let Some(manifest) = self.try_latest_manifest().await? {
+            return Ok(TargetHeld::Database(Box::new(manifest)));
+        }
+        // Any object under the path, at any depth: the empty directories a local store keeps
+        // after a deletion (a reset's, say) hold nothing.
+        use futures::StreamExt;
+        let mut listing = self.store.main.list(Some(&self.path));
+        let first = self
+            .bounded_store("list target", async { listing.next().await.transpose() })
+            .await?;
+        Ok(match first {
+            None => TargetHeld::Nothing,
+            Some(_) => TargetHeld::Objects,
         })
     }
 

@@ -4,6 +4,7 @@
 use super::error::EngineError;
 use super::store_layers::in_retry_scope_of_caller;
 use super::Database;
+use bytes::Bytes;
 use futures::{StreamExt, TryStreamExt};
 use object_store::memory::InMemory;
 use object_store::path::Path;
@@ -61,6 +62,36 @@ pub struct Fingerprint {
     pub blocks_checked: Option<u64>,
     pub size_bytes: u64,
     pub object_count: u64,
+}
+
+impl Fingerprint {
+    /// The fingerprint of a manifest's bytes and the objects it pins; `content` is the Merkle
+    /// root and block count of their content, when it was read.
+    pub(crate) fn of(
+        manifest_bytes: &[u8],
+        objects: &[PinnedObject],
+        content: Option<(String, u64)>,
+    ) -> Fingerprint {
+        let mut lines: Vec<String> = objects
+            .iter()
+            .map(|o| format!("{} {} {}", o.path, o.size, o.etag.as_deref().unwrap_or("-")))
+            .collect();
+        lines.sort();
+        let mut digest = Sha256::new();
+        digest.update(manifest_bytes);
+        for line in &lines {
+            digest.update(line.as_bytes());
+            digest.update(b"\n");
+        }
+        let (content_root, blocks_checked) = content.unzip();
+        Fingerprint {
+            metadata_digest: hex::encode(digest.finalize()),
+            content_root,
+            blocks_checked,
+            size_bytes: objects.iter().map(|o| o.size).sum(),
+            object_count: objects.len() as u64,
+        }
+    }
 }
 
 pub(super) fn manifest_path(db: &Path, manifest_id: u64) -> Path {
@@ -244,37 +275,24 @@ impl Database {
         objects: &[PinnedObject],
         content: bool,
     ) -> Result<Fingerprint, EngineError> {
-        let manifest = manifest_path(&self.path, manifest_id);
-        let manifest_bytes = self
-            .bounded_store("get manifest", async {
-                self.store.main.get(&manifest).await?.bytes().await
-            })
-            .await?;
-        let mut lines: Vec<String> = objects
-            .iter()
-            .map(|o| format!("{} {} {}", o.path, o.size, o.etag.as_deref().unwrap_or("-")))
-            .collect();
-        lines.sort();
-        let mut digest = Sha256::new();
-        digest.update(&manifest_bytes);
-        for line in &lines {
-            digest.update(line.as_bytes());
-            digest.update(b"\n");
-        }
-        let (content_root, blocks_checked) = if content {
+        let manifest_bytes = self.manifest_bytes(manifest_id).await?;
+        let content_root = if content {
             let checked = self.check_content(objects, &|_| {}).await?;
             let blocks = checked.iter().map(|c| c.blocks).sum();
-            (Some(hex::encode(merkle_root_of(&checked))), Some(blocks))
+            Some((hex::encode(merkle_root_of(&checked)), blocks))
         } else {
-            (None, None)
+            None
         };
-        Ok(Fingerprint {
-            metadata_digest: hex::encode(digest.finalize()),
-            content_root,
-            blocks_checked,
-            size_bytes: objects.iter().map(|o| o.size).sum(),
-            object_count: objects.len() as u64,
+        Ok(Fingerprint::of(&manifest_bytes, objects, content_root))
+    }
+
+    /// The bytes of manifest `manifest_id`, as stored.
+    pub(crate) async fn manifest_bytes(&self, manifest_id: u64) -> Result<Bytes, EngineError> {
+        let manifest = manifest_path(&self.path, manifest_id);
+        self.bounded_store("get manifest", async {
+            self.store.main.get(&manifest).await?.bytes().await
         })
+        .await
     }
 
     /// Reads every object once: its sha256, and for SSTs a walk of every block through SlateDB's
