@@ -48,11 +48,39 @@ fi
 
 work=$(mktemp -d)
 owned_cluster=0
-cleanup() {
+# operator_scale's control plane: started right before that bench and stopped right after it, so the
+# library benches do not share the machine with an idle API server, etcd and controller manager.
+cluster_up() {
+    if [ -n "${KUBECONFIG:-}" ] && [ -n "${E2E_KUBECTL:-}" ] \
+        && [ "$("$E2E_KUBECTL" --request-timeout=5s get --raw /readyz 2>/dev/null)" = ok ]; then
+        echo "run.sh: operator_scale uses the cluster of KUBECONFIG=$KUBECONFIG" >&2
+    else
+        export E2E_STATE_DIR=${E2E_STATE_DIR:-${TMPDIR:-/tmp}/slatedb-bench-cluster}
+        export E2E_ETCD_PORT=${E2E_ETCD_PORT:-42379} E2E_ETCD_PEER_PORT=${E2E_ETCD_PEER_PORT:-42380}
+        export E2E_APISERVER_PORT=${E2E_APISERVER_PORT:-46443} E2E_S3_PORT=${E2E_S3_PORT:-49000}
+        export E2E_S3_BACKEND_PORT=${E2E_S3_BACKEND_PORT:-49001}
+        export E2E_GCS_PORT=${E2E_GCS_PORT:-49100} E2E_AZURITE_PORT=${E2E_AZURITE_PORT:-49200}
+        # The benches run no pods; a second node would clash with the test bed's own.
+        export E2E_NODE=${E2E_NODE:-0}
+        echo "run.sh: starting a cluster for operator_scale in $E2E_STATE_DIR" >&2
+        owned_cluster=1
+        e2e/cluster.sh up >/dev/null
+        # shellcheck source=/dev/null
+        source <(e2e/cluster.sh env)
+        # The cluster is thrown away afterwards: no need to delete what the bench made.
+        export BENCH_SKIP_CLEANUP=${BENCH_SKIP_CLEANUP:-1}
+    fi
+}
+cluster_down() {
     if [ "$owned_cluster" = 1 ]; then
         echo "run.sh: stopping the bench cluster ($E2E_STATE_DIR)" >&2
         e2e/cluster.sh down >&2 || true
+        owned_cluster=0
     fi
+}
+
+cleanup() {
+    cluster_down
     rm -rf "$work"
 }
 trap cleanup EXIT
@@ -79,25 +107,6 @@ case " ${benches[*]} " in
             cp "${CARGO_TARGET_DIR:-target}/release/slatedb-operator" "$work/slatedb-operator"
             export BENCH_OPERATOR_BIN=$work/slatedb-operator
         fi
-        if [ -n "${KUBECONFIG:-}" ] && [ -n "${E2E_KUBECTL:-}" ] \
-            && [ "$("$E2E_KUBECTL" --request-timeout=5s get --raw /readyz 2>/dev/null)" = ok ]; then
-            echo "run.sh: operator_scale uses the cluster of KUBECONFIG=$KUBECONFIG" >&2
-        else
-            export E2E_STATE_DIR=${E2E_STATE_DIR:-${TMPDIR:-/tmp}/slatedb-bench-cluster}
-            export E2E_ETCD_PORT=${E2E_ETCD_PORT:-42379} E2E_ETCD_PEER_PORT=${E2E_ETCD_PEER_PORT:-42380}
-            export E2E_APISERVER_PORT=${E2E_APISERVER_PORT:-46443} E2E_S3_PORT=${E2E_S3_PORT:-49000}
-            export E2E_S3_BACKEND_PORT=${E2E_S3_BACKEND_PORT:-49001}
-            export E2E_GCS_PORT=${E2E_GCS_PORT:-49100} E2E_AZURITE_PORT=${E2E_AZURITE_PORT:-49200}
-            # The benches run no pods; a second node would clash with the test bed's own.
-            export E2E_NODE=${E2E_NODE:-0}
-            echo "run.sh: starting a cluster for operator_scale in $E2E_STATE_DIR" >&2
-            owned_cluster=1
-            e2e/cluster.sh up >/dev/null
-            # shellcheck source=/dev/null
-            source <(e2e/cluster.sh env)
-            # The cluster is thrown away afterwards: no need to delete what the bench made.
-            export BENCH_SKIP_CLEANUP=${BENCH_SKIP_CLEANUP:-1}
-        fi
         ;;
 esac
 
@@ -107,6 +116,7 @@ t0=$(date +%s)
 status=0
 for bench in "${benches[@]}"; do
     echo "run.sh: cargo bench --bench $bench" >&2
+    if [ "$bench" = operator_scale ]; then cluster_up; fi
     b0=$(date +%s)
     if cargo bench --bench "$bench" >"$work/$bench.md"; then
         echo "run.sh: $bench finished in $(( $(date +%s) - b0 )) s" >&2
@@ -116,6 +126,7 @@ for bench in "${benches[@]}"; do
         printf '\n**`cargo bench --bench %s` failed with status %s after %s s** (see its stderr).\n\n' \
             "$bench" "$rc" "$(( $(date +%s) - b0 ))" >>"$work/$bench.md"
     fi
+    if [ "$bench" = operator_scale ]; then cluster_down; fi
 done
 elapsed=$(( $(date +%s) - t0 ))
 load_after=$(cut -d' ' -f1-3 /proc/loadavg)
