@@ -18,7 +18,7 @@
 # with e2e/cluster.sh on private ports (E2E_STATE_DIR default $TMPDIR/slatedb-bench-cluster, E2E_ETCD_PORT
 # 42379, E2E_ETCD_PEER_PORT 42380, E2E_APISERVER_PORT 46443, E2E_S3_PORT 49000,
 # E2E_GCS_PORT 49100, E2E_AZURITE_PORT 49200, and no node (E2E_NODE=0); set them to move it) and
-# stops it at the end.
+# stops it right after that bench (the library benches run without it).
 #
 # Other knobs: BENCH_REPS (default 7 for clone_cost, 5 for verify_throughput, 3 with BENCH_FULL; 3 for
 # checkpoint_under_load), BENCH_DEADLINE_SECS (per bench; each bench exits by itself when it is reached),
